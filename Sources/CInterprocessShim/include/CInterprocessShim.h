@@ -1,0 +1,64 @@
+// The one C shim of Interprocess: every call Swift cannot make directly (variadic syscalls, macros,
+// GNU-only declarations, packed structs). Internal to the package; never public API.
+// Do not define _GNU_SOURCE here: the module would clash with SwiftGlibc. GNU-only calls live in the .c file.
+#ifndef CINTERPROCESS_SHIM_H
+#define CINTERPROCESS_SHIM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/// Peer credentials of a connected Unix socket (SO_PEERCRED). Returns 0 or -1 with errno.
+int cipc_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// accept4 with SOCK_CLOEXEC | SOCK_NONBLOCK. Returns the fd or -1 with errno.
+int cipc_accept_nonblocking(int fd);
+
+/// A socket created with SOCK_CLOEXEC (and SOCK_NONBLOCK when nonblocking != 0).
+int cipc_socket(int domain, int type, int nonblocking);
+
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
+int cipc_socketpair(int fds[2]);
+
+/// One event reported by epoll, unpacked (struct epoll_event is packed on x86_64).
+typedef struct {
+    uint64_t token;
+    uint32_t events;
+} cipc_event;
+
+enum {
+    CIPC_EV_READ = 1,
+    CIPC_EV_WRITE = 2,
+    CIPC_EV_HUP = 4,
+    CIPC_EV_ERROR = 8,
+};
+
+int cipc_epoll_create(void);
+/// Adds (op 0) or modifies (op 1) a one-shot registration for `events` (CIPC_EV_READ | CIPC_EV_WRITE).
+int cipc_epoll_arm(int epfd, int fd, int op, uint32_t events, uint64_t token);
+int cipc_epoll_remove(int epfd, int fd);
+/// Waits for events; returns the number written to `out`, 0 on timeout or EINTR, -1 with errno.
+int cipc_epoll_wait(int epfd, cipc_event *out, int capacity, int timeout_ms);
+
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK).
+int cipc_eventfd(void);
+
+/// The CPU's spin-loop hint (`pause` on x86, `yield` on ARM).
+void cipc_cpu_relax(void);
+
+/// Monotonic clock in nanoseconds.
+uint64_t cipc_monotonic_ns(void);
+
+/// posix_spawn of `path` with `argv` (NULL-terminated); `inherit_fd` (if >= 0) becomes fd 3 in the child.
+/// stdin/stdout/stderr are inherited. Returns the pid or -1 with errno.
+pid_t cipc_spawn(const char *path, char *const argv[], int inherit_fd);
+
+/// waitpid decoding: returns 0 when the child exited (exit code in *code), 1 when a signal ended it
+/// (signal in *code), -1 with errno on failure.
+int cipc_wait(pid_t pid, int *code);
+
+/// The CPU affinity list of this process as a bit mask (first 64 CPUs), or 0 when unknown.
+uint64_t cipc_affinity_mask(void);
+/// Pins this process (all future threads inherit it) to one CPU. Returns 0 or -1.
+int cipc_pin_to_cpu(int cpu);
+
+#endif

@@ -1,0 +1,124 @@
+#define _GNU_SOURCE
+#include "CInterprocessShim.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <spawn.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+int cipc_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+int cipc_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+
+int cipc_socket(int domain, int type, int nonblocking) {
+    return socket(domain, type | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0);
+}
+
+int cipc_socketpair(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
+
+int cipc_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int cipc_epoll_arm(int epfd, int fd, int op, uint32_t events, uint64_t token) {
+    struct epoll_event ev;
+    ev.events = EPOLLONESHOT | EPOLLRDHUP;
+    if (events & CIPC_EV_READ) ev.events |= EPOLLIN;
+    if (events & CIPC_EV_WRITE) ev.events |= EPOLLOUT;
+    ev.data.u64 = token;
+    return epoll_ctl(epfd, op == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev);
+}
+
+int cipc_epoll_remove(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); }
+
+int cipc_epoll_wait(int epfd, cipc_event *out, int capacity, int timeout_ms) {
+    struct epoll_event evs[64];
+    if (capacity > 64) capacity = 64;
+    int n = epoll_wait(epfd, evs, capacity, timeout_ms);
+    if (n < 0) return errno == EINTR ? 0 : -1;
+    for (int i = 0; i < n; i++) {
+        uint32_t e = 0;
+        if (evs[i].events & EPOLLIN) e |= CIPC_EV_READ;
+        if (evs[i].events & EPOLLOUT) e |= CIPC_EV_WRITE;
+        if (evs[i].events & (EPOLLHUP | EPOLLRDHUP)) e |= CIPC_EV_HUP;
+        if (evs[i].events & EPOLLERR) e |= CIPC_EV_ERROR;
+        out[i].token = evs[i].data.u64;
+        out[i].events = e;
+    }
+    return n;
+}
+
+int cipc_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+void cipc_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+uint64_t cipc_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+pid_t cipc_spawn(const char *path, char *const argv[], int inherit_fd) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    if (inherit_fd >= 0) posix_spawn_file_actions_adddup2(&actions, inherit_fd, 3);
+    pid_t pid;
+    int rc = posix_spawn(&pid, path, &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+        errno = rc;
+        return -1;
+    }
+    return pid;
+}
+
+int cipc_wait(pid_t pid, int *code) {
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, 0);
+        if (r >= 0) break;
+        if (errno != EINTR) return -1;
+    }
+    if (WIFEXITED(status)) {
+        *code = WEXITSTATUS(status);
+        return 0;
+    }
+    *code = WIFSIGNALED(status) ? WTERMSIG(status) : -1;
+    return 1;
+}
+
+uint64_t cipc_affinity_mask(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 0;
+    uint64_t mask = 0;
+    for (int i = 0; i < 64; i++)
+        if (CPU_ISSET(i, &set)) mask |= (1ull << i);
+    return mask;
+}
+
+int cipc_pin_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof(set), &set);
+}

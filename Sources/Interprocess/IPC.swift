@@ -1,0 +1,129 @@
+@_exported import InterprocessCore
+import InterprocessSockets
+import Logging
+
+/// Entry points: dial or listen on an ``Endpoint`` and get typed ``Sender``s and ``Receiver``s.
+///
+/// ```swift
+/// // process 1: listens and sends
+/// let listener = try IPC.listen(on: "unix:/tmp/demo.sock", sending: .utf8)
+/// let tx = try await listener.accept().sender
+/// try await tx.send("Hello from process 1!")
+/// try await tx.close()
+///
+/// // process 2: dials and receives
+/// let rx = try await IPC.connect(to: "unix:/tmp/demo.sock", receiving: .utf8)
+/// for try await message in rx { print(message) }
+/// ```
+///
+/// Either side may listen and either may dial; the direction of the messages is independent of who dialled.
+public enum IPC {
+    /// Dials `endpoint` for a two-way connection.
+    public static func connect<Out: MessageCodec, In: MessageCodec>(
+        to endpoint: Endpoint, sending: Out, receiving: In, options: ChannelOptions = ChannelOptions()
+    ) async throws(IPCError) -> Connection<Out.Value, In.Value> {
+        try options.validate()
+        let socket = try await SocketConnector.connect(to: endpoint)
+        return try await establish(socket, isUnix: endpoint.isUnix, sending: sending, receiving: receiving, options: options, role: "connecting to \(endpoint)")
+    }
+
+    /// Dials `endpoint` to send only.
+    public static func connect<Out: MessageCodec>(
+        to endpoint: Endpoint, sending: Out, options: ChannelOptions = ChannelOptions()
+    ) async throws(IPCError) -> Sender<Out.Value> {
+        try await connect(to: endpoint, sending: sending, receiving: NoMessages(), options: options).sender
+    }
+
+    /// Dials `endpoint` to receive only.
+    public static func connect<In: MessageCodec>(
+        to endpoint: Endpoint, receiving: In, options: ChannelOptions = ChannelOptions()
+    ) async throws(IPCError) -> Receiver<In.Value> {
+        try await connect(to: endpoint, sending: NoMessages(), receiving: receiving, options: options).receiver
+    }
+
+    /// Listens on `endpoint` for two-way connections.
+    public static func listen<Out: MessageCodec, In: MessageCodec>(
+        on endpoint: Endpoint, sending: Out, receiving: In, options: ChannelOptions = ChannelOptions()
+    ) throws(IPCError) -> Listener<Out, In> {
+        try options.validate()
+        return Listener(socket: try SocketListener(endpoint: endpoint), sending: sending, receiving: receiving, options: options)
+    }
+
+    /// Listens on `endpoint` to send only.
+    public static func listen<Out: MessageCodec>(
+        on endpoint: Endpoint, sending: Out, options: ChannelOptions = ChannelOptions()
+    ) throws(IPCError) -> Listener<Out, NoMessages> {
+        try listen(on: endpoint, sending: sending, receiving: NoMessages(), options: options)
+    }
+
+    /// Listens on `endpoint` to receive only.
+    public static func listen<In: MessageCodec>(
+        on endpoint: Endpoint, receiving: In, options: ChannelOptions = ChannelOptions()
+    ) throws(IPCError) -> Listener<NoMessages, In> {
+        try listen(on: endpoint, sending: NoMessages(), receiving: receiving, options: options)
+    }
+
+    /// Checks the peer, runs the handshake (unless a side is in lines mode) and builds the channel ends.
+    static func establish<Out: MessageCodec, In: MessageCodec>(
+        _ socket: ConnectedSocket, isUnix: Bool, sending: Out, receiving: In, options: ChannelOptions, role: String
+    ) async throws(IPCError) -> Connection<Out.Value, In.Value> {
+        let lines = sending is LinesCodec || receiving is LinesCodec
+        let local = Hello(
+            capacity: UInt32(options.capacity), maxFrame: UInt32(options.maxFrameSize),
+            sendCodec: sending.name, sendType: sending.name == "none" ? "none" : sending.typeName,
+            receiveCodec: receiving.name, receiveType: receiving.name == "none" ? "none" : receiving.typeName)
+        let core = ConnectionCore(
+            stream: socket.stream,
+            configuration: .init(
+                mode: lines ? .lines : .framed, local: local,
+                hasSender: sending.name != "none", hasReceiver: receiving.name != "none",
+                spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
+                closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize))
+        if isUnix, let uid = socket.peerUID, !options.peerCheck.allows(uid: uid) {
+            let error = IPCError(.permissionDenied, "\(role): the peer runs as uid \(uid), which this side does not accept (ChannelOptions.peerCheck)")
+            core.fail(error, tellPeer: true)
+            throw error
+        }
+        if !lines {
+            let deadline = ContinuousClock.now + options.handshakeTimeout
+            do {
+                try await withDeadline(deadline) { () async throws(IPCError) in try await core.handshake() }
+            } catch {
+                var failure = error
+                if error.code == .timeout {
+                    failure = IPCError(.timeout, "\(role): the peer did not complete the handshake within \(options.handshakeTimeout); it is not an Interprocess endpoint, or it is stuck")
+                }
+                core.fail(failure, tellPeer: true)
+                throw failure
+            }
+        }
+        return Connection(sender: Sender(core: core, codec: sending), receiver: Receiver(core: core, codec: receiving))
+    }
+}
+
+extension Endpoint {
+    var isUnix: Bool {
+        if case .unix = self { return true }
+        return false
+    }
+}
+
+extension PeerCheck {
+    func allows(uid: UInt32) -> Bool {
+        switch self {
+        case .anyone: true
+        case .sameUser: uid == currentUID()
+        case .userIDs(let set): set.contains(uid)
+        }
+    }
+}
+
+/// Both ends of one connection, as returned by ``IPC`` and ``Listener``.
+public struct Connection<Out: Sendable, In: Sendable>: Sendable {
+    /// Sends to the peer.
+    public let sender: Sender<Out>
+    /// Receives from the peer.
+    public let receiver: Receiver<In>
+    /// A description of the peer (`pid 4242 uid 1000` for Unix sockets, `host:port` for TCP).
+    public var peer: String { sender.peer }
+}

@@ -1,0 +1,173 @@
+import DequeModule
+import InterprocessSockets
+import Logging
+import Synchronization
+
+/// Accepts connections on an endpoint and hands out each one, handshake done, as a ``Connection``.
+///
+/// Handshakes run concurrently in the background (at most 64 at once, each bounded by the handshake timeout),
+/// so a slow or hostile client cannot hold up the others. A connection that fails its handshake (garbage,
+/// wrong magic or version, a type or codec mismatch, a refused peer, a timeout) is told why in an error frame,
+/// logged, and closed; the listener keeps serving. At most 16 ready connections wait for ``accept()``; beyond
+/// that the listener stops accepting and the kernel's backlog holds new clients.
+///
+/// `Listener` is also an `AsyncSequence` of connections.
+public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence, Sendable {
+    public typealias Element = Connection<Out.Value, In.Value>
+    public typealias Failure = IPCError
+
+    /// The endpoint actually listened on (with the real port when port 0 was asked for).
+    public let endpoint: Endpoint
+    private let socket: SocketListener
+    private let ready: ReadyQueue<Element>
+    private let acceptTask: Mutex<Task<Void, Never>?> = Mutex(nil)
+
+    init(socket: SocketListener, sending: Out, receiving: In, options: ChannelOptions) {
+        self.endpoint = socket.endpoint
+        self.socket = socket
+        let ready = ReadyQueue<Element>(capacity: 16)
+        self.ready = ready
+        let endpoint = socket.endpoint
+        let task = Task {
+            await withDiscardingTaskGroup { group in
+                let slots = ReadyQueue<Void>(capacity: 64)
+                while true {
+                    let accepted: ConnectedSocket
+                    do throws(IPCError) {
+                        accepted = try await socket.accept()
+                    } catch {
+                        if error.code != .alreadyClosed {
+                            options.logger.error("listener on \(endpoint) stopped: \(error)")
+                        }
+                        ready.finish(error)
+                        return
+                    }
+                    await slots.put(())
+                    group.addTask {
+                        defer { slots.takeNow() }
+                        do {
+                            let connection = try await IPC.establish(
+                                accepted, isUnix: endpoint.isUnix, sending: sending, receiving: receiving,
+                                options: options, role: "accepting on \(endpoint)")
+                            await ready.put(connection)
+                        } catch {
+                            options.logger.warning("refused a connection on \(endpoint) from \(accepted.stream.peerDescription): \(error)")
+                        }
+                    }
+                }
+            }
+        }
+        acceptTask.withLock { $0 = task }
+    }
+
+    deinit { close() }
+
+    /// The next connection whose handshake succeeded. Throws `alreadyClosed` after ``close()``.
+    public func accept() async throws(IPCError) -> Element {
+        try await ready.take()
+    }
+
+    func acceptOrEnd() async throws(IPCError) -> Element? {
+        do {
+            return try await accept()
+        } catch where error.code == .alreadyClosed {
+            return nil
+        }
+    }
+
+    /// Stops listening and removes the Unix socket file. Connections already accepted stay open.
+    public func close() {
+        socket.close()
+        ready.finish(IPCError(.alreadyClosed, "the listener is closed"))
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let listener: Listener
+        public mutating func next() async throws(IPCError) -> Element? { try await listener.acceptOrEnd() }
+        public mutating func next(isolation actor: isolated (any Actor)?) async throws(IPCError) -> Element? {
+            try await listener.acceptOrEnd()
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: self) }
+}
+
+private enum PutStep<T: Sendable> { case done(CheckedContinuation<Result<T, IPCError>, Never>?), full }
+
+/// A small bounded queue: `put` suspends while full, `take` while empty.
+final class ReadyQueue<T: Sendable>: Sendable {
+    private struct State {
+        var items = Deque<T>()
+        var takers = Deque<CheckedContinuation<Result<T, IPCError>, Never>>()
+        var putters = Deque<CheckedContinuation<Void, Never>>()
+        var finished: IPCError?
+    }
+    private let state = Mutex(State())
+    private let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func put(_ item: T) async {
+        while true {
+            let step = state.withLock { s -> PutStep<T> in
+                if s.finished != nil { return .done(nil) }
+                if let taker = s.takers.popFirst() { return .done(taker) }
+                if s.items.count < capacity {
+                    s.items.append(item)
+                    return .done(nil)
+                }
+                return .full
+            }
+            switch step {
+            case .done(let taker):
+                taker?.resume(returning: .success(item))
+                return
+            case .full:
+                await withCheckedContinuation { c in
+                    let resume = state.withLock { s -> Bool in
+                        if s.items.count < capacity || s.finished != nil { return true }
+                        s.putters.append(c)
+                        return false
+                    }
+                    if resume { c.resume() }
+                }
+            }
+        }
+    }
+
+    /// Takes an item if one is there (used to release a slot).
+    func takeNow() {
+        let putter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            _ = s.items.popFirst()
+            return s.putters.popFirst()
+        }
+        putter?.resume()
+    }
+
+    func take() async throws(IPCError) -> T {
+        let result = await withCheckedContinuation { (c: CheckedContinuation<Result<T, IPCError>, Never>) in
+            let (now, putter) = state.withLock { s -> (Result<T, IPCError>?, CheckedContinuation<Void, Never>?) in
+                if let item = s.items.popFirst() { return (.success(item), s.putters.popFirst()) }
+                if let error = s.finished { return (.failure(error), nil) }
+                s.takers.append(c)
+                return (nil, nil)
+            }
+            putter?.resume()
+            if let now { c.resume(returning: now) }
+        }
+        return try result.get()
+    }
+
+    func finish(_ error: IPCError) {
+        let (takers, putters) = state.withLock { s in
+            if s.finished == nil { s.finished = error }
+            defer {
+                s.takers.removeAll()
+                s.putters.removeAll()
+            }
+            return (s.takers, s.putters)
+        }
+        for t in takers { t.resume(returning: .failure(error)) }
+        for p in putters { p.resume() }
+    }
+}

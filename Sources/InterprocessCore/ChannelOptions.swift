@@ -1,0 +1,52 @@
+import Logging
+
+/// How a channel behaves. The defaults suit most uses; every field can be changed.
+public struct ChannelOptions: Sendable {
+    /// How many messages this side buffers for the peer before the peer's `send` suspends: Go's channel
+    /// capacity, enforced across the process boundary by credits. 0 makes every send a rendezvous: `send`
+    /// returns once the receiving application has taken the value. Memory held per connection is at most
+    /// `capacity` messages (each at most ``maxFrameSize`` bytes).
+    public var capacity: Int = 128
+    /// The largest message this side accepts (and the largest line in lines mode). Default 16 MiB.
+    public var maxFrameSize: Int = 16 << 20
+    /// How long the handshake may take before the connection is dropped with a timeout error.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// How long closing waits for the peer to acknowledge the end of the stream.
+    public var closeTimeout: Duration = .seconds(10)
+    /// How long a waiting task polls for input before it sleeps (microseconds). Polling avoids the cost of
+    /// waking a sleeping thread when the peer answers quickly; it is bounded, so an idle channel costs no CPU.
+    /// 0 disables it.
+    public var spinMicroseconds: Int = 50
+    /// Which peers a Unix-socket listener or client accepts, checked with the kernel's peer credentials.
+    public var peerCheck: PeerCheck = .sameUser
+    /// Where connection-level events (refused handshakes, protocol violations) are logged.
+    public var logger: Logger = Logger(label: "interprocess")
+
+    public init() {}
+
+    /// A copy with `capacity` changed.
+    public func capacity(_ value: Int) -> ChannelOptions {
+        var copy = self
+        copy.capacity = value
+        return copy
+    }
+
+    package func validate() throws(IPCError) {
+        guard capacity >= 0 && capacity <= Int(UInt32.max) else {
+            throw IPCError(.invalidEndpoint, "capacity must be between 0 and \(UInt32.max), not \(capacity)")
+        }
+        guard maxFrameSize > 0 && maxFrameSize <= Int(UInt32.max) - Wire.dataPrefixSize else {
+            throw IPCError(.invalidEndpoint, "maxFrameSize must be between 1 and \(Int(UInt32.max) - Wire.dataPrefixSize), not \(maxFrameSize)")
+        }
+    }
+}
+
+/// Which peers may connect over a Unix socket.
+public enum PeerCheck: Sendable, Hashable {
+    /// Only processes of the same user id (the default).
+    case sameUser
+    /// Any of these user ids.
+    case userIDs(Set<UInt32>)
+    /// Anyone who can open the socket file (its mode is 0600, so by default that is still only the owner).
+    case anyone
+}

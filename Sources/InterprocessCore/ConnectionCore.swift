@@ -1,0 +1,587 @@
+import CInterprocessShim
+import Synchronization
+
+/// Drives one connection: owns its ``ConnectionState`` behind a mutex and moves bytes through a ``ByteStream``.
+///
+/// I/O is done by whoever needs it, to avoid thread hops (each costs a 60-80 us wake-up on the machines this was
+/// measured on). A task that must wait for input takes the *reader role*, reads and decodes inline, spinning
+/// for a bounded time; only then does it park and hand the role to the transport's I/O thread, which reads when
+/// the stream is readable and wakes the waiting tasks. Writes are coalesced: a send appends its frame to the
+/// outbox; a lone send (or any send about to wait) writes inline, while a burst of sends leaves the writing to
+/// one deferred flush on the I/O thread, so many frames go out in one system call.
+package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
+    package struct Configuration: Sendable {
+        package var mode: ConnectionState.Mode
+        package var local: Hello
+        package var hasSender: Bool
+        package var hasReceiver: Bool
+        package var spinNanoseconds: UInt64
+        package var closeTimeout: Duration
+        package var maxPayload: Int
+
+        package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int) {
+            self.mode = mode
+            self.local = local
+            self.hasSender = hasSender
+            self.hasReceiver = hasReceiver
+            self.spinNanoseconds = spinNanoseconds
+            self.closeTimeout = closeTimeout
+            self.maxPayload = maxPayload
+        }
+    }
+
+    private struct Locked {
+        var channel: ConnectionState
+        var readerBusy = false
+        var writerBusy = false
+        var flushScheduled = false
+        /// Bytes taken from the outbox that the stream did not accept yet (written before the outbox).
+        var stalled: [UInt8] = []
+        var stalledOffset = 0
+        var writeArmed = false
+        var lastAppendNanos: UInt64 = 0
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
+        var nextWaiterID: UInt64 = 0
+        var tearingDown = false
+        var closed = false
+        var closedWaiters: [CheckedContinuation<Void, Never>] = []
+
+        var hasPendingOutput: Bool { !channel.outbox.isEmpty || stalledOffset < stalled.count }
+    }
+
+    package let stream: any ByteStream
+    package let configuration: Configuration
+    private let reader: FrameReader
+    private let locked: Mutex<Locked>
+    /// Burst detection: a send within this time of the previous one leaves its write to a deferred flush.
+    private static let burstNanos: UInt64 = 5_000
+    /// An outbox at least this large is written inline even in a burst.
+    private static let flushThreshold = 64 << 10
+
+    package init(stream: any ByteStream, configuration: Configuration) {
+        self.stream = stream
+        self.configuration = configuration
+        self.reader = FrameReader(mode: configuration.mode == .framed ? .framed : .lines, maxPayload: configuration.maxPayload)
+        self.locked = Mutex(Locked(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver)))
+        stream.start(handler: self)
+    }
+
+    // MARK: Handshake
+
+    /// Sends this side's hello and waits for the peer's. Throws on mismatch (after telling the peer why).
+    package func handshake() async throws(IPCError) {
+        flushNow()
+        _ = try await waitFor { state throws(IPCError) -> Bool? in
+            if let failure = state.channel.failure { throw failure }
+            if state.channel.peer != nil { return true }
+            if state.channel.endOfStream {
+                throw IPCError(.peerClosed, "the peer closed the connection during the handshake; it may have refused this side (check its log), or it is not an Interprocess endpoint")
+            }
+            return nil
+        }
+    }
+
+    package var peerHello: Hello? { locked.withLock { $0.channel.peer } }
+
+    // MARK: Receiving
+
+    /// The next message's bytes, or nil once the peer closed and everything before the close was taken.
+    package func receive() async throws(IPCError) -> [UInt8]? {
+        let (message, credit) = try await waitFor { state throws(IPCError) -> ([UInt8]?, Bool)? in
+            try Self.receiveStep(&state)
+        }
+        if credit { afterAppend(data: false) }
+        if message == nil { await finishIfDone(wait: false) }
+        return message
+    }
+
+    /// A message if one is already here, without waiting: `.some(nil)` at the end, `nil` when none is here.
+    package func tryReceive() throws(IPCError) -> [UInt8]?? {
+        let step = try locked.withLock { state throws(IPCError) in try Self.receiveStep(&state) }
+        guard let (message, credit) = step else { return nil }
+        if credit { afterAppend(data: false) }
+        return .some(message)
+    }
+
+    private static func receiveStep(_ state: inout Locked) throws(IPCError) -> ([UInt8]?, Bool)? {
+        switch state.channel.receive() {
+        case .message(let bytes, let credit): return (bytes, credit)
+        case .end:
+            state.channel.receiverDone = true
+            return (nil, false)
+        case .failed(let error): throw error
+        case .wait: return nil
+        }
+    }
+
+    // MARK: Sending
+
+    /// Appends one data frame (waiting for credit first) and arranges for it to be written.
+    package func send(_ encode: (inout [UInt8]) throws(IPCError) -> Void) async throws(IPCError) {
+        let seq: UInt64 = try await waitFor { state throws(IPCError) -> UInt64? in
+            switch state.channel.canSend() {
+            case .failed(let error): throw error
+            case .wait: return nil
+            case .ready: return try state.channel.appendData(encode)
+            }
+        }
+        afterAppend(data: true)
+        if locked.withLock({ $0.channel.isRendezvous }) {
+            _ = try await waitFor { state throws(IPCError) -> Bool? in
+                switch state.channel.isTaken(seq) {
+                case .ready: return true
+                case .failed(let error): throw error
+                case .wait: return nil
+                }
+            }
+        }
+    }
+
+    /// Closes the sending direction: the peer receives everything sent so far, then the end.
+    package func closeSender() async throws(IPCError) {
+        let lines = try locked.withLock { state throws(IPCError) -> Bool in
+            try state.channel.closeSender()
+            return state.channel.mode == .lines
+        }
+        flushNow()
+        _ = try await waitFor { state throws(IPCError) -> Bool? in
+            if !state.hasPendingOutput && !state.writerBusy { return true }
+            if let failure = state.channel.failure { throw failure }
+            return nil
+        }
+        if lines { stream.shutdownWrite() }
+        await finishIfDone(wait: true)
+    }
+
+    /// The sender was dropped without `close()`: close it for the peer.
+    package func senderDropped() {
+        let changed = locked.withLock { state in
+            guard !state.channel.senderClosed else { return false }
+            try? state.channel.closeSender()
+            return true
+        }
+        if changed {
+            flushNow()
+            Task { await self.finishIfDone(wait: false) }
+        }
+    }
+
+    package func receiverDropped() {
+        locked.withLock { $0.channel.receiverDone = true }
+        Task { await self.finishIfDone(wait: false) }
+    }
+
+    /// Tears the connection down when both directions are done: flush, end the sending direction, wait
+    /// (bounded by the close timeout) for the peer to end its side, and close the stream.
+    package func finishIfDone(wait: Bool) async {
+        let start = locked.withLock { state -> Bool? in
+            guard state.channel.senderClosed && state.channel.receiverDone else { return nil }
+            if state.tearingDown { return false }
+            state.tearingDown = true
+            return true
+        }
+        switch start {
+        case nil: return
+        case false?:
+            if wait { await waitClosed() }
+            return
+        case true?:
+            break
+        }
+        let deadline = ContinuousClock.now + configuration.closeTimeout
+        flushNow()
+        // Wait for the output to drain, then for the peer's end of stream (reading and discarding), so that no
+        // unread bytes make the kernel reset the connection and drop what the peer has not read yet.
+        while ContinuousClock.now < deadline {
+            let (drained, ended) = locked.withLock { state in
+                (!state.hasPendingOutput && !state.writerBusy, state.channel.endOfStream || state.channel.failure != nil)
+            }
+            if drained {
+                stream.shutdownWrite()
+                if ended { break }
+            }
+            let outcome: Void? = try? await withDeadline(deadline) { () async throws(IPCError) in
+                _ = try await self.waitFor(spin: false) { state throws(IPCError) -> Bool? in
+                    let progressed = state.channel.endOfStream || state.channel.failure != nil
+                        || (!state.hasPendingOutput && !state.writerBusy && !drained)
+                    return progressed ? true : nil
+                }
+            }
+            if outcome == nil { break }
+        }
+        closeStream()
+    }
+
+    private func closeStream() {
+        let waiters = locked.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.closed = true
+            state.channel.fail(IPCError(.alreadyClosed, "the connection is closed"))
+            defer { state.closedWaiters = [] }
+            return state.closedWaiters + state.waiters.map(\.continuation)
+        }
+        stream.close()
+        for w in waiters { w.resume() }
+    }
+
+    private func waitClosed() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = locked.withLock { state -> Bool in
+                if state.closed { return true }
+                state.closedWaiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// Fails the connection: tells the peer why (best effort) and wakes everyone.
+    package func fail(_ error: IPCError, tellPeer: Bool) {
+        locked.withLock { state in
+            guard state.channel.failure == nil else { return }
+            state.channel.fail(error)
+            if tellPeer && state.channel.mode == .framed {
+                state.channel.outbox.appendControlFrame(.error(code: error.code.value, message: error.message))
+            }
+            state.channel.senderClosed = true
+            state.channel.receiverDone = true
+        }
+        flushNow()
+        wakeAll()
+        Task { await self.finishIfDone(wait: false) }
+    }
+
+    // MARK: Waiting
+
+    /// Runs `check` under the lock until it returns a value. In between, this task reads input itself
+    /// (spinning for a bounded time) or parks until another reader or the I/O thread has news.
+    private func waitFor<T: Sendable>(spin: Bool = true, _ check: (inout Locked) throws(IPCError) -> T?) async throws(IPCError) -> T {
+        var spinDeadline: UInt64 = 0
+        var holdingReader = false
+        while true {
+            let (step, flush, arm): (WaitStep<T>, Bool, Bool) = try locked.withLock { state throws(IPCError) in
+                let result: T?
+                do throws(IPCError) {
+                    result = try check(&state)
+                } catch {
+                    if holdingReader, Self.releaseReaderLocked(&state) {
+                        // Parked tasks still need input: the I/O thread reads for them.
+                        stream.arm(read: true, write: false)
+                    }
+                    throw error
+                }
+                if let result {
+                    let arm = holdingReader && Self.releaseReaderLocked(&state)
+                    return (.done(result), false, arm)
+                }
+                // About to wait for the peer: whatever is pending must go out first.
+                var flush = false
+                if state.hasPendingOutput && !state.writerBusy {
+                    state.writerBusy = true
+                    flush = true
+                }
+                if holdingReader { return (.read, flush, false) }
+                if !state.readerBusy && state.channel.wantsMoreInput && !state.closed {
+                    state.readerBusy = true
+                    return (.read, flush, false)
+                }
+                return (.park, flush, false)
+            }
+            if flush { writeOutbox() }
+            if arm { stream.arm(read: true, write: false) }
+            switch step {
+            case .done(let value):
+                return value
+            case .read:
+                holdingReader = true
+                let now = cipc_monotonic_ns()
+                if spinDeadline == 0 { spinDeadline = now + (spin ? configuration.spinNanoseconds : 0) }
+                if pump() { continue }
+                if now < spinDeadline {
+                    cipc_cpu_relax()
+                    continue
+                }
+                holdingReader = false
+                spinDeadline = 0
+                try await park(handingOverReader: true)
+            case .park:
+                try await park(handingOverReader: false)
+            }
+            if Task.isCancelled {
+                throw IPCError(.cancelled, "the operation was cancelled; no message was taken")
+            }
+        }
+    }
+
+    /// Releases the reader role (lock held). Returns true when parked tasks still wait for input, in which case
+    /// the role stays taken and the caller must arm the stream so the I/O thread reads for them.
+    private static func releaseReaderLocked(_ state: inout Locked) -> Bool {
+        if !state.waiters.isEmpty && state.channel.wantsMoreInput && !state.closed { return true }
+        state.readerBusy = false
+        return false
+    }
+
+    /// Suspends until woken. With `handingOverReader`, this task held the reader role and gives it to the
+    /// I/O thread, which reads once the stream is readable.
+    private func park(handingOverReader: Bool) async throws(IPCError) {
+        let id = locked.withLock { state -> UInt64 in
+            state.nextWaiterID += 1
+            return state.nextWaiterID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let resumeNow = locked.withLock { state -> Bool in
+                    if Task.isCancelled || state.closed { return true }
+                    state.waiters.append((id, c))
+                    return false
+                }
+                if resumeNow {
+                    if handingOverReader { releaseReader(armIfWaiters: true) }
+                    c.resume()
+                } else if handingOverReader {
+                    stream.arm(read: true, write: false)
+                }
+            }
+        } onCancel: {
+            let c = locked.withLock { state -> CheckedContinuation<Void, Never>? in
+                guard let i = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: i).continuation
+            }
+            c?.resume()
+        }
+    }
+
+    private func wakeAll() {
+        let waiters = locked.withLock { state in
+            defer { state.waiters.removeAll(keepingCapacity: true) }
+            return state.waiters
+        }
+        for w in waiters { w.continuation.resume() }
+    }
+
+    /// Gives up the reader role. When tasks are parked waiting for input, the role goes to the I/O thread.
+    private func releaseReader(armIfWaiters: Bool) {
+        let arm = locked.withLock { state -> Bool in
+            if armIfWaiters { return Self.releaseReaderLocked(&state) }
+            state.readerBusy = false
+            return false
+        }
+        if arm { stream.arm(read: true, write: false) }
+    }
+
+    // MARK: Reading
+
+    /// Reads what is available and applies it (caller holds the reader role). Returns whether anything that
+    /// could unblock a waiter happened. Keeps the reader role.
+    private func pump(releasingReader: Bool = false) -> Bool {
+        var events: [FrameReader.Event] = []
+        var ended = false
+        var failure: IPCError?
+        reads: for _ in 0..<16 {
+            if !locked.withLock({ $0.channel.wantsMoreInput }) { break }
+            do {
+                var outcome = ReadOutcome.wouldBlock
+                _ = try reader.read { buffer throws(IPCError) -> Int in
+                    outcome = try stream.read(into: buffer)
+                    if case .bytes(let n) = outcome { return n }
+                    return 0
+                }
+                switch outcome {
+                case .bytes:
+                    while let event = try reader.next() { events.append(event) }
+                    if events.count >= 4096 { break reads }
+                case .wouldBlock:
+                    break reads
+                case .endOfStream:
+                    if let last = try reader.finish() { events.append(.frame(last)) }
+                    ended = true
+                    break reads
+                }
+            } catch {
+                failure = error
+                break
+            }
+        }
+        if events.isEmpty && !ended && failure == nil { return false }
+        var effects = ConnectionState.Effects()
+        var protocolError: IPCError? = failure
+        locked.withLock { state in
+            for event in events where protocolError == nil {
+                do throws(IPCError) {
+                    switch event {
+                    case .hello(let hello):
+                        try state.channel.apply(hello: hello)
+                        effects.wake = true
+                    case .frame(let frame):
+                        try state.channel.apply(frame, effects: &effects)
+                    }
+                } catch {
+                    protocolError = error
+                }
+            }
+            if ended && protocolError == nil { state.channel.applyEndOfStream() }
+            // The I/O thread gives the role back before waking anyone, so a woken task can take it.
+            if releasingReader { state.readerBusy = false }
+        }
+        if let protocolError {
+            fail(protocolError, tellPeer: protocolError.code != .peerClosed && protocolError.code != .peerError)
+            return true
+        }
+        if effects.output { flushNow() }
+        wakeAll()
+        return releasingReader || effects.wake || ended
+    }
+
+    // MARK: Writing
+
+    /// After `send` appended a data frame (`data`) or `receive` appended a credit frame: write now, or leave
+    /// it to one deferred flush on the I/O thread. A send less than `burstNanos` after the previous one is part
+    /// of a burst and is coalesced; a lone send (a request, a ping-pong) is written at once. Anything still
+    /// pending when a task is about to wait is written by that task before it waits.
+    private func afterAppend(data: Bool) {
+        enum Decision { case inline, scheduled, none }
+        let decision = locked.withLock { state -> Decision in
+            let now = cipc_monotonic_ns()
+            var urgent: Bool
+            if data {
+                urgent = now &- state.lastAppendNanos >= Self.burstNanos || state.channel.isRendezvous
+                state.lastAppendNanos = now
+            } else {
+                urgent = state.channel.creditIsUrgent
+            }
+            urgent = urgent || state.channel.outbox.count >= Self.flushThreshold
+            if state.writerBusy || !state.hasPendingOutput { return .none }
+            if urgent {
+                state.writerBusy = true
+                return .inline
+            }
+            if state.flushScheduled { return .none }
+            state.flushScheduled = true
+            return .scheduled
+        }
+        switch decision {
+        case .inline: writeOutbox()
+        case .scheduled: stream.requestFlush()
+        case .none: break
+        }
+    }
+
+    /// Writes the outbox now if nobody else is writing it.
+    private func flushNow() {
+        let take = locked.withLock { state -> Bool in
+            guard !state.writerBusy && state.hasPendingOutput else { return false }
+            state.writerBusy = true
+            return true
+        }
+        if take { writeOutbox() }
+    }
+
+    /// Writes until the outbox is empty or the stream would block (then the I/O thread continues when it is
+    /// writable). Caller holds the writer role.
+    private func writeOutbox() {
+        var spare: [UInt8] = []
+        while true {
+            var chunk: [UInt8] = []
+            var offset = 0
+            let more = locked.withLock { state -> Bool in
+                if state.stalledOffset < state.stalled.count {
+                    chunk = state.stalled
+                    offset = state.stalledOffset
+                    state.stalled = []
+                    state.stalledOffset = 0
+                    return true
+                }
+                guard !state.channel.outbox.isEmpty, !state.closed else {
+                    state.writerBusy = false
+                    return false
+                }
+                chunk = state.channel.outbox
+                swap(&state.channel.outbox, &spare)
+                return true
+            }
+            if !more { return }
+            do throws(IPCError) {
+                while offset < chunk.count {
+                    let n = try chunk.withUnsafeBytes { all in
+                        Result { () throws(IPCError) in try stream.write(UnsafeRawBufferPointer(rebasing: all[offset...])) }
+                    }.get()
+                    if n == 0 { break }
+                    offset += n
+                }
+            } catch {
+                locked.withLock { $0.writerBusy = false }
+                fail(error, tellPeer: false)
+                return
+            }
+            if offset < chunk.count {
+                locked.withLock { state in
+                    state.stalled = chunk
+                    state.stalledOffset = offset
+                    state.writeArmed = true
+                }
+                stream.arm(read: false, write: true)
+                return
+            }
+            chunk.removeAll(keepingCapacity: true)
+            spare = chunk
+            wakeAllIfWaitingForOutput()
+        }
+    }
+
+    private func wakeAllIfWaitingForOutput() {
+        let any = locked.withLock { !$0.waiters.isEmpty }
+        if any { wakeAll() }
+    }
+
+    // MARK: ByteStreamHandler (I/O thread)
+
+    package func streamReady(readable: Bool, writable: Bool) {
+        let resumeWrite = locked.withLock { state -> Bool in
+            guard writable && state.writeArmed else { return false }
+            state.writeArmed = false
+            return true
+        }
+        if resumeWrite {
+            writeOutbox()
+            wakeAllIfWaitingForOutput()
+        }
+        if readable {
+            let (holdsRole, wants) = locked.withLock { ($0.readerBusy, $0.channel.wantsMoreInput) }
+            guard holdsRole else { return }
+            if !wants {
+                releaseReader(armIfWaiters: false)
+            } else if !pump(releasingReader: true) {
+                stream.arm(read: true, write: false)
+            }
+        }
+    }
+
+    package func flushRequested() {
+        let take = locked.withLock { state -> Bool in
+            state.flushScheduled = false
+            guard !state.writerBusy && state.hasPendingOutput else { return false }
+            state.writerBusy = true
+            return true
+        }
+        if take { writeOutbox() }
+    }
+
+}
+
+private enum WaitStep<T> { case done(T), read, park }
+
+/// Runs `body`, failing with a timeout error at `deadline`.
+package func withDeadline<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async throws(IPCError) -> T) async throws(IPCError) -> T {
+    let result: Result<T, IPCError> = await withTaskGroup(of: Result<T, IPCError>?.self) { group in
+        group.addTask {
+            do throws(IPCError) { return .success(try await body()) } catch { return .failure(error) }
+        }
+        group.addTask {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            return nil
+        }
+        let first = await group.next()!
+        group.cancelAll()
+        return first ?? .failure(IPCError(.timeout, "the operation did not complete in time"))
+    }
+    return try result.get()
+}

@@ -1,0 +1,249 @@
+import DequeModule
+
+/// The channel semantics of one connection, as a plain state machine: it takes events (a frame arrived, the
+/// application wants to send or receive, the stream ended) and says what to do. No I/O and no locking here;
+/// ``ConnectionCore`` owns one behind a mutex and carries out its decisions.
+///
+/// Flow control: the receiver announces a capacity N in its hello. The sender may have at most
+/// `max(N, 1)` data frames that the receiver has not yet taken; the receiver reports what it has taken with
+/// cumulative credit frames. Capacity 0 is a rendezvous: the sender also waits until its own message is taken.
+package struct ConnectionState {
+    package enum Mode: Sendable { case framed, lines }
+
+    package let mode: Mode
+    package let local: Hello
+    package var peer: Hello?
+
+    /// Why the connection can no longer be used, once it cannot.
+    package var failure: IPCError?
+    /// The peer's byte stream ended.
+    package var endOfStream = false
+
+    // Receiving direction.
+    package var inbox = Deque<[UInt8]>()
+    /// Sequence number of the last data frame received.
+    package var received: UInt64 = 0
+    /// Messages the application has taken.
+    package var taken: UInt64 = 0
+    /// The cumulative count last reported to the peer in a credit frame.
+    package var granted: UInt64 = 0
+    /// The peer closed its sending direction after this sequence number.
+    package var peerClosedAfter: UInt64?
+    package var receiverDone: Bool
+
+    // Sending direction.
+    package var nextSeq: UInt64 = 1
+    /// The peer has taken every message up to this sequence number.
+    package var peerConsumed: UInt64 = 0
+    package var senderClosed: Bool
+    /// Bytes waiting to be written, in order.
+    package var outbox: [UInt8] = []
+
+    package init(mode: Mode, local: Hello, hasSender: Bool, hasReceiver: Bool) {
+        self.mode = mode
+        self.local = local
+        self.senderClosed = !hasSender
+        self.receiverDone = !hasReceiver
+        if mode == .lines {
+            peer = Hello(capacity: UInt32.max, maxFrame: UInt32.max, sendCodec: local.receiveCodec, sendType: local.receiveType, receiveCodec: local.sendCodec, receiveType: local.sendType)
+        } else {
+            outbox = local.encoded()
+        }
+    }
+
+    private var receiveWindow: UInt64 { UInt64(max(local.capacity, 1)) }
+
+    // MARK: Frames from the peer
+
+    /// What applying frames asks the driver to do.
+    package struct Effects {
+        /// Waiting tasks should re-check the state.
+        package var wake = false
+        /// The outbox has new bytes (a pong, an error frame).
+        package var output = false
+    }
+
+    package mutating func apply(hello: Hello) throws(IPCError) {
+        guard peer == nil else { throw IPCError(.protocolViolation, "the peer sent a second handshake") }
+        do {
+            try local.checkCompatible(withPeer: hello)
+        } catch {
+            peer = hello
+            throw error
+        }
+        peer = hello
+    }
+
+    /// Applies one frame. Throws for anything the protocol forbids; the connection is then failed.
+    package mutating func apply(_ frame: Frame, effects: inout Effects) throws(IPCError) {
+        switch frame {
+        case .data(let seq, let payload):
+            guard peerClosedAfter == nil else {
+                throw IPCError(.protocolViolation, "the peer sent a message after closing its sending side")
+            }
+            if mode == .framed {
+                guard seq == received + 1 else {
+                    throw IPCError(.protocolViolation, "the peer sent message \(seq) after message \(received); messages were lost or reordered")
+                }
+                guard seq <= taken + receiveWindow else {
+                    throw IPCError(.protocolViolation, "the peer sent message \(seq) without credit (this side has taken \(taken) of capacity \(local.capacity)); the peer ignores flow control")
+                }
+            }
+            guard !local.receiveCodec.isEmpty, local.receiveCodec != "none" else {
+                throw IPCError(.protocolViolation, "the peer sent a message on a direction that carries none")
+            }
+            received += 1
+            if !receiverDone { inbox.append(payload) }
+            effects.wake = true
+        case .credit(let consumed):
+            guard consumed < nextSeq else {
+                throw IPCError(.protocolViolation, "the peer acknowledged message \(consumed) but only \(nextSeq - 1) were sent")
+            }
+            if consumed > peerConsumed {
+                peerConsumed = consumed
+                effects.wake = true
+            }
+        case .close(let lastSeq):
+            guard lastSeq == received else {
+                throw IPCError(.protocolViolation, "the peer closed after message \(lastSeq) but \(received) arrived; messages were lost")
+            }
+            peerClosedAfter = lastSeq
+            effects.wake = true
+        case .error(let code, let message):
+            failure = IPCError(.peerError, "the peer reported an error and closed the connection: \(message)", underlying: "peer code \(code)")
+            effects.wake = true
+        case .ping(let nonce):
+            outbox.appendControlFrame(.pong(nonce))
+            effects.output = true
+        case .pong:
+            break
+        }
+    }
+
+    /// The peer's stream ended (read returned end-of-file).
+    package mutating func applyEndOfStream() {
+        endOfStream = true
+        if mode == .lines && peerClosedAfter == nil { peerClosedAfter = received }
+    }
+
+    package mutating func fail(_ error: IPCError) {
+        if failure == nil { failure = error }
+    }
+
+    // MARK: Receiving
+
+    package enum ReceiveDecision: Equatable {
+        case message([UInt8], grantCredit: Bool)
+        case end
+        case failed(IPCError)
+        /// Nothing yet: wait for input.
+        case wait
+    }
+
+    package mutating func receive() -> ReceiveDecision {
+        if let message = inbox.popFirst() {
+            taken += 1
+            return .message(message, grantCredit: appendCreditIfDue())
+        }
+        if let failure { return .failed(failure) }
+        if peerClosedAfter != nil { return .end }
+        if endOfStream {
+            return .failed(IPCError(.peerClosed, "the peer closed the connection without closing its sender after \(received) messages; it crashed or exited early, and messages it meant to send may be missing"))
+        }
+        return .wait
+    }
+
+    /// Appends a credit frame once a quarter of the window has been taken since the last one, so the sender
+    /// always hears in time to keep three quarters of its window busy.
+    private mutating func appendCreditIfDue() -> Bool {
+        guard mode == .framed else { return false }
+        guard taken - granted >= max(receiveWindow / 4, 1) else { return false }
+        granted = taken
+        outbox.appendControlFrame(.credit(consumed: taken))
+        return true
+    }
+
+    /// A window this small needs every credit written at once; larger ones can wait for a batch.
+    package var creditIsUrgent: Bool { receiveWindow <= 4 }
+
+    /// Lines mode has no credits: the reader stops reading while the inbox is full, and the kernel's buffers
+    /// push back on the sender.
+    package var wantsMoreInput: Bool {
+        mode == .framed || receiverDone || inbox.count < Int(local.capacity == 0 ? 1 : local.capacity)
+    }
+
+    // MARK: Sending
+
+    package enum SendDecision: Equatable {
+        case ready
+        case failed(IPCError)
+        case wait
+    }
+
+    /// Whether a data frame may be appended now.
+    package func canSend() -> SendDecision {
+        if senderClosed {
+            return .failed(IPCError(.sendOnClosedChannel, "send was called after close() on this sender; create a new connection to send more"))
+        }
+        if let failure { return .failed(failure) }
+        if endOfStream {
+            return .failed(IPCError(.peerClosed, "the peer closed the connection; its receiver is gone, so nothing more can be sent"))
+        }
+        guard let peer else { return .wait }
+        if mode == .lines { return .ready }
+        let inFlight = (nextSeq - 1) - peerConsumed
+        return inFlight < UInt64(max(peer.capacity, 1)) ? .ready : .wait
+    }
+
+    /// Appends one data frame whose payload `encode` writes. Returns its sequence number.
+    package mutating func appendData(_ encode: (inout [UInt8]) throws(IPCError) -> Void) throws(IPCError) -> UInt64 {
+        let start = outbox.count
+        if mode == .framed {
+            outbox.appendFrameHeader(.data, length: 0)
+            outbox.appendLE(nextSeq)
+        }
+        do {
+            try encode(&outbox)
+        } catch {
+            outbox.removeSubrange(start...)
+            throw error
+        }
+        let headerSize = mode == .framed ? Wire.frameHeaderSize + Wire.dataPrefixSize : 0
+        let payload = outbox.count - start - headerSize
+        let limit = Int(peer?.maxFrame ?? UInt32(Wire.defaultMaxFrame))
+        guard payload <= limit else {
+            outbox.removeSubrange(start...)
+            throw IPCError(.frameTooLarge, "a \(payload)-byte message is larger than the \(limit) bytes the receiving side accepts; send smaller messages or raise maxFrameSize on the receiving side")
+        }
+        if mode == .framed {
+            outbox.storeLE(UInt32(payload + Wire.dataPrefixSize), at: start)
+        } else {
+            outbox.append(UInt8(ascii: "\n"))
+        }
+        defer { nextSeq += 1 }
+        return nextSeq
+    }
+
+    /// Whether a rendezvous send of `seq` is complete (the receiver took it).
+    package func isTaken(_ seq: UInt64) -> SendDecision {
+        if peerConsumed >= seq { return .ready }
+        if let failure { return .failed(failure) }
+        if endOfStream {
+            return .failed(IPCError(.peerClosed, "the peer closed the connection before taking the message"))
+        }
+        return .wait
+    }
+
+    package var isRendezvous: Bool { mode == .framed && peer?.capacity == 0 }
+
+    /// Closes the sending direction; appends the close frame.
+    package mutating func closeSender() throws(IPCError) {
+        guard !senderClosed else {
+            throw IPCError(.alreadyClosed, "close() was called twice on the same sender")
+        }
+        senderClosed = true
+        if mode == .framed && failure == nil {
+            outbox.appendControlFrame(.close(lastSeq: nextSeq - 1))
+        }
+    }
+}

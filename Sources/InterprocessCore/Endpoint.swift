@@ -1,0 +1,70 @@
+/// Where a channel listens or connects.
+///
+/// Parsed from the strings users type:
+///
+/// | form | meaning |
+/// |---|---|
+/// | `unix:/path/to.sock` | a Unix domain socket file |
+/// | `tcp://127.0.0.1:8080` | TCP on an IPv4 address |
+/// | `tcp://[::1]:8080` | TCP on an IPv6 address |
+/// | `tcp://:8080` | TCP on loopback (`127.0.0.1`) |
+/// | `tcp://localhost:8080` | TCP on loopback |
+///
+/// TCP listeners bind the address given and nothing wider: to accept from other hosts, say
+/// `tcp://0.0.0.0:PORT` explicitly.
+public enum Endpoint: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
+    case unix(path: String)
+    case tcp(host: String, port: UInt16)
+
+    /// The forms ``init(parsing:)`` accepts, for error messages and help texts.
+    public static let acceptedForms = "unix:/path/to.sock, tcp://127.0.0.1:8080, tcp://[::1]:8080, tcp://:8080 (loopback)"
+
+    /// Parses an endpoint string, throwing ``IPCError/Code-swift.struct/invalidEndpoint`` with the accepted forms.
+    public init(parsing text: String) throws(IPCError) {
+        func bad(_ why: String) -> IPCError {
+            IPCError(.invalidEndpoint, "'\(text)' is not an endpoint: \(why). Accepted forms: \(Endpoint.acceptedForms)")
+        }
+        if text.hasPrefix("unix:") {
+            var path = String(text.dropFirst(5))
+            if path.hasPrefix("//") { path = String(path.dropFirst(2)) }
+            guard !path.isEmpty else { throw bad("the socket path is empty") }
+            guard path.utf8.count < 104 else {
+                throw bad("the socket path is \(path.utf8.count) bytes; Unix socket paths must be under 104 bytes")
+            }
+            guard !path.utf8.contains(0) else { throw bad("the socket path contains a NUL byte") }
+            self = .unix(path: path)
+            return
+        }
+        guard text.hasPrefix("tcp://") else { throw bad("it starts with neither 'unix:' nor 'tcp://'") }
+        let rest = text.dropFirst(6)
+        let hostPart: Substring
+        let portPart: Substring
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { throw bad("the IPv6 address has no closing ']'") }
+            hostPart = rest[rest.index(after: rest.startIndex)..<close]
+            let afterBracket = rest[rest.index(after: close)...]
+            guard afterBracket.hasPrefix(":") else { throw bad("no ':PORT' after the IPv6 address") }
+            portPart = afterBracket.dropFirst()
+        } else {
+            guard let colon = rest.lastIndex(of: ":") else { throw bad("no ':PORT'") }
+            hostPart = rest[..<colon]
+            portPart = rest[rest.index(after: colon)...]
+            if hostPart.contains(":") { throw bad("an IPv6 address must be written in brackets, like [::1]") }
+        }
+        guard let port = UInt16(portPart) else { throw bad("'\(portPart)' is not a port number (0-65535)") }
+        var host = String(hostPart)
+        if host.isEmpty || host == "localhost" { host = "127.0.0.1" }
+        self = .tcp(host: host, port: port)
+    }
+
+    public init(stringLiteral value: String) {
+        do { try self.init(parsing: value) } catch { preconditionFailure("\(error)") }
+    }
+
+    public var description: String {
+        switch self {
+        case .unix(let path): "unix:\(path)"
+        case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
+        }
+    }
+}

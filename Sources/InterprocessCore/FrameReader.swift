@@ -1,0 +1,182 @@
+/// Incremental decoder of the byte stream a peer sends: first its hello, then frames (or, in lines mode,
+/// newline-delimited text). Bytes are read straight into the decoder's buffer; a large data payload is read
+/// straight into the array that becomes the message, so it is copied once, by the kernel.
+///
+/// Every length is checked against the configured maximum before anything is allocated for it.
+/// Not thread-safe: only the holder of a connection's reader role touches it.
+package final class FrameReader {
+    package enum Mode: Sendable { case framed, lines }
+
+    package enum Event: Equatable {
+        case hello(Hello)
+        case frame(Frame)
+    }
+
+    private let mode: Mode
+    private let maxPayload: Int
+    private var buffer: UnsafeMutableRawBufferPointer
+    private var start = 0
+    private var end = 0
+    private var expectingHello: Bool
+    /// A data payload too large for the buffer, being read in place.
+    private var large: (seq: UInt64, payload: [UInt8], filled: Int)?
+    /// Payloads above this go straight into their own array.
+    private static let directThreshold = 64 << 10
+    private static let bufferSize = 256 << 10
+
+    package init(mode: Mode, maxPayload: Int) {
+        self.mode = mode
+        self.maxPayload = maxPayload
+        self.expectingHello = mode == .framed
+        buffer = .allocate(byteCount: Self.bufferSize, alignment: 16)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// Bytes received but not yet decoded (for truncation checks).
+    package var pendingBytes: Int { end - start + (large?.filled ?? 0) }
+
+    /// Calls `body` with the memory the next read should fill; `body` returns how many bytes it stored.
+    package func read(_ body: (UnsafeMutableRawBufferPointer) throws(IPCError) -> Int) throws(IPCError) -> Int {
+        if var pending = large {
+            large = nil
+            defer { large = pending }
+            let filled = pending.filled
+            var result: Result<Int, IPCError> = .success(0)
+            pending.payload.withUnsafeMutableBytes { all in
+                result = Result { () throws(IPCError) -> Int in try body(UnsafeMutableRawBufferPointer(rebasing: all[filled...])) }
+            }
+            let n = try result.get()
+            pending.filled += n
+            return n
+        }
+        if end == buffer.count {
+            if start > 0 {
+                compact()
+            } else if mode == .lines && buffer.count <= maxPayload {
+                grow()
+            }
+        }
+        let n = try body(UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
+        end += n
+        return n
+    }
+
+    private func compact() {
+        let live = end - start
+        if live > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: live) }
+        start = 0
+        end = live
+    }
+
+    private func grow() {
+        let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: min(buffer.count * 2, maxPayload + 2), alignment: 16)
+        bigger.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start)
+        end -= start
+        start = 0
+        buffer.deallocate()
+        buffer = bigger
+    }
+
+    /// The next complete event in what has been read, or nil when more bytes are needed.
+    package func next() throws(IPCError) -> Event? {
+        if let pending = large {
+            guard pending.filled == pending.payload.count else { return nil }
+            large = nil
+            return .frame(.data(seq: pending.seq, payload: pending.payload))
+        }
+        let available = UnsafeRawBufferPointer(rebasing: buffer[start..<end])
+        switch mode {
+        case .lines:
+            return try nextLine(available)
+        case .framed where expectingHello:
+            guard let (hello, used) = try Hello.parse(available) else { return nil }
+            start += used
+            expectingHello = false
+            return .hello(hello)
+        case .framed:
+            return try nextFrame(available)
+        }
+    }
+
+    private func nextFrame(_ bytes: UnsafeRawBufferPointer) throws(IPCError) -> Event? {
+        guard bytes.count >= Wire.frameHeaderSize else { return nil }
+        let length = Int(bytes.loadLE(UInt32.self, at: 0))
+        let rawType = bytes[4]
+        guard let type = FrameType(rawValue: rawType) else {
+            throw IPCError(.protocolViolation, "the peer sent a frame of unknown type \(rawType); the stream is corrupt or the peer speaks another protocol")
+        }
+        let limit: Int
+        switch type {
+        case .data: limit = Wire.dataPrefixSize + maxPayload
+        case .error: limit = 2 + Wire.maxErrorMessage
+        case .credit, .close, .ping, .pong: limit = 8
+        }
+        guard length <= limit else {
+            if type == .data {
+                throw IPCError(.frameTooLarge, "the peer sent a \(length - Wire.dataPrefixSize)-byte message; this side accepts at most \(maxPayload) bytes (raise maxFrameSize on the receiving side or send smaller messages)")
+            }
+            throw IPCError(.protocolViolation, "the peer sent a \(type) frame of \(length) bytes; at most \(limit) are allowed")
+        }
+        guard length >= (type == .error ? 2 : 8) else {
+            throw IPCError(.protocolViolation, "the peer sent a \(type) frame of only \(length) bytes")
+        }
+        let body = Wire.frameHeaderSize
+        if type == .data, length - Wire.dataPrefixSize > Self.directThreshold, bytes.count < body + length {
+            // Large payload: read the rest of it straight into the message's own array.
+            guard bytes.count >= body + Wire.dataPrefixSize else { return nil }
+            let seq = bytes.loadLE(UInt64.self, at: body)
+            let payloadLength = length - Wire.dataPrefixSize
+            let have = bytes.count - body - Wire.dataPrefixSize
+            let payload = [UInt8](unsafeUninitializedCapacity: payloadLength) { storage, count in
+                storage.baseAddress!.initialize(from: bytes.baseAddress!.advanced(by: body + Wire.dataPrefixSize).assumingMemoryBound(to: UInt8.self), count: have)
+                count = payloadLength
+            }
+            start = end
+            large = (seq, payload, have)
+            return try next()
+        }
+        guard bytes.count >= body + length else { return nil }
+        start += body + length
+        let b = UnsafeRawBufferPointer(rebasing: bytes[body..<(body + length)])
+        switch type {
+        case .data:
+            let seq = b.loadLE(UInt64.self, at: 0)
+            return .frame(.data(seq: seq, payload: Array(b[Wire.dataPrefixSize...])))
+        case .credit: return .frame(.credit(consumed: b.loadLE(UInt64.self, at: 0)))
+        case .close: return .frame(.close(lastSeq: b.loadLE(UInt64.self, at: 0)))
+        case .ping: return .frame(.ping(b.loadLE(UInt64.self, at: 0)))
+        case .pong: return .frame(.pong(b.loadLE(UInt64.self, at: 0)))
+        case .error:
+            let code = b.loadLE(UInt16.self, at: 0)
+            return .frame(.error(code: code, message: String(decoding: b[2...], as: UTF8.self)))
+        }
+    }
+
+    private func nextLine(_ bytes: UnsafeRawBufferPointer) throws(IPCError) -> Event? {
+        guard let newline = bytes.firstIndex(of: UInt8(ascii: "\n")) else {
+            if bytes.count > maxPayload {
+                throw IPCError(.frameTooLarge, "the peer sent a line longer than \(maxPayload) bytes; raise maxFrameSize or send shorter lines")
+            }
+            return nil
+        }
+        start += newline + 1
+        var line = newline
+        if line > 0 && bytes[line - 1] == UInt8(ascii: "\r") { line -= 1 }
+        return .frame(.data(seq: 0, payload: Array(bytes[0..<line])))
+    }
+
+    /// Called at end of stream: in lines mode a last line without newline is delivered; in framed mode any
+    /// partial frame is a truncation error.
+    package func finish() throws(IPCError) -> Frame? {
+        if mode == .lines {
+            guard end > start else { return nil }
+            defer { start = end }
+            return .data(seq: 0, payload: Array(UnsafeRawBufferPointer(rebasing: buffer[start..<end])))
+        }
+        if pendingBytes > 0 {
+            throw IPCError(.peerClosed, "the peer's stream ended inside a frame (\(pendingBytes) bytes of an incomplete frame); the peer crashed or closed its socket mid-message")
+        }
+        return nil
+    }
+}

@@ -1,0 +1,157 @@
+import Foundation
+
+/// Turns values into message bytes and back. Both ends of a channel must use the same codec and element type;
+/// the handshake checks ``name`` and ``typeName`` and refuses a mismatch with an error naming both choices.
+public protocol MessageCodec<Value>: Sendable {
+    associatedtype Value: Sendable
+    /// The codec's name on the wire, for example `json` or `binary`.
+    var name: String { get }
+    /// The element type's name on the wire. Defaults to the Swift type's name (for example `Swift.String`);
+    /// override it to talk to programs in other languages.
+    var typeName: String { get }
+    /// Appends the encoding of `value` to `buffer`.
+    func encode(_ value: Value, into buffer: inout [UInt8]) throws(IPCError)
+    /// Decodes one message. Called with exactly the bytes of one message.
+    func decode(_ bytes: [UInt8]) throws(IPCError) -> Value
+}
+
+extension MessageCodec {
+    public var typeName: String { String(reflecting: Value.self) }
+}
+
+/// Each message is one JSON document (UTF-8), via Foundation's `JSONEncoder`/`JSONDecoder`.
+public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
+    public let typeName: String
+    public init(_ type: Value.Type = Value.self, typeName: String? = nil) {
+        self.typeName = typeName ?? String(reflecting: Value.self)
+    }
+    public var name: String { "json" }
+
+    public func encode(_ value: Value, into buffer: inout [UInt8]) throws(IPCError) {
+        do {
+            buffer.append(contentsOf: try JSONEncoder().encode(value))
+        } catch {
+            throw IPCError(.encodingFailed, "could not encode a \(typeName) as JSON", underlying: "\(error)")
+        }
+    }
+
+    public func decode(_ bytes: [UInt8]) throws(IPCError) -> Value {
+        do {
+            return try JSONDecoder().decode(Value.self, from: Data(bytes))
+        } catch {
+            throw IPCError(.decodingFailed, "a message is not a valid JSON \(typeName) (\(bytes.count) bytes starting \(preview(bytes)))", underlying: "\(error)")
+        }
+    }
+}
+
+/// Raw bytes: the message is the array, nothing added. The transport's copy is the only copy.
+public struct RawBytesCodec: MessageCodec {
+    public init() {}
+    public var name: String { "raw" }
+    public var typeName: String { "bytes" }
+    @inlinable
+    public func encode(_ value: [UInt8], into buffer: inout [UInt8]) throws(IPCError) { buffer.append(contentsOf: value) }
+    @inlinable
+    public func decode(_ bytes: [UInt8]) throws(IPCError) -> [UInt8] { bytes }
+}
+
+/// Each message is one UTF-8 string (any content, newlines included). What the `ipc` tool speaks by default.
+public struct StringCodec: MessageCodec {
+    public init() {}
+    public var name: String { "utf8" }
+    public var typeName: String { "string" }
+    public func encode(_ value: String, into buffer: inout [UInt8]) throws(IPCError) { buffer.append(contentsOf: value.utf8) }
+    public func decode(_ bytes: [UInt8]) throws(IPCError) -> String {
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw IPCError(.decodingFailed, "a message is not valid UTF-8 (\(bytes.count) bytes starting \(preview(bytes))); the peer should send text or use the raw codec")
+        }
+        return text
+    }
+}
+
+/// The compact binary `Codable` format (see docs/wire-protocol.md, "Binary codec"). Faster and smaller than JSON.
+public struct BinaryCodec<Value: Codable & Sendable>: MessageCodec {
+    public let typeName: String
+    public init(_ type: Value.Type = Value.self, typeName: String? = nil) {
+        self.typeName = typeName ?? String(reflecting: Value.self)
+    }
+    public var name: String { "binary" }
+
+    public func encode(_ value: Value, into buffer: inout [UInt8]) throws(IPCError) {
+        do {
+            try BinaryEncoding.encode(value, into: &buffer)
+        } catch {
+            throw IPCError(.encodingFailed, "could not encode a \(typeName) in the binary codec", underlying: "\(error)")
+        }
+    }
+
+    public func decode(_ bytes: [UInt8]) throws(IPCError) -> Value {
+        do {
+            return try BinaryEncoding.decode(Value.self, from: bytes)
+        } catch {
+            throw IPCError(.decodingFailed, "a message is not a valid binary-encoded \(typeName) (\(bytes.count) bytes starting \(preview(bytes)))", underlying: "\(error)")
+        }
+    }
+}
+
+/// A codec for a direction that carries nothing (a one-way connection's other direction).
+public struct NoMessages: MessageCodec {
+    public init() {}
+    public var name: String { "none" }
+    public var typeName: String { "none" }
+    public func encode(_ value: Never, into buffer: inout [UInt8]) throws(IPCError) {}
+    public func decode(_ bytes: [UInt8]) throws(IPCError) -> Never {
+        throw IPCError(.protocolViolation, "the peer sent a message on a direction that carries none")
+    }
+}
+
+extension MessageCodec {
+    /// JSON for any `Codable` type: `codec: .json(Job.self)`.
+    public static func json<T>(_ type: T.Type = T.self) -> JSONCodec<T> where Self == JSONCodec<T> { JSONCodec(type) }
+    /// The compact binary `Codable` format: `codec: .binary(Job.self)`.
+    public static func binary<T>(_ type: T.Type = T.self) -> BinaryCodec<T> where Self == BinaryCodec<T> { BinaryCodec(type) }
+}
+
+extension MessageCodec where Self == RawBytesCodec {
+    /// Raw bytes (`[UInt8]`).
+    public static var raw: RawBytesCodec { RawBytesCodec() }
+}
+
+extension MessageCodec where Self == StringCodec {
+    /// UTF-8 strings.
+    public static var utf8: StringCodec { StringCodec() }
+}
+
+package func preview(_ bytes: [UInt8]) -> String {
+    bytes.prefix(8).map { b in
+        let s = String(b, radix: 16)
+        return s.count == 1 ? "0" + s : s
+    }.joined(separator: " ")
+}
+
+/// Plain newline-delimited text with no handshake and no framing, to talk to any program that reads or writes
+/// lines on a socket (`nc`, a shell script, a Go program using `bufio`). Each message is one line without its
+/// newline; a last line without a newline is delivered at the end of the stream. There is no handshake, so the
+/// two ends cannot check each other's types, and flow control is the kernel's socket buffers.
+public struct LinesCodec: MessageCodec {
+    public init() {}
+    public var name: String { "lines" }
+    public var typeName: String { "string" }
+    public func encode(_ value: String, into buffer: inout [UInt8]) throws(IPCError) {
+        guard !value.utf8.contains(UInt8(ascii: "\n")) else {
+            throw IPCError(.encodingFailed, "a message for the lines mode contains a newline; send one line per message")
+        }
+        buffer.append(contentsOf: value.utf8)
+    }
+    public func decode(_ bytes: [UInt8]) throws(IPCError) -> String {
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw IPCError(.decodingFailed, "a line is not valid UTF-8 (\(bytes.count) bytes starting \(preview(bytes)))")
+        }
+        return text
+    }
+}
+
+extension MessageCodec where Self == LinesCodec {
+    /// Newline-delimited text with no handshake (see ``LinesCodec``).
+    public static var lines: LinesCodec { LinesCodec() }
+}

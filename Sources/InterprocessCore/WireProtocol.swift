@@ -1,0 +1,223 @@
+// Wire protocol v1: see docs/wire-protocol.md. Everything little-endian, every length checked before use.
+
+/// Constants of wire protocol v1.
+package enum Wire {
+    /// "IPCH": the first four bytes each side sends.
+    package static let helloMagic: [UInt8] = [0x49, 0x50, 0x43, 0x48]
+    package static let version: UInt16 = 1
+    /// Fixed part of a hello: magic, version, flags, body length.
+    package static let helloHeaderSize = 12
+    /// Largest hello body accepted.
+    package static let maxHelloBody = 4096
+    /// Frame header: length (u32), type (u8), flags (u8), reserved (u16).
+    package static let frameHeaderSize = 8
+    /// A data frame's payload starts with its sequence number.
+    package static let dataPrefixSize = 8
+    /// Largest error-frame message accepted.
+    package static let maxErrorMessage = 4096
+    /// Default largest message payload: 16 MiB.
+    package static let defaultMaxFrame = 16 << 20
+}
+
+/// Frame types of wire protocol v1.
+package enum FrameType: UInt8 {
+    case data = 1
+    case credit = 2
+    case close = 3
+    case error = 4
+    case ping = 5
+    case pong = 6
+}
+
+/// What each side announces before any frame.
+package struct Hello: Equatable, Sendable {
+    /// How many unconsumed messages this side buffers for the peer (0: unbuffered rendezvous).
+    package var capacity: UInt32
+    /// Largest message payload this side accepts.
+    package var maxFrame: UInt32
+    package var sendCodec: String
+    package var sendType: String
+    package var receiveCodec: String
+    package var receiveType: String
+
+    package init(capacity: UInt32, maxFrame: UInt32, sendCodec: String, sendType: String, receiveCodec: String, receiveType: String) {
+        self.capacity = capacity
+        self.maxFrame = maxFrame
+        self.sendCodec = sendCodec
+        self.sendType = sendType
+        self.receiveCodec = receiveCodec
+        self.receiveType = receiveType
+    }
+
+    package func encoded() -> [UInt8] {
+        var body: [UInt8] = []
+        body.appendLE(capacity)
+        body.appendLE(maxFrame)
+        body.appendString8(sendCodec)
+        body.appendString16(sendType)
+        body.appendString8(receiveCodec)
+        body.appendString16(receiveType)
+        var out = Wire.helloMagic
+        out.appendLE(Wire.version)
+        out.appendLE(UInt16(0))
+        out.appendLE(UInt32(body.count))
+        return out + body
+    }
+
+    /// Parses a hello from the start of `bytes`. Returns nil when more bytes are needed, with the size consumed.
+    package static func parse(_ bytes: UnsafeRawBufferPointer) throws(IPCError) -> (Hello, Int)? {
+        let checked = min(bytes.count, 4)
+        for i in 0..<checked where bytes[i] != Wire.helloMagic[i] {
+            throw IPCError(.protocolViolation, "the peer does not speak the Interprocess protocol (wrong magic bytes \(hex(bytes, checked))); check that both ends use Interprocess with the same codec mode (the 'lines' mode has no handshake)")
+        }
+        guard bytes.count >= Wire.helloHeaderSize else { return nil }
+        let version = bytes.loadLE(UInt16.self, at: 4)
+        guard version == Wire.version else {
+            throw IPCError(.handshakeMismatch, "the peer speaks wire protocol version \(version), this side version \(Wire.version); upgrade the older side")
+        }
+        let bodyLength = Int(bytes.loadLE(UInt32.self, at: 8))
+        guard bodyLength <= Wire.maxHelloBody else {
+            throw IPCError(.protocolViolation, "the peer's handshake claims \(bodyLength) bytes, more than the \(Wire.maxHelloBody) allowed")
+        }
+        guard bytes.count >= Wire.helloHeaderSize + bodyLength else { return nil }
+        var reader = ByteReader(UnsafeRawBufferPointer(rebasing: bytes[Wire.helloHeaderSize..<(Wire.helloHeaderSize + bodyLength)]))
+        guard let capacity = reader.read(UInt32.self), let maxFrame = reader.read(UInt32.self),
+            let sendCodec = reader.readString8(), let sendType = reader.readString16(),
+            let receiveCodec = reader.readString8(), let receiveType = reader.readString16()
+        else {
+            throw IPCError(.protocolViolation, "the peer's handshake is truncated or malformed")
+        }
+        return (Hello(capacity: capacity, maxFrame: maxFrame, sendCodec: sendCodec, sendType: sendType, receiveCodec: receiveCodec, receiveType: receiveType), Wire.helloHeaderSize + bodyLength)
+    }
+
+    /// Checks that `peer` sends what this side receives and receives what this side sends.
+    package func checkCompatible(withPeer peer: Hello) throws(IPCError) {
+        var problems: [String] = []
+        if peer.sendCodec != receiveCodec || peer.sendType != receiveType {
+            problems.append("the peer sends \(peer.sendType) as \(peer.sendCodec) but this side receives \(receiveType) as \(receiveCodec)")
+        }
+        if peer.receiveCodec != sendCodec || peer.receiveType != sendType {
+            problems.append("the peer receives \(peer.receiveType) as \(peer.receiveCodec) but this side sends \(sendType) as \(sendCodec)")
+        }
+        if !problems.isEmpty {
+            throw IPCError(.handshakeMismatch, problems.joined(separator: "; ") + "; use the same element type and codec on both ends")
+        }
+    }
+}
+
+private func hex(_ bytes: UnsafeRawBufferPointer, _ count: Int) -> String {
+    (0..<count).map { i in
+        let s = String(bytes[i], radix: 16)
+        return s.count == 1 ? "0" + s : s
+    }.joined(separator: " ")
+}
+
+/// A frame decoded from the stream. Data payloads are owned arrays (the message bytes, without sequence number).
+package enum Frame: Sendable, Equatable {
+    case data(seq: UInt64, payload: [UInt8])
+    /// The receiver has taken every message up to and including `consumed` (cumulative).
+    case credit(consumed: UInt64)
+    /// The peer will send no more data; `lastSeq` is the sequence number of its last data frame (0 if none).
+    case close(lastSeq: UInt64)
+    case error(code: UInt16, message: String)
+    case ping(UInt64)
+    case pong(UInt64)
+}
+
+extension Array where Element == UInt8 {
+
+    package mutating func appendLE<T: FixedWidthInteger>(_ value: T) {
+        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
+    }
+
+    package mutating func appendString8(_ s: String) {
+        let utf8 = Array(s.utf8.prefix(255))
+        append(UInt8(utf8.count))
+        append(contentsOf: utf8)
+    }
+
+    package mutating func appendString16(_ s: String) {
+        let utf8 = Array(s.utf8.prefix(Int(UInt16.max)))
+        appendLE(UInt16(utf8.count))
+        append(contentsOf: utf8)
+    }
+
+    /// Appends a frame header for a payload of `length` bytes.
+
+    package mutating func appendFrameHeader(_ type: FrameType, length: Int) {
+        appendLE(UInt32(truncatingIfNeeded: length))
+        append(type.rawValue)
+        append(0)
+        appendLE(UInt16(0))
+    }
+
+    /// Overwrites a little-endian u32 at `offset`.
+
+    package mutating func storeLE(_ value: UInt32, at offset: Int) {
+        withUnsafeMutableBytes { $0.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt32.self) }
+    }
+
+    package mutating func appendControlFrame(_ frame: Frame) {
+        switch frame {
+        case .data(let seq, let payload):
+            appendFrameHeader(.data, length: Wire.dataPrefixSize + payload.count)
+            appendLE(seq)
+            append(contentsOf: payload)
+        case .credit(let consumed):
+            appendFrameHeader(.credit, length: 8)
+            appendLE(consumed)
+        case .close(let lastSeq):
+            appendFrameHeader(.close, length: 8)
+            appendLE(lastSeq)
+        case .error(let code, let message):
+            let text = Array(message.utf8.prefix(Wire.maxErrorMessage))
+            appendFrameHeader(.error, length: 2 + text.count)
+            appendLE(code)
+            append(contentsOf: text)
+        case .ping(let nonce):
+            appendFrameHeader(.ping, length: 8)
+            appendLE(nonce)
+        case .pong(let nonce):
+            appendFrameHeader(.pong, length: 8)
+            appendLE(nonce)
+        }
+    }
+}
+
+extension UnsafeRawBufferPointer {
+
+    package func loadLE<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
+        T(littleEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
+    }
+}
+
+/// Bounds-checked sequential reads from untrusted bytes.
+package struct ByteReader {
+    package let bytes: UnsafeRawBufferPointer
+    package var offset = 0
+    package init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    package var remaining: Int { bytes.count - offset }
+
+    package mutating func read<T: FixedWidthInteger>(_: T.Type) -> T? {
+        guard remaining >= MemoryLayout<T>.size else { return nil }
+        defer { offset += MemoryLayout<T>.size }
+        return bytes.loadLE(T.self, at: offset)
+    }
+
+    package mutating func readBytes(_ count: Int) -> UnsafeRawBufferPointer? {
+        guard count >= 0, remaining >= count else { return nil }
+        defer { offset += count }
+        return UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)])
+    }
+
+    package mutating func readString8() -> String? {
+        guard let n = read(UInt8.self), let raw = readBytes(Int(n)) else { return nil }
+        return String(decoding: raw, as: UTF8.self)
+    }
+
+    package mutating func readString16() -> String? {
+        guard let n = read(UInt16.self), let raw = readBytes(Int(n)) else { return nil }
+        return String(decoding: raw, as: UTF8.self)
+    }
+}

@@ -1,0 +1,89 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CInterprocessShim
+import Foundation
+
+enum FileHandleLite {
+    case standardOutput, standardError
+    func write(_ text: String) {
+        var bytes = Array(text.utf8)
+        writeAll(self == .standardOutput ? 1 : 2, &bytes)
+    }
+    func write(bytes: [UInt8]) {
+        var copy = bytes
+        writeAll(self == .standardOutput ? 1 : 2, &copy)
+    }
+    private func writeAll(_ fd: Int32, _ bytes: inout [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            offset += n
+        }
+    }
+}
+
+func exitProcess(_ code: Int32) -> Never { exit(code) }
+
+/// The path of this executable, to start a second process of it.
+func selfExecutablePath() -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    if n > 0 { return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+    return CommandLine.arguments[0]
+}
+
+/// A child process of this executable, spawned with posix_spawn. `inheritFD` becomes fd 3 in the child.
+struct ChildProcess: Sendable {
+    let pid: pid_t
+
+    static func spawnSelf(_ arguments: [String], inheritFD: Int32 = -1, pinCPU: Int? = nil) throws -> ChildProcess {
+        var argv = [selfExecutablePath()] + arguments
+        if let pinCPU {
+            argv = ["/usr/bin/taskset", "-c", String(pinCPU)] + argv
+        }
+        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
+        cargs.append(nil)
+        defer { for p in cargs { free(p) } }
+        let pid = cipc_spawn(argv[0], cargs, inheritFD)
+        guard pid > 0 else { throw ChildError(message: "cannot start \(argv[0]): \(String(cString: strerror(errno)))") }
+        return ChildProcess(pid: pid)
+    }
+
+    /// Waits for the child on a separate thread; returns its exit code (or 128 + signal).
+    func wait() async -> Int32 {
+        let pid = self.pid
+        return await withCheckedContinuation { continuation in
+            let thread = Thread {
+                var code: Int32 = 0
+                let kind = cipc_wait(pid, &code)
+                continuation.resume(returning: kind == 0 ? code : 128 + code)
+            }
+            thread.start()
+        }
+    }
+
+    func kill() { _ = Glibc.kill(pid, SIGKILL) }
+}
+
+struct ChildError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+/// A short private directory for socket files (sun_path is limited to 108 bytes).
+func makeTemporaryDirectory() throws -> String {
+    var template = Array("/tmp/ipc-XXXXXX".utf8CString)
+    guard let p = mkdtemp(&template) else { throw ChildError(message: "mkdtemp failed: \(String(cString: strerror(errno)))") }
+    return String(cString: p)
+}
+
+func removeDirectory(_ path: String) {
+    try? FileManager.default.removeItem(atPath: path)
+}
+
+func monotonicNanos() -> UInt64 { cipc_monotonic_ns() }
