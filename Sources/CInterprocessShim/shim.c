@@ -1,12 +1,17 @@
 #define _GNU_SOURCE
 #include "CInterprocessShim.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
+#include <sys/resource.h>
 #include <sched.h>
 #include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,6 +67,29 @@ int cipc_epoll_wait(int epfd, cipc_event *out, int capacity, int timeout_ms) {
 }
 
 int cipc_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+int cipc_timerfd(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC); }
+
+int cipc_timerfd_arm(int fd, uint64_t nanoseconds) {
+    struct itimerspec spec = {0};
+    spec.it_value.tv_sec = (time_t)(nanoseconds / 1000000000ull);
+    spec.it_value.tv_nsec = (long)(nanoseconds % 1000000000ull);
+    if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;
+    return timerfd_settime(fd, 0, &spec, NULL);
+}
+
+ssize_t cipc_writev(int fd, const void *const *bases, const size_t *lengths, int count) {
+    struct iovec iov[64];
+    if (count > 64) count = 64;
+    for (int i = 0; i < count; i++) {
+        iov[i].iov_base = (void *)bases[i];
+        iov[i].iov_len = lengths[i];
+    }
+    struct msghdr msg = {0};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)count;
+    return sendmsg(fd, &msg, MSG_NOSIGNAL);
+}
 
 void cipc_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -120,5 +148,21 @@ int cipc_pin_to_cpu(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
-    return sched_setaffinity(0, sizeof(set), &set);
+    DIR *dir = opendir("/proc/self/task");
+    if (!dir) return sched_setaffinity(0, sizeof(set), &set);
+    int rc = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] == '.') continue;
+        pid_t tid = (pid_t)atoi(entry->d_name);
+        if (sched_setaffinity(tid, sizeof(set), &set) != 0) rc = -1;
+    }
+    closedir(dir);
+    return rc;
+}
+
+long cipc_peak_rss_kib(void) {
+    struct rusage usage;
+    if (getrusage(RUSAGE_SELF, &usage) != 0) return -1;
+    return usage.ru_maxrss;
 }

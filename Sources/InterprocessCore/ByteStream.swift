@@ -6,14 +6,16 @@
 package protocol ByteStream: AnyObject, Sendable {
     /// Reads what is available now, without waiting.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(IPCError) -> ReadOutcome
-    /// Writes what the stream takes now, without waiting; returns the number of bytes taken (0: would block).
-    func write(_ bytes: UnsafeRawBufferPointer) throws(IPCError) -> Int
+    /// Writes what the stream takes now from `segments` (in order, the first starting at `offset`), without
+    /// waiting; returns the number of bytes taken (0: would block).
+    func write(_ segments: [[UInt8]], offset: Int) throws(IPCError) -> Int
     /// Starts delivering readiness events to `handler`.
     func start(handler: any ByteStreamHandler)
     /// Asks for one ``ByteStreamHandler/streamReady(readable:writable:)`` call once the stream is readable
     /// (when `read`) or writable (when `write`), or has failed.
     func arm(read: Bool, write: Bool)
-    /// Asks for one ``ByteStreamHandler/flushRequested()`` call soon, on the transport's I/O thread.
+    /// Asks for one ``ByteStreamHandler/flushRequested()`` call on the transport's I/O thread after a short
+    /// delay, so that a burst of sends is written with one system call.
     func requestFlush()
     /// Ends the sending direction (the peer reads end-of-stream after everything written).
     func shutdownWrite()

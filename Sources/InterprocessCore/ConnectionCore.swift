@@ -35,28 +35,28 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var readerBusy = false
         var writerBusy = false
         var flushScheduled = false
-        /// Bytes taken from the outbox that the stream did not accept yet (written before the outbox).
-        var stalled: [UInt8] = []
-        var stalledOffset = 0
         var writeArmed = false
         var lastAppendNanos: UInt64 = 0
+        /// Data frames appended since the writer last took the outbox.
+        var unflushedFrames = 0
         var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
         var nextWaiterID: UInt64 = 0
         var tearingDown = false
         var closed = false
         var closedWaiters: [CheckedContinuation<Void, Never>] = []
 
-        var hasPendingOutput: Bool { !channel.outbox.isEmpty || stalledOffset < stalled.count }
+        var hasPendingOutput: Bool { !channel.outbox.isEmpty }
     }
 
     package let stream: any ByteStream
     package let configuration: Configuration
     private let reader: FrameReader
     private let locked: Mutex<Locked>
-    /// Burst detection: a send within this time of the previous one leaves its write to a deferred flush.
+    /// Burst detection: a send within this time of the end of the previous one leaves its write to a deferred
+    /// flush.
     private static let burstNanos: UInt64 = 5_000
     /// An outbox at least this large is written inline even in a burst.
-    private static let flushThreshold = 64 << 10
+    private static let flushThreshold = 32 << 10
 
     package init(stream: any ByteStream, configuration: Configuration) {
         self.stream = stream
@@ -118,11 +118,20 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// Appends one data frame (waiting for credit first) and arranges for it to be written.
     package func send(_ encode: (inout [UInt8]) throws(IPCError) -> Void) async throws(IPCError) {
+        try await send { state throws(IPCError) in try state.appendData(encode) }
+    }
+
+    /// Sends `payload` as one message without copying it into the outbox (for large raw payloads).
+    package func send(segment payload: [UInt8]) async throws(IPCError) {
+        try await send { state throws(IPCError) in try state.appendData(segment: payload) }
+    }
+
+    private func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
         let seq: UInt64 = try await waitFor { state throws(IPCError) -> UInt64? in
             switch state.channel.canSend() {
             case .failed(let error): throw error
             case .wait: return nil
-            case .ready: return try state.channel.appendData(encode)
+            case .ready: return try append(&state.channel)
             }
         }
         afterAppend(data: true)
@@ -240,7 +249,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             guard state.channel.failure == nil else { return }
             state.channel.fail(error)
             if tellPeer && state.channel.mode == .framed {
-                state.channel.outbox.appendControlFrame(.error(code: error.code.value, message: error.message))
+                state.channel.outbox.append { $0.appendControlFrame(.error(code: error.code.value, message: error.message)) }
             }
             state.channel.senderClosed = true
             state.channel.receiverDone = true
@@ -435,18 +444,24 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// After `send` appended a data frame (`data`) or `receive` appended a credit frame: write now, or leave
     /// it to one deferred flush on the I/O thread. A send less than `burstNanos` after the previous one is part
-    /// of a burst and is coalesced; a lone send (a request, a ping-pong) is written at once. Anything still
-    /// pending when a task is about to wait is written by that task before it waits.
+    /// of a burst and is coalesced, written once a quarter of the peer's window has accumulated (so the peer
+    /// always has work while more is on the way); a lone send (a request, a ping-pong) is written at once.
+    /// Anything still pending when a task is about to wait is written by that task before it waits, and a
+    /// deferred flush on the I/O thread writes the tail of a burst that ends without a wait.
     private func afterAppend(data: Bool) {
         enum Decision { case inline, scheduled, none }
         let decision = locked.withLock { state -> Decision in
             let now = cipc_monotonic_ns()
             var urgent: Bool
             if data {
+                state.unflushedFrames += 1
+                let batch = max(Int(state.channel.peer?.capacity ?? 1) / 4, 1)
                 urgent = now &- state.lastAppendNanos >= Self.burstNanos || state.channel.isRendezvous
+                    || state.unflushedFrames >= batch
                 state.lastAppendNanos = now
             } else {
-                urgent = state.channel.creditIsUrgent
+                // A credit is due only once per quarter window: write it at once so the sender never stalls.
+                urgent = true
             }
             urgent = urgent || state.channel.outbox.count >= Self.flushThreshold
             if state.writerBusy || !state.hasPendingOutput { return .none }
@@ -459,7 +474,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             return .scheduled
         }
         switch decision {
-        case .inline: writeOutbox()
+        case .inline:
+            writeOutbox()
+            // Measure the next gap from the end of this write, not its start.
+            if data { locked.withLock { $0.lastAppendNanos = cipc_monotonic_ns() } }
         case .scheduled: stream.requestFlush()
         case .none: break
         }
@@ -478,51 +496,36 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Writes until the outbox is empty or the stream would block (then the I/O thread continues when it is
     /// writable). Caller holds the writer role.
     private func writeOutbox() {
-        var spare: [UInt8] = []
         while true {
-            var chunk: [UInt8] = []
-            var offset = 0
-            let more = locked.withLock { state -> Bool in
-                if state.stalledOffset < state.stalled.count {
-                    chunk = state.stalled
-                    offset = state.stalledOffset
-                    state.stalled = []
-                    state.stalledOffset = 0
-                    return true
-                }
+            let next = locked.withLock { state -> (segments: [[UInt8]], offset: Int)? in
                 guard !state.channel.outbox.isEmpty, !state.closed else {
                     state.writerBusy = false
-                    return false
+                    return nil
                 }
-                chunk = state.channel.outbox
-                swap(&state.channel.outbox, &spare)
-                return true
+                state.unflushedFrames = 0
+                return state.channel.outbox.snapshot()
             }
-            if !more { return }
+            guard let (segments, offset) = next else { return }
+            let written: Int
             do throws(IPCError) {
-                while offset < chunk.count {
-                    let n = try chunk.withUnsafeBytes { all in
-                        Result { () throws(IPCError) in try stream.write(UnsafeRawBufferPointer(rebasing: all[offset...])) }
-                    }.get()
-                    if n == 0 { break }
-                    offset += n
-                }
+                written = try stream.write(segments, offset: offset)
             } catch {
                 locked.withLock { $0.writerBusy = false }
                 fail(error, tellPeer: false)
                 return
             }
-            if offset < chunk.count {
-                locked.withLock { state in
-                    state.stalled = chunk
-                    state.stalledOffset = offset
+            let blocked = locked.withLock { state -> Bool in
+                state.channel.outbox.consume(written)
+                if written == 0 {
                     state.writeArmed = true
+                    return true
                 }
+                return false
+            }
+            if blocked {
                 stream.arm(read: false, write: true)
                 return
             }
-            chunk.removeAll(keepingCapacity: true)
-            spare = chunk
             wakeAllIfWaitingForOutput()
         }
     }
@@ -556,15 +559,20 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     package func flushRequested() {
-        let take = locked.withLock { state -> Bool in
+        // The safety net for the tail of a burst. If the lock is busy, its owner is active and will write (or
+        // wait, which writes): try again later rather than contend for the lock from the I/O thread.
+        let take = locked.withLockIfAvailable { state -> Bool in
             state.flushScheduled = false
             guard !state.writerBusy && state.hasPendingOutput else { return false }
             state.writerBusy = true
             return true
         }
-        if take { writeOutbox() }
+        switch take {
+        case true?: writeOutbox()
+        case false?: break
+        case nil: stream.requestFlush()
+        }
     }
-
 }
 
 private enum WaitStep<T> { case done(T), read, park }

@@ -37,7 +37,7 @@ package struct ConnectionState {
     package var peerConsumed: UInt64 = 0
     package var senderClosed: Bool
     /// Bytes waiting to be written, in order.
-    package var outbox: [UInt8] = []
+    package var outbox = Outbox()
 
     package init(mode: Mode, local: Hello, hasSender: Bool, hasReceiver: Bool) {
         self.mode = mode
@@ -47,7 +47,7 @@ package struct ConnectionState {
         if mode == .lines {
             peer = Hello(capacity: UInt32.max, maxFrame: UInt32.max, sendCodec: local.receiveCodec, sendType: local.receiveType, receiveCodec: local.sendCodec, receiveType: local.sendType)
         } else {
-            outbox = local.encoded()
+            outbox.append { $0 += local.encoded() }
         }
     }
 
@@ -113,7 +113,7 @@ package struct ConnectionState {
             failure = IPCError(.peerError, "the peer reported an error and closed the connection: \(message)", underlying: "peer code \(code)")
             effects.wake = true
         case .ping(let nonce):
-            outbox.appendControlFrame(.pong(nonce))
+            outbox.append { $0.appendControlFrame(.pong(nonce)) }
             effects.output = true
         case .pong:
             break
@@ -159,7 +159,7 @@ package struct ConnectionState {
         guard mode == .framed else { return false }
         guard taken - granted >= max(receiveWindow / 4, 1) else { return false }
         granted = taken
-        outbox.appendControlFrame(.credit(consumed: taken))
+        outbox.append { $0.appendControlFrame(.credit(consumed: taken)) }
         return true
     }
 
@@ -197,31 +197,55 @@ package struct ConnectionState {
 
     /// Appends one data frame whose payload `encode` writes. Returns its sequence number.
     package mutating func appendData(_ encode: (inout [UInt8]) throws(IPCError) -> Void) throws(IPCError) -> UInt64 {
-        let start = outbox.count
-        if mode == .framed {
-            outbox.appendFrameHeader(.data, length: 0)
-            outbox.appendLE(nextSeq)
-        }
-        do {
-            try encode(&outbox)
-        } catch {
-            outbox.removeSubrange(start...)
-            throw error
-        }
-        let headerSize = mode == .framed ? Wire.frameHeaderSize + Wire.dataPrefixSize : 0
-        let payload = outbox.count - start - headerSize
+        let framed = mode == .framed
+        let seq = nextSeq
         let limit = Int(peer?.maxFrame ?? UInt32(Wire.defaultMaxFrame))
-        guard payload <= limit else {
-            outbox.removeSubrange(start...)
-            throw IPCError(.frameTooLarge, "a \(payload)-byte message is larger than the \(limit) bytes the receiving side accepts; send smaller messages or raise maxFrameSize on the receiving side")
+        try outbox.append { buffer throws(IPCError) in
+            let start = buffer.count
+            if framed {
+                buffer.appendFrameHeader(.data, length: 0)
+                buffer.appendLE(seq)
+            }
+            do throws(IPCError) {
+                try encode(&buffer)
+            } catch {
+                buffer.removeSubrange(start...)
+                throw error
+            }
+            let payload = buffer.count - start - (framed ? Wire.frameHeaderSize + Wire.dataPrefixSize : 0)
+            guard payload <= limit else {
+                buffer.removeSubrange(start...)
+                throw Self.tooLarge(payload, limit)
+            }
+            if framed {
+                buffer.storeLE(UInt32(payload + Wire.dataPrefixSize), at: start)
+            } else {
+                buffer.append(UInt8(ascii: "\n"))
+            }
         }
-        if mode == .framed {
-            outbox.storeLE(UInt32(payload + Wire.dataPrefixSize), at: start)
-        } else {
-            outbox.append(UInt8(ascii: "\n"))
+        nextSeq += 1
+        return seq
+    }
+
+    /// Appends one data frame whose payload is `payload` itself, kept as a segment rather than copied.
+    package mutating func appendData(segment payload: [UInt8]) throws(IPCError) -> UInt64 {
+        guard mode == .framed else {
+            return try appendData { $0 += payload }
         }
-        defer { nextSeq += 1 }
-        return nextSeq
+        let limit = Int(peer?.maxFrame ?? UInt32(Wire.defaultMaxFrame))
+        guard payload.count <= limit else { throw Self.tooLarge(payload.count, limit) }
+        let seq = nextSeq
+        outbox.append { buffer in
+            buffer.appendFrameHeader(.data, length: Wire.dataPrefixSize + payload.count)
+            buffer.appendLE(seq)
+        }
+        outbox.appendSegment(payload)
+        nextSeq += 1
+        return seq
+    }
+
+    private static func tooLarge(_ size: Int, _ limit: Int) -> IPCError {
+        IPCError(.frameTooLarge, "a \(size)-byte message is larger than the \(limit) bytes the receiving side accepts; nothing was sent. Send smaller messages or raise maxFrameSize on the receiving side")
     }
 
     /// Whether a rendezvous send of `seq` is complete (the receiver took it).
@@ -243,7 +267,7 @@ package struct ConnectionState {
         }
         senderClosed = true
         if mode == .framed && failure == nil {
-            outbox.appendControlFrame(.close(lastSeq: nextSeq - 1))
+            outbox.append { $0.appendControlFrame(.close(lastSeq: nextSeq - 1)) }
         }
     }
 }

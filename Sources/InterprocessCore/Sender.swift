@@ -8,11 +8,16 @@
 public final class Sender<Value: Sendable>: Sendable {
     private let core: ConnectionCore
     private let encode: @Sendable (Value, inout [UInt8]) throws(IPCError) -> Void
+    /// Raw bytes: large payloads are handed to the transport as they are, without a copy.
+    private let isRaw: Bool
 
     package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
         self.core = core
         self.encode = { value, buffer throws(IPCError) in try codec.encode(value, into: &buffer) }
+        self.isRaw = codec is RawBytesCodec
     }
+
+    private static var segmentThreshold: Int { 32 << 10 }
 
     deinit { core.senderDropped() }
 
@@ -22,6 +27,10 @@ public final class Sender<Value: Sendable>: Sendable {
     /// process went away, `frameTooLarge` when the encoded value exceeds the receiver's limit (nothing is sent
     /// and the channel stays usable), `encodingFailed`, or `cancelled`.
     public func send(_ value: Value) async throws(IPCError) {
+        if isRaw, let bytes = value as? [UInt8], bytes.count >= Self.segmentThreshold {
+            try await core.send(segment: bytes)
+            return
+        }
         try await core.send { buffer throws(IPCError) in try encode(value, &buffer) }
     }
 

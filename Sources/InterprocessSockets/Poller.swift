@@ -13,20 +13,22 @@ final class Poller: Sendable {
     static let shared = Poller()
 
     private let epollFD: Int32
-    private let wakeFD: Int32
+    private let timerFD: Int32
+    /// How long a deferred flush waits, so a burst of sends is written at once.
+    static let flushDelayNanos: UInt64 = 50_000
     private struct Registry {
         var handlers: [UInt64: @Sendable (_ events: UInt32) -> Void] = [:]
         var nextToken: UInt64 = 1
         var flushQueue: [any ByteStreamHandler] = []
-        var wakePending = false
+        var timerArmed = false
     }
     private let registry = Mutex(Registry())
 
     private init() {
         epollFD = cipc_epoll_create()
-        wakeFD = cipc_eventfd()
-        precondition(epollFD >= 0 && wakeFD >= 0, "Interprocess: cannot create the epoll instance (errno \(errno))")
-        _ = cipc_epoll_arm(epollFD, wakeFD, 0, UInt32(CIPC_EV_READ), 0)
+        timerFD = cipc_timerfd()
+        precondition(epollFD >= 0 && timerFD >= 0, "Interprocess: cannot create the epoll instance (errno \(errno))")
+        _ = cipc_epoll_arm(epollFD, timerFD, 0, UInt32(CIPC_EV_READ), 0)
         let thread = Thread { [self] in run() }
         thread.name = "interprocess-io"
         thread.start()
@@ -54,18 +56,16 @@ final class Poller: Sendable {
         _ = registry.withLock { $0.handlers.removeValue(forKey: token) }
     }
 
-    /// Runs `handler.flushRequested()` on the I/O thread soon.
+    /// Runs `handler.flushRequested()` on the I/O thread after ``flushDelayNanos``. Arming a timer wakes no
+    /// thread now, so the sender keeps its CPU and the flush carries everything appended meanwhile.
     func requestFlush(_ handler: any ByteStreamHandler) {
-        let signal = registry.withLock { r -> Bool in
+        let arm = registry.withLock { r -> Bool in
             r.flushQueue.append(handler)
-            if r.wakePending { return false }
-            r.wakePending = true
+            if r.timerArmed { return false }
+            r.timerArmed = true
             return true
         }
-        if signal {
-            var one: UInt64 = 1
-            _ = write(wakeFD, &one, 8)
-        }
+        if arm { _ = cipc_timerfd_arm(timerFD, Self.flushDelayNanos) }
     }
 
     private func run() {
@@ -77,10 +77,10 @@ final class Poller: Sendable {
                 let event = events[i]
                 if event.token == 0 {
                     var value: UInt64 = 0
-                    _ = read(wakeFD, &value, 8)
-                    _ = cipc_epoll_arm(epollFD, wakeFD, 1, UInt32(CIPC_EV_READ), 0)
+                    _ = read(timerFD, &value, 8)
+                    _ = cipc_epoll_arm(epollFD, timerFD, 1, UInt32(CIPC_EV_READ), 0)
                     let queue = registry.withLock { r in
-                        r.wakePending = false
+                        r.timerArmed = false
                         defer { r.flushQueue.removeAll(keepingCapacity: true) }
                         return r.flushQueue
                     }

@@ -71,11 +71,29 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
         return n == 0 ? .endOfStream : .bytes(n)
     }
 
-    package func write(_ bytes: UnsafeRawBufferPointer) throws(IPCError) -> Int {
-        guard bytes.count > 0 else { return 0 }
+    package func write(_ segments: [[UInt8]], offset: Int) throws(IPCError) -> Int {
+        guard !segments.isEmpty else { return 0 }
         try enter()
         defer { leave() }
-        return try nonBlockingCall("writing to the socket", { Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }) ?? 0
+        let iov = IOVector()
+        return try Self.withPointers(segments[...], offset: offset, iov) { () throws(IPCError) -> Int in
+            try nonBlockingCall("writing to the socket", { cipc_writev(fd, iov.bases, iov.lengths, Int32(iov.bases.count)) }) ?? 0
+        }
+    }
+
+    private final class IOVector {
+        var bases: [UnsafeRawPointer?] = []
+        var lengths: [Int] = []
+    }
+
+    /// Collects pointers to every segment inside nested `withUnsafeBytes` scopes, then runs `body`.
+    private static func withPointers<R>(_ segments: ArraySlice<[UInt8]>, offset: Int, _ iov: IOVector, _ body: () throws(IPCError) -> R) throws(IPCError) -> R {
+        guard let first = segments.first else { return try body() }
+        return try first.withUnsafeBytes { raw in
+            iov.bases.append(raw.baseAddress.map { $0 + offset })
+            iov.lengths.append(raw.count - offset)
+            return Result { () throws(IPCError) -> R in try withPointers(segments.dropFirst(), offset: 0, iov, body) }
+        }.get()
     }
 
     package func start(handler: any ByteStreamHandler) {
@@ -86,29 +104,28 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
         }
     }
 
+    /// Arms one readiness event. The epoll registration is changed under the lock, so two threads arming at
+    /// once (or the I/O thread re-arming what is left) can never overwrite each other's interest.
     package func arm(read: Bool, write: Bool) {
         var wanted: UInt32 = 0
         if read { wanted |= UInt32(CIPC_EV_READ) }
         if write { wanted |= UInt32(CIPC_EV_WRITE) }
-        let armWith = state.withLock { s -> (UInt32, UInt64)? in
-            guard !s.closed, s.token != 0 else { return nil }
+        state.withLock { s in
+            guard !s.closed, s.token != 0 else { return }
             s.interest |= wanted
-            return (s.interest, s.token)
+            Poller.shared.arm(fd: fd, token: s.token, events: s.interest)
         }
-        if let (events, token) = armWith { Poller.shared.arm(fd: fd, token: token, events: events) }
     }
 
     private func deliver(_ events: UInt32) {
         let failed = events & UInt32(CIPC_EV_HUP | CIPC_EV_ERROR) != 0
-        let fired = state.withLock { s -> (UInt32, UInt32, (any ByteStreamHandler)?) in
+        let (got, handler) = state.withLock { s -> (UInt32, (any ByteStreamHandler)?) in
             let fired = failed ? s.interest : (s.interest & events)
             s.interest &= ~fired
-            return (fired, s.interest, s.handler)
-        }
-        let (got, remaining, handler) = fired
-        if remaining != 0 {
-            let token = state.withLock { $0.token }
-            Poller.shared.arm(fd: fd, token: token, events: remaining)
+            if s.interest != 0 && !s.closed {
+                Poller.shared.arm(fd: fd, token: s.token, events: s.interest)
+            }
+            return (fired, s.handler)
         }
         guard got != 0, let handler else { return }
         handler.streamReady(readable: got & UInt32(CIPC_EV_READ) != 0, writable: got & UInt32(CIPC_EV_WRITE) != 0)

@@ -42,6 +42,14 @@ int cipc_epoll_wait(int epfd, cipc_event *out, int capacity, int timeout_ms);
 /// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK).
 int cipc_eventfd(void);
 
+/// A monotonic timerfd (non-blocking, close-on-exec).
+int cipc_timerfd(void);
+/// Arms the timerfd to fire once after `nanoseconds`.
+int cipc_timerfd_arm(int fd, uint64_t nanoseconds);
+
+/// writev of up to `count` buffers. Returns bytes written or -1 with errno.
+ssize_t cipc_writev(int fd, const void *const *bases, const size_t *lengths, int count);
+
 /// The CPU's spin-loop hint (`pause` on x86, `yield` on ARM).
 void cipc_cpu_relax(void);
 
@@ -58,7 +66,10 @@ int cipc_wait(pid_t pid, int *code);
 
 /// The CPU affinity list of this process as a bit mask (first 64 CPUs), or 0 when unknown.
 uint64_t cipc_affinity_mask(void);
-/// Pins this process (all future threads inherit it) to one CPU. Returns 0 or -1.
+/// Pins every thread of this process (and so every thread it creates later) to one CPU. Returns 0 or -1.
 int cipc_pin_to_cpu(int cpu);
+
+/// Peak resident set size of this process, in KiB.
+long cipc_peak_rss_kib(void);
 
 #endif

@@ -1,0 +1,325 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CInterprocessShim
+import Foundation
+import Interprocess
+
+/// The typed message of the typed W2 runs: a sequence number and 48 bytes (77 bytes in the binary codec).
+struct BenchSample: Codable, Sendable {
+    var seq: UInt64
+    var body: [UInt8]
+}
+
+enum Workload: String, CaseIterable, ExpressibleByArgument {
+    case w1, w2, w3
+}
+
+/// What one bench line runs over.
+enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
+    /// Plain blocking syscalls on a socketpair: the limit.
+    case baseline
+    case unixRaw = "unix-raw"
+    case tcpRaw = "tcp-raw"
+    case unixBinary = "unix-binary"
+    case unixJSON = "unix-json"
+
+    var label: String {
+        switch self {
+        case .baseline: "raw socketpair (syscalls)"
+        case .unixRaw: "Interprocess unix, raw bytes"
+        case .tcpRaw: "Interprocess tcp, raw bytes"
+        case .unixBinary: "Interprocess unix, binary Codable"
+        case .unixJSON: "Interprocess unix, JSON Codable"
+        }
+    }
+
+    func applies(to workload: Workload) -> Bool {
+        switch self {
+        case .baseline, .unixRaw, .tcpRaw: true
+        case .unixBinary, .unixJSON: workload == .w2
+        }
+    }
+}
+
+struct BenchCounts: Codable {
+    var w1Warmup = 1000
+    var w1Iterations = 20000
+    var w2Count = 1_000_000
+    var w3Count = 1000
+}
+
+/// One run's measurements.
+struct BenchResult {
+    var values: [Double]  // W1: p50, p99, max (us); W2: M msg/s; W3: GB/s
+    var parentRSSKiB: Int
+    var childRSSKiB: Int
+}
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the standard workloads W1-W3 over each transport, beside a raw-syscall baseline.",
+        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. Two real processes; each line is the median of --runs runs, with its ratio to the raw socketpair baseline measured in the same invocation. Build with -c release.")
+
+    @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement = "split"
+    @Option(help: "Runs per line; the median is reported.") var runs = 3
+    @Option(help: "Channel capacity (messages) for the Interprocess lines; default: the library's default.") var capacity: Int?
+    @Option(parsing: .upToNextOption, help: "Workloads to run.") var workloads: [Workload] = Workload.allCases
+    @Option(parsing: .upToNextOption, help: "Transports to run.") var transports: [BenchTransport] = BenchTransport.allCases
+    @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
+
+    func run() async throws {
+        var counts = BenchCounts()
+        if quick { counts = BenchCounts(w1Warmup: 200, w1Iterations: 2000, w2Count: 100_000, w3Count: 100) }
+        let childCPU: Int?
+        switch placement {
+        case "split": childCPU = 1
+        case "same": childCPU = 0
+        case "free": childCPU = nil
+        default: throw ValidationError("--placement must be split, same or free")
+        }
+        if childCPU != nil { _ = cipc_pin_to_cpu(0) }
+        var options = ChannelOptions()
+        if let capacity { options.capacity = capacity }
+        let directory = try makeTemporaryDirectory()
+        defer { removeDirectory(directory) }
+
+        say("Interprocess bench: placement \(placement), \(runs) runs per line (median), capacity \(options.capacity), \(quick ? "QUICK counts" : "full counts")")
+        say("machine: \(machineDescription())")
+        for workload in workloads {
+            var baseline: Double?
+            let header: String
+            switch workload {
+            case .w1: header = "W1 ping-pong 64 B, round trip us: p50 / p99 / max"
+            case .w2: header = "W2 \(counts.w2Count) x 64 B one way, M msg/s"
+            case .w3: header = "W3 \(counts.w3Count) x 1 MiB one way, GB/s"
+            }
+            say("\n" + header)
+            for transport in transports where transport.applies(to: workload) {
+                var results: [BenchResult] = []
+                for _ in 0..<runs {
+                    results.append(try await runOne(workload, transport, counts: counts, options: options, childCPU: childCPU, directory: directory))
+                }
+                results.sort { $0.values[0] < $1.values[0] }
+                let median = results[results.count / 2]
+                let main = median.values[0]
+                if transport == .baseline { baseline = main }
+                var line = transport.label.padding(toLength: 36, withPad: " ", startingAt: 0)
+                switch workload {
+                case .w1: line += median.values.map { format($0) }.joined(separator: " / ")
+                case .w2, .w3: line += format(main, 2)
+                }
+                if let baseline, transport != .baseline {
+                    // For W1 lower is better: the ratio is time over baseline time; for W2/W3 rate over baseline rate.
+                    line += "   ratio \(format(main / baseline, 2))x"
+                }
+                if workload != .w1 { line += "   peak RSS \(median.parentRSSKiB / 1024) / \(median.childRSSKiB / 1024) MiB" }
+                say(line)
+                say("RESULT \(workload.rawValue) \(transport.rawValue) \(median.values.map { format($0, 2) }.joined(separator: " ")) rss=\(median.parentRSSKiB),\(median.childRSSKiB)")
+            }
+        }
+    }
+
+    private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String) async throws -> BenchResult {
+        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
+        if transport == .baseline {
+            var fds: [Int32] = [0, 0]
+            guard cipc_socketpair(&fds) == 0 else { throw ChildError(message: "socketpair failed") }
+            let child = try ChildProcess.spawnSelf(args, inheritFD: fds[1], pinCPU: childCPU)
+            close(fds[1])
+            let stream = RawStream(fd: fds[0])
+            let result = runBaseline(workload, stream, counts: counts)
+            close(fds[0])
+            guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
+            return result
+        }
+        let endpoint: Endpoint = transport == .tcpRaw ? .tcp(host: "127.0.0.1", port: 0) : .unix(path: directory + "/bench.sock")
+        if transport == .unixBinary || transport == .unixJSON {
+            let codec: any MessageCodec<BenchSample> = transport == .unixBinary ? BinaryCodec(BenchSample.self) : JSONCodec(BenchSample.self)
+            return try await runTyped(codec, endpoint, args: args, counts: counts, options: options, childCPU: childCPU)
+        }
+        let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
+        defer { listener.close() }
+        let child = try ChildProcess.spawnSelf(args + ["--endpoint", listener.endpoint.description], pinCPU: childCPU)
+        let connection = try await listener.accept()
+        let result = try await runChannel(workload, connection, counts: counts)
+        try await connection.sender.close()
+        guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
+        return result
+    }
+
+    private func runTyped(_ codec: some MessageCodec<BenchSample>, _ endpoint: Endpoint, args: [String], counts: BenchCounts, options: ChannelOptions, childCPU: Int?) async throws -> BenchResult {
+        let listener = try IPC.listen(on: endpoint, sending: codec, receiving: .utf8, options: options)
+        defer { listener.close() }
+        let child = try ChildProcess.spawnSelf(args + ["--endpoint", listener.endpoint.description], pinCPU: childCPU)
+        let connection = try await listener.accept()
+        var sample = BenchSample(seq: 0, body: [UInt8](repeating: 7, count: 48))
+        let start = monotonicNanos()
+        for i in 0..<counts.w2Count {
+            sample.seq = UInt64(i)
+            try await connection.sender.send(sample)
+        }
+        guard let done = try await connection.receiver.receive() else { throw ChildError(message: "no done") }
+        let seconds = Double(monotonicNanos() - start) / 1e9
+        try await connection.sender.close()
+        guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
+        return BenchResult(values: [Double(counts.w2Count) / seconds / 1e6], parentRSSKiB: cipc_peak_rss_kib(), childRSSKiB: Int(done.split(separator: " ").last ?? "0") ?? 0)
+    }
+
+    private func runChannel(_ workload: Workload, _ connection: Connection<[UInt8], [UInt8]>, counts: BenchCounts) async throws -> BenchResult {
+        switch workload {
+        case .w1:
+            var payload = [UInt8](repeating: 1, count: 64)
+            var samples: [UInt64] = []
+            samples.reserveCapacity(counts.w1Iterations)
+            for i in 0..<(counts.w1Warmup + counts.w1Iterations) {
+                payload[0] = UInt8(truncatingIfNeeded: i)
+                let t0 = monotonicNanos()
+                try await connection.sender.send(payload)
+                guard let echo = try await connection.receiver.receive(), echo.count == 64, echo[0] == payload[0] else {
+                    throw ChildError(message: "W1: bad echo at \(i)")
+                }
+                if i >= counts.w1Warmup { samples.append(monotonicNanos() - t0) }
+            }
+            try await connection.sender.send(Array("end".utf8))
+            _ = try await connection.receiver.receive()
+            return BenchResult(values: latencySummary(samples), parentRSSKiB: 0, childRSSKiB: 0)
+        case .w2, .w3:
+            let count = workload == .w2 ? counts.w2Count : counts.w3Count
+            var payload = [UInt8](repeating: 1, count: workload == .w2 ? 64 : 1 << 20)
+            let start = monotonicNanos()
+            for i in 0..<count {
+                payload[0] = UInt8(truncatingIfNeeded: i)
+                payload[payload.count - 1] = UInt8(truncatingIfNeeded: i)
+                try await connection.sender.send(payload)
+            }
+            guard let done = try await connection.receiver.receive() else { throw ChildError(message: "no done") }
+            let seconds = Double(monotonicNanos() - start) / 1e9
+            let childRSS = Int(String(decoding: done, as: UTF8.self).split(separator: " ").last ?? "0") ?? 0
+            let rate = workload == .w2 ? Double(count) / seconds / 1e6 : Double(count) * Double(1 << 20) / seconds / 1e9
+            return BenchResult(values: [rate], parentRSSKiB: cipc_peak_rss_kib(), childRSSKiB: childRSS)
+        }
+    }
+
+    private func runBaseline(_ workload: Workload, _ stream: RawStream, counts: BenchCounts) -> BenchResult {
+        switch workload {
+        case .w1:
+            var payload = [UInt8](repeating: 1, count: 64)
+            var samples: [UInt64] = []
+            samples.reserveCapacity(counts.w1Iterations)
+            for i in 0..<(counts.w1Warmup + counts.w1Iterations) {
+                payload[0] = UInt8(truncatingIfNeeded: i)
+                let t0 = monotonicNanos()
+                payload.withUnsafeBytes { stream.send($0) }
+                let echo = stream.receive()
+                precondition(echo.count == 64 && echo[0] == payload[0], "baseline W1: bad echo")
+                if i >= counts.w1Warmup { samples.append(monotonicNanos() - t0) }
+            }
+            return BenchResult(values: latencySummary(samples), parentRSSKiB: 0, childRSSKiB: 0)
+        case .w2, .w3:
+            let count = workload == .w2 ? counts.w2Count : counts.w3Count
+            var payload = [UInt8](repeating: 1, count: workload == .w2 ? 64 : 1 << 20)
+            let start = monotonicNanos()
+            for i in 0..<count {
+                payload[0] = UInt8(truncatingIfNeeded: i)
+                payload[payload.count - 1] = UInt8(truncatingIfNeeded: i)
+                payload.withUnsafeBytes { stream.send($0) }
+            }
+            let done = String(decoding: stream.receive(), as: UTF8.self)
+            let seconds = Double(monotonicNanos() - start) / 1e9
+            let rate = workload == .w2 ? Double(count) / seconds / 1e6 : Double(count) * Double(1 << 20) / seconds / 1e9
+            return BenchResult(values: [rate], parentRSSKiB: cipc_peak_rss_kib(), childRSSKiB: Int(done.split(separator: " ").last ?? "0") ?? 0)
+        }
+    }
+}
+
+func latencySummary(_ samples: [UInt64]) -> [Double] {
+    let sorted = samples.sorted()
+    return [sorted[sorted.count / 2], sorted[sorted.count * 99 / 100], sorted[sorted.count - 1]].map { Double($0) / 1000 }
+}
+
+func machineDescription() -> String {
+    var cpu = "unknown CPU"
+    if let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+        let line = text.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
+        let name = line.split(separator: ":").last
+    {
+        cpu = name.trimmingCharacters(in: .whitespaces)
+    }
+    var uts = utsname()
+    uname(&uts)
+    let release = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    return "\(cpu), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) CPUs, Linux \(release)"
+}
+
+/// The other process of `ipc bench`.
+struct BenchPeer: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "bench-peer", shouldDisplay: false)
+    @Argument var workload: Workload
+    @Argument var transport: BenchTransport
+    @Option var w1 = 0
+    @Option var w2 = 0
+    @Option var w3 = 0
+    @Option var endpoint: String?
+
+    func run() async throws {
+        if transport == .baseline {
+            runBaselinePeer(RawStream(fd: 3))
+            return
+        }
+        let endpoint = try parseEndpoint(self.endpoint ?? "")
+        if transport == .unixBinary || transport == .unixJSON {
+            let codec: any MessageCodec<BenchSample> = transport == .unixBinary ? BinaryCodec(BenchSample.self) : JSONCodec(BenchSample.self)
+            try await typedPeer(codec, endpoint)
+            return
+        }
+        let connection = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw)
+        switch workload {
+        case .w1:
+            while let message = try await connection.receiver.receive() {
+                try await connection.sender.send(message)
+                if message.count == 3 { break }
+            }
+        case .w2, .w3:
+            let count = workload == .w2 ? w2 : w3
+            for i in 0..<count {
+                guard let message = try await connection.receiver.receive() else { throw ChildError(message: "stream ended at \(i)") }
+                let tag = UInt8(truncatingIfNeeded: i)
+                guard message[0] == tag, message[message.count - 1] == tag else { throw ChildError(message: "message \(i) corrupt or out of order") }
+            }
+            try await connection.sender.send(Array("done \(cipc_peak_rss_kib())".utf8))
+        }
+        guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
+        try await connection.sender.close()
+    }
+
+    private func typedPeer(_ codec: some MessageCodec<BenchSample>, _ endpoint: Endpoint) async throws {
+        let connection = try await IPC.connect(to: endpoint, sending: .utf8, receiving: codec)
+        for i in 0..<w2 {
+            guard let sample = try await connection.receiver.receive() else { throw ChildError(message: "stream ended at \(i)") }
+            guard sample.seq == UInt64(i), sample.body.count == 48 else { throw ChildError(message: "sample \(i) wrong") }
+        }
+        try await connection.sender.send("done \(cipc_peak_rss_kib())")
+        guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
+        try await connection.sender.close()
+    }
+
+    private func runBaselinePeer(_ stream: RawStream) {
+        switch workload {
+        case .w1:
+            for _ in 0..<w1 {
+                let message = stream.receive()
+                stream.send(message)
+            }
+        case .w2, .w3:
+            let count = workload == .w2 ? w2 : w3
+            for i in 0..<count {
+                let message = stream.receive()
+                let tag = UInt8(truncatingIfNeeded: i)
+                precondition(message[0] == tag && message[message.count - 1] == tag, "baseline: message \(i) corrupt")
+            }
+            Array("done \(cipc_peak_rss_kib())".utf8).withUnsafeBytes { stream.send($0) }
+        }
+    }
+}
