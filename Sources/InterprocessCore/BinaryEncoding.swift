@@ -63,26 +63,27 @@ final class EncodingStorage {
     }
 
     /// Fast paths for types whose region is their raw bytes. Returns false for anything else.
+    /// The type is found by one dictionary lookup on its metadata, not by trying a cast per candidate.
     @inline(__always)
     func encodePrimitive<T>(_ value: T) throws -> Bool {
-        switch value {
-        case let v as String: bytes.append(contentsOf: v.utf8)
-        case let v as [UInt8]: bytes.append(contentsOf: v)
-        case let v as Data: bytes.append(contentsOf: v)
-        case let v as Int: bytes.appendLE(Int64(v))
-        case let v as UInt: bytes.appendLE(UInt64(v))
-        case let v as Int64: bytes.appendLE(v)
-        case let v as UInt64: bytes.appendLE(v)
-        case let v as Int32: bytes.appendLE(v)
-        case let v as UInt32: bytes.appendLE(v)
-        case let v as Int16: bytes.appendLE(v)
-        case let v as UInt16: bytes.appendLE(v)
-        case let v as Int8: bytes.append(UInt8(bitPattern: v))
-        case let v as UInt8: bytes.append(v)
-        case let v as Bool: bytes.append(v ? 1 : 0)
-        case let v as Double: bytes.appendLE(v.bitPattern)
-        case let v as Float: bytes.appendLE(v.bitPattern)
-        default: return false
+        guard let kind = PrimitiveKind.of(T.self) else { return false }
+        switch kind {
+        case .string: bytes.append(contentsOf: (value as! String).utf8)
+        case .bytes: bytes.append(contentsOf: value as! [UInt8])
+        case .data: bytes.append(contentsOf: value as! Data)
+        case .int: bytes.appendLE(Int64(value as! Int))
+        case .uint: bytes.appendLE(UInt64(value as! UInt))
+        case .int64: bytes.appendLE(value as! Int64)
+        case .uint64: bytes.appendLE(value as! UInt64)
+        case .int32: bytes.appendLE(value as! Int32)
+        case .uint32: bytes.appendLE(value as! UInt32)
+        case .int16: bytes.appendLE(value as! Int16)
+        case .uint16: bytes.appendLE(value as! UInt16)
+        case .int8: bytes.append(UInt8(bitPattern: value as! Int8))
+        case .uint8: bytes.append(value as! UInt8)
+        case .bool: bytes.append((value as! Bool) ? 1 : 0)
+        case .double: bytes.appendLE((value as! Double).bitPattern)
+        case .float: bytes.appendLE((value as! Float).bitPattern)
         }
         return true
     }
@@ -95,6 +96,24 @@ final class EncodingStorage {
         bytes.append(UInt8(utf8.count))
         bytes.append(contentsOf: utf8)
     }
+}
+
+/// The types the binary codec writes as raw bytes.
+enum PrimitiveKind {
+    case string, bytes, data, int, uint, int64, uint64, int32, uint32, int16, uint16, int8, uint8, bool, double, float
+
+    private static let table: [ObjectIdentifier: PrimitiveKind] = [
+        ObjectIdentifier(String.self): .string, ObjectIdentifier([UInt8].self): .bytes,
+        ObjectIdentifier(Data.self): .data, ObjectIdentifier(Int.self): .int, ObjectIdentifier(UInt.self): .uint,
+        ObjectIdentifier(Int64.self): .int64, ObjectIdentifier(UInt64.self): .uint64,
+        ObjectIdentifier(Int32.self): .int32, ObjectIdentifier(UInt32.self): .uint32,
+        ObjectIdentifier(Int16.self): .int16, ObjectIdentifier(UInt16.self): .uint16,
+        ObjectIdentifier(Int8.self): .int8, ObjectIdentifier(UInt8.self): .uint8, ObjectIdentifier(Bool.self): .bool,
+        ObjectIdentifier(Double.self): .double, ObjectIdentifier(Float.self): .float,
+    ]
+
+    @inline(__always)
+    static func of(_ type: Any.Type) -> PrimitiveKind? { table[ObjectIdentifier(type)] }
 }
 
 final class BinaryEncoderImpl: Encoder {
@@ -274,30 +293,30 @@ final class DecodingInput {
     }
 
     func decodePrimitive<T>(_ type: T.Type, region: Range<Int>, codingPath: [any CodingKey]) throws -> T? {
+        guard let kind = PrimitiveKind.of(T.self) else { return nil }
         let value: Any
-        switch type {
-        case is String.Type:
+        switch kind {
+        case .string:
             guard let s = String(validating: bytes[region], as: UTF8.self) else { throw corrupt("a string is not valid UTF-8", codingPath) }
             value = s
-        case is [UInt8].Type: value = Array(bytes[region])
-        case is Data.Type: value = Data(bytes[region])
-        case is Int.Type: value = Int(try fixed(Int64.self, region, codingPath))
-        case is UInt.Type: value = UInt(try fixed(UInt64.self, region, codingPath))
-        case is Int64.Type: value = try fixed(Int64.self, region, codingPath)
-        case is UInt64.Type: value = try fixed(UInt64.self, region, codingPath)
-        case is Int32.Type: value = try fixed(Int32.self, region, codingPath)
-        case is UInt32.Type: value = try fixed(UInt32.self, region, codingPath)
-        case is Int16.Type: value = try fixed(Int16.self, region, codingPath)
-        case is UInt16.Type: value = try fixed(UInt16.self, region, codingPath)
-        case is Int8.Type: value = try fixed(Int8.self, region, codingPath)
-        case is UInt8.Type: value = try fixed(UInt8.self, region, codingPath)
-        case is Bool.Type:
+        case .bytes: value = Array(bytes[region])
+        case .data: value = Data(bytes[region])
+        case .int: value = Int(try fixed(Int64.self, region, codingPath))
+        case .uint: value = UInt(try fixed(UInt64.self, region, codingPath))
+        case .int64: value = try fixed(Int64.self, region, codingPath)
+        case .uint64: value = try fixed(UInt64.self, region, codingPath)
+        case .int32: value = try fixed(Int32.self, region, codingPath)
+        case .uint32: value = try fixed(UInt32.self, region, codingPath)
+        case .int16: value = try fixed(Int16.self, region, codingPath)
+        case .uint16: value = try fixed(UInt16.self, region, codingPath)
+        case .int8: value = try fixed(Int8.self, region, codingPath)
+        case .uint8: value = try fixed(UInt8.self, region, codingPath)
+        case .bool:
             let b = try fixed(UInt8.self, region, codingPath)
             guard b <= 1 else { throw corrupt("a Bool is \(b), not 0 or 1", codingPath) }
             value = b == 1
-        case is Double.Type: value = Double(bitPattern: try fixed(UInt64.self, region, codingPath))
-        case is Float.Type: value = Float(bitPattern: try fixed(UInt32.self, region, codingPath))
-        default: return nil
+        case .double: value = Double(bitPattern: try fixed(UInt64.self, region, codingPath))
+        case .float: value = Float(bitPattern: try fixed(UInt32.self, region, codingPath))
         }
         return (value as! T)
     }

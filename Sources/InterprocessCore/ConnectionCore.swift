@@ -87,6 +87,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// The next message's bytes, or nil once the peer closed and everything before the close was taken.
     package func receive() async throws(IPCError) -> [UInt8]? {
+        if let ready = try tryReceive(), let message = ready { return message }
         let (message, credit) = try await waitFor { state throws(IPCError) -> ([UInt8]?, Bool)? in
             try Self.receiveStep(&state)
         }
@@ -118,12 +119,32 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// Appends one data frame (waiting for credit first) and arranges for it to be written.
     package func send(_ encode: (inout [UInt8]) throws(IPCError) -> Void) async throws(IPCError) {
+        if try trySend({ state throws(IPCError) in try state.appendData(encode) }) { return }
         try await send { state throws(IPCError) in try state.appendData(encode) }
     }
 
     /// Sends `payload` as one message without copying it into the outbox (for large raw payloads).
     package func send(segment payload: [UInt8]) async throws(IPCError) {
+        if try trySend({ state throws(IPCError) in try state.appendData(segment: payload) }) { return }
         try await send { state throws(IPCError) in try state.appendData(segment: payload) }
+    }
+
+    /// The fast path of `send`: appends and decides the write under one lock, with no suspension point.
+    /// Returns false when the send must wait (no credit, a rendezvous, or the handshake not done yet).
+    package func trySend(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) throws(IPCError) -> Bool {
+        let decision: FlushDecision? = try locked.withLock { state throws(IPCError) in
+            if state.channel.isRendezvous { return nil }
+            switch state.channel.canSend() {
+            case .failed(let error): throw error
+            case .wait: return nil
+            case .ready:
+                _ = try append(&state.channel)
+                return Self.flushDecision(&state, data: true)
+            }
+        }
+        guard let decision else { return false }
+        perform(decision, data: true)
+        return true
     }
 
     private func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
@@ -449,30 +470,38 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Anything still pending when a task is about to wait is written by that task before it waits, and a
     /// deferred flush on the I/O thread writes the tail of a burst that ends without a wait.
     private func afterAppend(data: Bool) {
-        enum Decision { case inline, scheduled, none }
-        let decision = locked.withLock { state -> Decision in
-            let now = cipc_monotonic_ns()
-            var urgent: Bool
-            if data {
-                state.unflushedFrames += 1
-                let batch = max(Int(state.channel.peer?.capacity ?? 1) / 4, 1)
-                urgent = now &- state.lastAppendNanos >= Self.burstNanos || state.channel.isRendezvous
-                    || state.unflushedFrames >= batch
-                state.lastAppendNanos = now
-            } else {
-                // A credit is due only once per quarter window: write it at once so the sender never stalls.
-                urgent = true
-            }
-            urgent = urgent || state.channel.outbox.count >= Self.flushThreshold
-            if state.writerBusy || !state.hasPendingOutput { return .none }
-            if urgent {
-                state.writerBusy = true
-                return .inline
-            }
-            if state.flushScheduled { return .none }
-            state.flushScheduled = true
-            return .scheduled
+        let decision = locked.withLock { state in Self.flushDecision(&state, data: data) }
+        perform(decision, data: data)
+    }
+
+    private enum FlushDecision { case inline, scheduled, none }
+
+    /// Decides how appended output gets written (lock held); `.inline` takes the writer role.
+    private static func flushDecision(_ state: inout Locked, data: Bool) -> FlushDecision {
+        let now = cipc_monotonic_ns()
+        var urgent: Bool
+        if data {
+            state.unflushedFrames += 1
+            let batch = max(Int(state.channel.peer?.capacity ?? 1) / 4, 1)
+            urgent = now &- state.lastAppendNanos >= burstNanos || state.channel.isRendezvous
+                || state.unflushedFrames >= batch
+            state.lastAppendNanos = now
+        } else {
+            // A credit is due only once per quarter window: write it at once so the sender never stalls.
+            urgent = true
         }
+        urgent = urgent || state.channel.outbox.count >= flushThreshold
+        if state.writerBusy || !state.hasPendingOutput { return .none }
+        if urgent {
+            state.writerBusy = true
+            return .inline
+        }
+        if state.flushScheduled { return .none }
+        state.flushScheduled = true
+        return .scheduled
+    }
+
+    private func perform(_ decision: FlushDecision, data: Bool) {
         switch decision {
         case .inline:
             writeOutbox()

@@ -65,6 +65,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement = "split"
     @Option(help: "Runs per line; the median is reported.") var runs = 3
     @Option(help: "Channel capacity (messages) for the Interprocess lines; default: the library's default.") var capacity: Int?
+    @Option(help: "Spin budget in microseconds before a waiting task sleeps; default: the library's default.") var spin: Int?
     @Option(parsing: .upToNextOption, help: "Workloads to run.") var workloads: [Workload] = Workload.allCases
     @Option(parsing: .upToNextOption, help: "Transports to run.") var transports: [BenchTransport] = BenchTransport.allCases
     @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
@@ -82,6 +83,7 @@ struct Bench: AsyncParsableCommand {
         if childCPU != nil { _ = cipc_pin_to_cpu(0) }
         var options = ChannelOptions()
         if let capacity { options.capacity = capacity }
+        if let spin { options.spinMicroseconds = spin }
         let directory = try makeTemporaryDirectory()
         defer { removeDirectory(directory) }
 
@@ -122,7 +124,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String) async throws -> BenchResult {
-        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
+        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
         if transport == .baseline {
             var fds: [Int32] = [0, 0]
             guard cipc_socketpair(&fds) == 0 else { throw ChildError(message: "socketpair failed") }
@@ -262,6 +264,15 @@ struct BenchPeer: AsyncParsableCommand {
     @Option var w2 = 0
     @Option var w3 = 0
     @Option var endpoint: String?
+    @Option var capacity = ChannelOptions().capacity
+    @Option var spin = ChannelOptions().spinMicroseconds
+
+    private var options: ChannelOptions {
+        var options = ChannelOptions()
+        options.capacity = capacity
+        options.spinMicroseconds = spin
+        return options
+    }
 
     func run() async throws {
         if transport == .baseline {
@@ -274,7 +285,7 @@ struct BenchPeer: AsyncParsableCommand {
             try await typedPeer(codec, endpoint)
             return
         }
-        let connection = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw)
+        let connection = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options)
         switch workload {
         case .w1:
             while let message = try await connection.receiver.receive() {
@@ -295,7 +306,7 @@ struct BenchPeer: AsyncParsableCommand {
     }
 
     private func typedPeer(_ codec: some MessageCodec<BenchSample>, _ endpoint: Endpoint) async throws {
-        let connection = try await IPC.connect(to: endpoint, sending: .utf8, receiving: codec)
+        let connection = try await IPC.connect(to: endpoint, sending: .utf8, receiving: codec, options: options)
         for i in 0..<w2 {
             guard let sample = try await connection.receiver.receive() else { throw ChildError(message: "stream ended at \(i)") }
             guard sample.seq == UInt64(i), sample.body.count == 48 else { throw ChildError(message: "sample \(i) wrong") }
