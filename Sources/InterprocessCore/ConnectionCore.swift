@@ -40,8 +40,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         /// Data frames appended since the writer last took the outbox.
         var unflushedFrames = 0
         var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
+        /// Bumped on every wake-up, so a task that decided to park can tell whether news arrived meanwhile.
+        var generation: UInt64 = 0
         var nextWaiterID: UInt64 = 0
         var tearingDown = false
+        /// A write failed: the stream takes no more bytes.
+        var writeFailed = false
         var closed = false
         var closedWaiters: [CheckedContinuation<Void, Never>] = []
 
@@ -205,7 +209,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// (bounded by the close timeout) for the peer to end its side, and close the stream.
     package func finishIfDone(wait: Bool) async {
         let start = locked.withLock { state -> Bool? in
-            guard state.channel.senderClosed && state.channel.receiverDone else { return nil }
+            let failed = state.channel.failure != nil
+            guard (state.channel.senderClosed || failed) && (state.channel.receiverDone || failed) else { return nil }
             if state.tearingDown { return false }
             state.tearingDown = true
             return true
@@ -245,6 +250,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private func closeStream() {
         let waiters = locked.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.closed = true
+            state.generation &+= 1
             state.channel.fail(IPCError(.alreadyClosed, "the connection is closed"))
             defer { state.closedWaiters = [] }
             return state.closedWaiters + state.waiters.map(\.continuation)
@@ -266,15 +272,15 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// Fails the connection: tells the peer why (best effort) and wakes everyone.
     package func fail(_ error: IPCError, tellPeer: Bool) {
-        locked.withLock { state in
-            guard state.channel.failure == nil else { return }
+        let first = locked.withLock { state -> Bool in
+            guard state.channel.failure == nil else { return false }
             state.channel.fail(error)
             if tellPeer && state.channel.mode == .framed {
                 state.channel.outbox.append { $0.appendControlFrame(.error(code: error.code.value, message: error.message)) }
             }
-            state.channel.senderClosed = true
-            state.channel.receiverDone = true
+            return true
         }
+        guard first else { return }
         flushNow()
         wakeAll()
         Task { await self.finishIfDone(wait: false) }
@@ -288,7 +294,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var spinDeadline: UInt64 = 0
         var holdingReader = false
         while true {
+            var generation: UInt64 = 0
             let (step, flush, arm): (WaitStep<T>, Bool, Bool) = try locked.withLock { state throws(IPCError) in
+                generation = state.generation
                 let result: T?
                 do throws(IPCError) {
                     result = try check(&state)
@@ -332,9 +340,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 }
                 holdingReader = false
                 spinDeadline = 0
-                try await park(handingOverReader: true)
+                try await park(handingOverReader: true, seen: generation)
             case .park:
-                try await park(handingOverReader: false)
+                try await park(handingOverReader: false, seen: generation)
             }
             if Task.isCancelled {
                 throw IPCError(.cancelled, "the operation was cancelled; no message was taken")
@@ -351,8 +359,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     /// Suspends until woken. With `handingOverReader`, this task held the reader role and gives it to the
-    /// I/O thread, which reads once the stream is readable.
-    private func park(handingOverReader: Bool) async throws(IPCError) {
+    /// I/O thread, which reads once the stream is readable. Returns at once if a wake-up happened since the
+    /// caller looked at the state (generation `seen`).
+    private func park(handingOverReader: Bool, seen: UInt64) async throws(IPCError) {
         let id = locked.withLock { state -> UInt64 in
             state.nextWaiterID += 1
             return state.nextWaiterID
@@ -360,7 +369,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let resumeNow = locked.withLock { state -> Bool in
-                    if Task.isCancelled || state.closed { return true }
+                    if Task.isCancelled || state.closed || state.generation != seen { return true }
                     state.waiters.append((id, c))
                     return false
                 }
@@ -382,6 +391,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     private func wakeAll() {
         let waiters = locked.withLock { state in
+            state.generation &+= 1
             defer { state.waiters.removeAll(keepingCapacity: true) }
             return state.waiters
         }
@@ -527,7 +537,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private func writeOutbox() {
         while true {
             let next = locked.withLock { state -> (segments: [[UInt8]], offset: Int)? in
-                guard !state.channel.outbox.isEmpty, !state.closed else {
+                guard !state.channel.outbox.isEmpty, !state.closed, !state.writeFailed else {
                     state.writerBusy = false
                     return nil
                 }
@@ -539,7 +549,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             do throws(IPCError) {
                 written = try stream.write(segments, offset: offset)
             } catch {
-                locked.withLock { $0.writerBusy = false }
+                locked.withLock { state in
+                    state.writerBusy = false
+                    state.writeFailed = true
+                }
                 fail(error, tellPeer: false)
                 return
             }
@@ -560,8 +573,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     private func wakeAllIfWaitingForOutput() {
-        let any = locked.withLock { !$0.waiters.isEmpty }
-        if any { wakeAll() }
+        wakeAll()
     }
 
     // MARK: ByteStreamHandler (I/O thread)

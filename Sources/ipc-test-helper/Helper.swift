@@ -1,0 +1,134 @@
+// The other process of the cross-process tests. Each role is a small program; its last line on stdout says
+// what it saw, and its exit status says whether it saw what it expected.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Interprocess
+
+@main
+struct Helper {
+    static func main() async {
+        let args = Array(CommandLine.arguments.dropFirst())
+        guard args.count >= 2, let endpoint = try? Endpoint(parsing: args[1]) else {
+            report("usage: ipc-test-helper ROLE ENDPOINT [ARGS]")
+            exit(2)
+        }
+        let number = args.count > 2 ? Int(args[2]) ?? 0 : 0
+        var options = ChannelOptions()
+        options.capacity = 64
+        do {
+            switch args[0] {
+            case "echo":
+                // Echoes every raw message back until the end, then closes.
+                let c = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options)
+                var count = 0
+                while let m = try await c.receiver.receive() {
+                    try await c.sender.send(m)
+                    count += 1
+                }
+                try await c.sender.close()
+                report("echoed \(count)")
+            case "count":
+                // Receives numbered messages (8-byte little-endian index) until the end; checks order and count.
+                let rx = try await IPC.connect(to: endpoint, receiving: .raw, options: options)
+                var count = 0
+                while let m = try await rx.receive() {
+                    guard m.count >= 8, index(m) == UInt64(count) else {
+                        report("out of order at \(count)")
+                        exit(1)
+                    }
+                    count += 1
+                }
+                report("received \(count)")
+                exit(count == number ? 0 : 1)
+            case "send":
+                // Sends `number` numbered messages, then closes.
+                let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
+                for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
+                try await tx.close()
+                report("sent \(number)")
+            case "send-then-hang":
+                // Sends `number` messages, says so, and waits to be killed.
+                let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
+                for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
+                report("sent \(number)")
+                while true { pause() }
+            case "receive-then-hang":
+                // Receives `number` messages, says so, and waits to be killed (without reading more).
+                options.capacity = 4
+                let rx = try await IPC.connect(to: endpoint, receiving: .raw, options: options)
+                for _ in 0..<number { _ = try await rx.receive() }
+                report("received \(number)")
+                while true { pause() }
+            case "stall":
+                // Connects with capacity `number` and reads nothing until a line arrives on stdin; then drains.
+                options.capacity = number
+                let rx = try await IPC.connect(to: endpoint, receiving: .raw, options: options)
+                report("connected")
+                _ = readLine()
+                var count = 0
+                while let m = try await rx.receive() {
+                    guard index(m) == UInt64(count) else {
+                        report("out of order at \(count)")
+                        exit(1)
+                    }
+                    count += 1
+                }
+                report("received \(count)")
+            case "wrong-type":
+                // Connects expecting JSON-encoded Ints where the listener sends strings: must be refused.
+                do {
+                    _ = try await IPC.connect(to: endpoint, receiving: JSONCodec(Int.self), options: options)
+                    report("connected (unexpected)")
+                    exit(1)
+                } catch {
+                    report("\(error.code): \(error.message)")
+                }
+            case "as-nobody":
+                // Drops to uid 65534 and tries to connect: the socket file's mode must keep it out.
+                guard setgid(65534) == 0, setuid(65534) == 0 else {
+                    report("cannot drop privileges")
+                    exit(3)
+                }
+                do {
+                    _ = try await IPC.connect(to: endpoint, receiving: .raw, options: options)
+                    report("connected (unexpected)")
+                    exit(1)
+                } catch {
+                    report("\(error.code): \(error.message)")
+                }
+            case "connect-expect-error":
+                // Connects and waits for the first message; prints the error it gets.
+                do {
+                    let rx = try await IPC.connect(to: endpoint, receiving: .raw, options: options)
+                    _ = try await rx.receive()
+                    report("received (unexpected)")
+                    exit(1)
+                } catch {
+                    report("\(error.code): \(error.message)")
+                }
+            default:
+                report("unknown role \(args[0])")
+                exit(2)
+            }
+        } catch {
+            report("error \(error.code): \(error.message)")
+            exit(1)
+        }
+    }
+
+    static func numbered(_ i: UInt64) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0xAB, count: 32)
+        withUnsafeBytes(of: i.littleEndian) { for (k, b) in $0.enumerated() { bytes[k] = b } }
+        return bytes
+    }
+
+    static func index(_ m: [UInt8]) -> UInt64 {
+        m.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+    }
+
+    static func report(_ line: String) {
+        var bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress, $0.count) }
+    }
+}

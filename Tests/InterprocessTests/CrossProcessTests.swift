@@ -1,0 +1,182 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Interprocess
+import Testing
+
+/// Behaviour across real processes, over every transport.
+@Suite("Cross-process channels", .serialized, .timeLimit(.minutes(2)))
+struct CrossProcessTests {
+    @Test("100,000 messages each way arrive in order", arguments: TransportKind.allCases)
+    func hundredThousandEachWay(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw, receiving: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("echo", listener.endpoint)
+        let connection = try await within(20) { try await listener.accept() }
+        let count = 100_000
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for i in 0..<count { try await connection.sender.send(numbered(UInt64(i))) }
+                try await connection.sender.close()
+            }
+            group.addTask {
+                var received = 0
+                while let m = try await connection.receiver.receive() {
+                    #expect(index(m) == UInt64(received))
+                    if index(m) != UInt64(received) { break }
+                    received += 1
+                }
+                #expect(received == count)
+            }
+            try await group.waitForAll()
+        }
+        let (status, output) = await helper.finish()
+        #expect(status == 0)
+        #expect(output.contains("echoed \(count)"))
+    }
+
+    @Test("close drains everything, then the receiver ends", arguments: TransportKind.allCases)
+    func closeAndDrain(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("count", listener.endpoint, 5000)
+        let tx = try await within(20) { try await listener.accept() }.sender
+        for i in 0..<5000 { try await tx.send(numbered(UInt64(i))) }
+        try await tx.close()
+        await #expect(throws: IPCError.self) { try await tx.send(numbered(0)) }
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+        #expect(output.contains("received 5000"))
+    }
+
+    @Test("a receiver that stops reading holds the sender at its capacity", arguments: TransportKind.allCases)
+    func backpressure(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw)
+        defer { listener.close() }
+        let capacity = 16
+        let helper = try ChildProcess.helper("stall", listener.endpoint, capacity)
+        let tx = try await within(20) { try await listener.accept() }.sender
+        // The first `capacity` sends complete without the receiver reading anything.
+        for i in 0..<capacity { try await within(10) { try await tx.send(numbered(UInt64(i))) } }
+        // The next one cannot: it is held until the receiver takes something.
+        let rssBefore = residentKiB()
+        for _ in 0..<3 {
+            await #expect { try await within(1) { try await tx.send(numbered(UInt64(capacity))) } } throws: { ($0 as! IPCError).code == .timeout }
+        }
+        #expect(residentKiB() - rssBefore < 8 * 1024, "memory grew while the sender was held")
+        // Once the receiver drains, everything (including the held message, sent again) arrives in order.
+        helper.writeLine("go")
+        for i in capacity..<(capacity + 500) { try await within(10) { try await tx.send(numbered(UInt64(i))) } }
+        try await tx.close()
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+        #expect(output.contains("received \(capacity + 500)"))
+    }
+
+    @Test("a sender killed mid-stream gives the receiver a clear error, not a hang", arguments: TransportKind.allCases)
+    func senderKilled(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), receiving: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("send-then-hang", listener.endpoint, 10)
+        let rx = try await within(20) { try await listener.accept() }.receiver
+        for i in 0..<10 {
+            let m = try await within(10) { try await rx.receive() }
+            #expect(m.map(index) == UInt64(i))
+        }
+        helper.kill()
+        await #expect {
+            _ = try await within(10) { try await rx.receive() }
+        } throws: { error in
+            let e = error as! IPCError
+            return e.code == .peerClosed && e.message.contains("10 messages")
+        }
+        _ = await helper.finish()
+    }
+
+    @Test("a receiver killed mid-stream makes sends fail, not hang", arguments: TransportKind.allCases)
+    func receiverKilled(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("receive-then-hang", listener.endpoint, 3)
+        let tx = try await within(20) { try await listener.accept() }.sender
+        for i in 0..<3 { try await within(10) { try await tx.send(numbered(UInt64(i))) } }
+        helper.kill()
+        _ = await helper.finish()
+        // The receiver's window is 4: at most a few more sends are buffered, then the failure shows.
+        await #expect {
+            try await within(10) {
+                for i in 3..<10_000 { try await tx.send(numbered(UInt64(i))) }
+            }
+        } throws: { ($0 as! IPCError).code == .peerClosed }
+    }
+
+    @Test("a type mismatch is refused on both sides, naming both choices", arguments: TransportKind.allCases)
+    func handshakeMismatch(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .utf8)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("wrong-type", listener.endpoint)
+        let (status, output) = await helper.finish()
+        #expect(status == 0)
+        #expect(output.contains("handshakeMismatch"))
+        #expect(output.contains("Swift.Int") && output.contains("string"))
+    }
+
+    @Test("a message over the receiver's limit is refused and the channel stays usable")
+    func frameTooLarge() async throws {
+        let dir = temporaryDirectory()
+        var small = ChannelOptions()
+        small.maxFrameSize = 1000
+        let listener = try IPC.listen(on: .unix(path: dir + "/s.sock"), receiving: .raw, options: small)
+        defer { listener.close() }
+        async let accepted = within(20) { try await listener.accept() }
+        let tx = try await IPC.connect(to: .unix(path: dir + "/s.sock"), sending: .raw)
+        let rx = try await accepted.receiver
+        await #expect { try await tx.send([UInt8](repeating: 1, count: 1001)) } throws: { ($0 as! IPCError).code == .frameTooLarge }
+        try await tx.send([UInt8](repeating: 2, count: 1000))
+        try await tx.close()
+        #expect(try await rx.receive()?.count == 1000)
+        #expect(try await rx.receive() == nil)
+    }
+
+    @Test("a message that does not decode is reported with its content, and the next one still arrives")
+    func decodingFailure() async throws {
+        struct Point: Codable, Equatable { var x: Int }
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: .unix(path: dir + "/d.sock"), receiving: JSONCodec(Point.self))
+        defer { listener.close() }
+        async let accepted = within(20) { try await listener.accept() }
+        // A sender that claims the same codec and type but sends raw text.
+        struct Liar: MessageCodec {
+            var name: String { "json" }
+            var typeName: String { String(reflecting: Point.self) }
+            func encode(_ value: String, into buffer: inout [UInt8]) throws(IPCError) { buffer += value.utf8 }
+            func decode(_ bytes: [UInt8]) throws(IPCError) -> String { "" }
+        }
+        let tx = try await IPC.connect(to: .unix(path: dir + "/d.sock"), sending: Liar())
+        let rx = try await accepted.receiver
+        try await tx.send("{not json")
+        try await tx.send("{\"x\": 5}")
+        try await tx.close()
+        await #expect { _ = try await rx.receive() } throws: { e in
+            let error = e as! IPCError
+            return error.code == .decodingFailed && error.message.contains("7b 6e 6f 74")
+        }
+        #expect(try await rx.receive() == Point(x: 5))
+        #expect(try await rx.receive() == nil)
+    }
+}
+
+/// This process's resident memory, in KiB.
+func residentKiB() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+        let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+    else { return 0 }
+    return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+}

@@ -1,0 +1,231 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Interprocess
+import Testing
+
+/// Where the test bundle's sibling executables live (`ipc-test-helper`, `ipc`).
+let buildDirectory: String = {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    let exe = String(decoding: buffer[0..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+    // The test binary sits in a bundle directory on some layouts.
+    while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("ipc-test-helper").path) && dir.path != "/" {
+        dir = dir.deletingLastPathComponent()
+    }
+    return dir.path
+}()
+
+/// A child process with its stdin and stdout piped to the test.
+final class ChildProcess: @unchecked Sendable {
+    let process = Process()
+    private let output = Pipe()
+    private let input = Pipe()
+    private let exited = AsyncSemaphore()
+
+    init(_ executable: String, _ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: buildDirectory + "/" + executable)
+        process.arguments = arguments
+        process.standardOutput = output
+        process.standardInput = input
+        let exited = self.exited
+        process.terminationHandler = { _ in exited.signal() }
+        try process.run()
+    }
+
+    static func helper(_ role: String, _ endpoint: Endpoint, _ number: Int = 0) throws -> ChildProcess {
+        try ChildProcess("ipc-test-helper", [role, endpoint.description, String(number)])
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    func writeLine(_ text: String) {
+        input.fileHandleForWriting.write(Data((text + "\n").utf8))
+    }
+
+    func closeInput() { try? input.fileHandleForWriting.close() }
+
+    /// Waits for the exit (killing the child after `seconds`); returns the status and everything it printed.
+    func finish(within seconds: Int = 30) async -> (status: Int32, output: String) {
+        let ok = await exited.wait(seconds: seconds)
+        if !ok {
+            kill()
+            _ = await exited.wait(seconds: 10)
+        }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        let text = String(decoding: data, as: UTF8.self)
+        return (ok ? process.terminationStatus : -1, text)
+    }
+
+    func kill() { Glibc.kill(process.processIdentifier, SIGKILL) }
+}
+
+/// A one-shot event with a bounded wait.
+final class AsyncSemaphore: @unchecked Sendable {
+    private let lock = NSLock()
+    private var signalled = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func signal() {
+        lock.lock()
+        signalled = true
+        let w = waiters
+        waiters = []
+        lock.unlock()
+        for c in w { c.resume() }
+    }
+
+    /// True when signalled within `seconds`.
+    func wait(seconds: Int) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await withCheckedContinuation { c in
+                    self.lock.lock()
+                    if self.signalled {
+                        self.lock.unlock()
+                        c.resume()
+                    } else {
+                        self.waiters.append(c)
+                        self.lock.unlock()
+                    }
+                }
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(seconds))
+                return false
+            }
+            let first = await group.next()!
+            if !first {
+                // Unblock the waiting child task so the group can finish.
+                signal()
+            }
+            group.cancelAll()
+            return first
+        }
+    }
+}
+
+/// A short private directory for socket files.
+func temporaryDirectory() -> String {
+    var template = Array("/tmp/ipct-XXXXXX".utf8CString)
+    let p = mkdtemp(&template)!
+    return String(cString: p)
+}
+
+/// The transports every cross-process test runs over.
+enum TransportKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case unix, tcp
+    var testDescription: String { rawValue }
+
+    /// A fresh endpoint to listen on (TCP: an ephemeral loopback port).
+    func endpoint(in directory: String) -> Endpoint {
+        switch self {
+        case .unix: .unix(path: directory + "/t.sock")
+        case .tcp: .tcp(host: "127.0.0.1", port: 0)
+        }
+    }
+}
+
+/// The numbered messages the helper's `send` and `count` roles use.
+func numbered(_ i: UInt64) -> [UInt8] {
+    var bytes = [UInt8](repeating: 0xAB, count: 32)
+    withUnsafeBytes(of: i.littleEndian) { for (k, b) in $0.enumerated() { bytes[k] = b } }
+    return bytes
+}
+
+func index(_ m: [UInt8]) -> UInt64 {
+    m.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+}
+
+/// Runs `body` with a deadline; a timeout fails the test instead of hanging it.
+func within<T: Sendable>(_ seconds: Int, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try? await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw IPCError(.timeout, "did not complete within \(seconds) s")
+        }
+        return value
+    }
+}
+
+/// A plain blocking socket for playing a hostile or foreign peer. Reads time out after 5 seconds.
+final class RawClient {
+    let fd: Int32
+
+    init(_ endpoint: Endpoint) throws {
+        switch endpoint {
+        case .unix(let path):
+            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                let bytes = Array(path.utf8)
+                raw.copyBytes(from: bytes)
+                raw[bytes.count] = 0
+            }
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard rc == 0 else { throw IPCError(.connectionRefused, "raw connect failed: errno \(errno)") }
+        case .tcp(let host, let port):
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            inet_pton(AF_INET, host, &address.sin_addr)
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard rc == 0 else { throw IPCError(.connectionRefused, "raw connect failed: errno \(errno)") }
+        }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Reads until the peer closes (or 5 seconds pass, or 1 MiB arrived).
+    func readAll() -> [UInt8] {
+        var all: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while all.count < 1 << 20 {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            all += buffer[0..<n]
+        }
+        return all
+    }
+
+    func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
+}
+
+/// Finds the error frame in what a listener sent back (after its hello) and returns its message.
+func errorFrameMessage(in bytes: [UInt8]) -> String? {
+    var offset = 0
+    if bytes.count >= 12 && Array(bytes[0..<4]) == Wire.helloMagic {
+        let body = Int(bytes.withUnsafeBytes { $0.loadLE(UInt32.self, at: 8) })
+        offset = 12 + body
+    }
+    while offset + 8 <= bytes.count {
+        let length = Int(bytes.withUnsafeBytes { $0.loadLE(UInt32.self, at: offset) })
+        let type = bytes[offset + 4]
+        guard offset + 8 + length <= bytes.count else { return nil }
+        if type == FrameType.error.rawValue {
+            return String(decoding: bytes[(offset + 10)..<(offset + 8 + length)], as: UTF8.self)
+        }
+        offset += 8 + length
+    }
+    return nil
+}

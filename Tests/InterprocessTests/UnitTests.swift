@@ -1,0 +1,279 @@
+import Foundation
+@testable import InterprocessCore
+import Testing
+
+@Suite("Endpoint parsing")
+struct EndpointTests {
+    @Test func acceptedForms() throws {
+        #expect(try Endpoint(parsing: "unix:/tmp/a.sock") == .unix(path: "/tmp/a.sock"))
+        #expect(try Endpoint(parsing: "tcp://127.0.0.1:8080") == .tcp(host: "127.0.0.1", port: 8080))
+        #expect(try Endpoint(parsing: "tcp://[::1]:8080") == .tcp(host: "::1", port: 8080))
+        #expect(try Endpoint(parsing: "tcp://:8080") == .tcp(host: "127.0.0.1", port: 8080))
+        #expect(try Endpoint(parsing: "tcp://localhost:9") == .tcp(host: "127.0.0.1", port: 9))
+        #expect(Endpoint.tcp(host: "::1", port: 5).description == "tcp://[::1]:5")
+    }
+
+    @Test(arguments: ["", "http://x:1", "tcp://127.0.0.1", "tcp://host:99999", "tcp://::1:80", "unix:", "tcp://[::1:80"])
+    func badFormsNameTheAcceptedOnes(_ text: String) {
+        #expect {
+            try Endpoint(parsing: text)
+        } throws: { error in
+            let e = error as! IPCError
+            return e.code == .invalidEndpoint && e.message.contains("unix:/path/to.sock") && e.message.contains("tcp://")
+        }
+    }
+}
+
+@Suite("Wire protocol decoding")
+struct WireTests {
+    let hello = Hello(capacity: 8, maxFrame: 1024, sendCodec: "raw", sendType: "bytes", receiveCodec: "utf8", receiveType: "string")
+
+    private func decode(_ bytes: [UInt8], maxPayload: Int = 1024) throws(IPCError) -> [FrameReader.Event] {
+        let reader = FrameReader(mode: .framed, maxPayload: maxPayload)
+        var events: [FrameReader.Event] = []
+        var offset = 0
+        while offset < bytes.count {
+            // Feed in small pieces to exercise reassembly.
+            let piece = min(7, bytes.count - offset)
+            _ = try reader.read { target throws(IPCError) -> Int in
+                let n = min(piece, target.count)
+                for i in 0..<n { target[i] = bytes[offset + i] }
+                return n
+            }
+            offset += piece
+            while let e = try reader.next() { events.append(e) }
+        }
+        return events
+    }
+
+    @Test func helloAndFramesRoundTrip() throws {
+        var bytes = hello.encoded()
+        bytes.appendControlFrame(.data(seq: 1, payload: [1, 2, 3]))
+        bytes.appendControlFrame(.credit(consumed: 7))
+        bytes.appendControlFrame(.ping(42))
+        bytes.appendControlFrame(.error(code: 3, message: "bad"))
+        bytes.appendControlFrame(.close(lastSeq: 1))
+        let events = try decode(bytes)
+        #expect(events == [.hello(hello), .frame(.data(seq: 1, payload: [1, 2, 3])), .frame(.credit(consumed: 7)), .frame(.ping(42)), .frame(.error(code: 3, message: "bad")), .frame(.close(lastSeq: 1))])
+    }
+
+    @Test func largePayloadIsReassembledInPlace() throws {
+        let payload = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        var bytes = hello.encoded()
+        bytes.appendControlFrame(.data(seq: 1, payload: payload))
+        bytes.appendControlFrame(.close(lastSeq: 1))
+        let events = try decode(bytes, maxPayload: 1 << 20)
+        #expect(events == [.hello(hello), .frame(.data(seq: 1, payload: payload)), .frame(.close(lastSeq: 1))])
+    }
+
+    @Test func wrongMagicIsRefused() {
+        #expect { try decode(Array("GET / HTTP/1.1\r\n".utf8)) } throws: { ($0 as! IPCError).code == .protocolViolation }
+    }
+
+    @Test func wrongVersionIsAMismatch() {
+        var bytes = hello.encoded()
+        bytes[4] = 9
+        #expect { try decode(bytes) } throws: { e in
+            let error = e as! IPCError
+            return error.code == .handshakeMismatch && error.message.contains("version 9")
+        }
+    }
+
+    @Test func hugeLengthIsRefusedBeforeAnyAllocation() {
+        var bytes = hello.encoded()
+        bytes += [0xFF, 0xFF, 0xFF, 0xFF, FrameType.data.rawValue, 0, 0, 0]  // a 4 GiB data frame
+        #expect { try decode(bytes) } throws: { ($0 as! IPCError).code == .frameTooLarge }
+    }
+
+    @Test func oversizedHelloIsRefused() {
+        var bytes = Wire.helloMagic
+        bytes.appendLE(Wire.version)
+        bytes.appendLE(UInt16(0))
+        bytes.appendLE(UInt32(1 << 30))
+        #expect { try decode(bytes) } throws: { ($0 as! IPCError).code == .protocolViolation }
+    }
+
+    @Test func unknownFrameTypeIsRefused() {
+        var bytes = hello.encoded()
+        bytes += [8, 0, 0, 0, 99, 0, 0, 0] + [UInt8](repeating: 0, count: 8)
+        #expect { try decode(bytes) } throws: { ($0 as! IPCError).code == .protocolViolation }
+    }
+
+    @Test func truncatedFrameAtEndOfStreamIsAnError() throws {
+        let reader = FrameReader(mode: .framed, maxPayload: 1024)
+        var bytes = hello.encoded()
+        bytes.appendControlFrame(.data(seq: 1, payload: [1, 2, 3, 4]))
+        bytes.removeLast(2)
+        _ = try reader.read { target throws(IPCError) -> Int in
+            for (i, b) in bytes.enumerated() { target[i] = b }
+            return bytes.count
+        }
+        #expect(try reader.next() == .hello(hello))
+        #expect(try reader.next() == nil)
+        #expect { try reader.finish() } throws: { ($0 as! IPCError).code == .peerClosed }
+    }
+
+    @Test func linesModeSplitsLinesAndKeepsALastPartialOne() throws {
+        let reader = FrameReader(mode: .lines, maxPayload: 100)
+        let text = Array("one\r\ntwo\nthree".utf8)
+        _ = try reader.read { target throws(IPCError) -> Int in
+            for (i, b) in text.enumerated() { target[i] = b }
+            return text.count
+        }
+        #expect(try reader.next() == .frame(.data(seq: 0, payload: Array("one".utf8))))
+        #expect(try reader.next() == .frame(.data(seq: 0, payload: Array("two".utf8))))
+        #expect(try reader.next() == nil)
+        #expect(try reader.finish() == .data(seq: 0, payload: Array("three".utf8)))
+    }
+
+    @Test func mismatchNamesBothSides() {
+        let peer = Hello(capacity: 1, maxFrame: 1, sendCodec: "json", sendType: "Swift.Int", receiveCodec: "none", receiveType: "none")
+        let local = Hello(capacity: 1, maxFrame: 1, sendCodec: "none", sendType: "none", receiveCodec: "utf8", receiveType: "string")
+        #expect { try local.checkCompatible(withPeer: peer) } throws: { e in
+            let m = (e as! IPCError).message
+            return m.contains("Swift.Int") && m.contains("json") && m.contains("string") && m.contains("utf8")
+        }
+    }
+}
+
+@Suite("Channel state machine")
+struct ChannelStateTests {
+    func makeState(capacity: UInt32, peerCapacity: UInt32) throws -> ConnectionState {
+        let local = Hello(capacity: capacity, maxFrame: 100, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes")
+        var state = ConnectionState(mode: .framed, local: local, hasSender: true, hasReceiver: true)
+        var peer = local
+        peer.capacity = peerCapacity
+        try state.apply(hello: peer)
+        state.outbox = Outbox()
+        return state
+    }
+
+    @Test func senderStopsAtThePeersCapacityAndResumesOnCredit() throws {
+        var state = try makeState(capacity: 4, peerCapacity: 3)
+        for _ in 0..<3 {
+            #expect(state.canSend() == .ready)
+            _ = try state.appendData { $0 += [1] }
+        }
+        #expect(state.canSend() == .wait)
+        var effects = ConnectionState.Effects()
+        try state.apply(.credit(consumed: 1), effects: &effects)
+        #expect(effects.wake)
+        #expect(state.canSend() == .ready)
+    }
+
+    @Test func receiverRejectsMessagesBeyondItsCapacity() throws {
+        var state = try makeState(capacity: 2, peerCapacity: 2)
+        var effects = ConnectionState.Effects()
+        try state.apply(.data(seq: 1, payload: [1]), effects: &effects)
+        try state.apply(.data(seq: 2, payload: [2]), effects: &effects)
+        #expect(throws: IPCError.self) { try state.apply(.data(seq: 3, payload: [3]), effects: &effects) }
+    }
+
+    @Test func outOfOrderSequenceIsAViolation() throws {
+        var state = try makeState(capacity: 8, peerCapacity: 8)
+        var effects = ConnectionState.Effects()
+        #expect { try state.apply(.data(seq: 2, payload: [1]), effects: &effects) } throws: { ($0 as! IPCError).message.contains("lost") }
+    }
+
+    @Test func closeDrainsThenEnds() throws {
+        var state = try makeState(capacity: 8, peerCapacity: 8)
+        var effects = ConnectionState.Effects()
+        try state.apply(.data(seq: 1, payload: [1]), effects: &effects)
+        try state.apply(.close(lastSeq: 1), effects: &effects)
+        #expect(state.receive() == .message([1], grantCredit: false))
+        #expect(state.receive() == .end)
+    }
+
+    @Test func closeThatClaimsMoreThanArrivedIsAViolation() throws {
+        var state = try makeState(capacity: 8, peerCapacity: 8)
+        var effects = ConnectionState.Effects()
+        #expect(throws: IPCError.self) { try state.apply(.close(lastSeq: 5), effects: &effects) }
+    }
+
+    @Test func endOfStreamWithoutCloseIsPeerClosed() throws {
+        var state = try makeState(capacity: 8, peerCapacity: 8)
+        state.applyEndOfStream()
+        guard case .failed(let error) = state.receive() else {
+            Issue.record("expected a failure")
+            return
+        }
+        #expect(error.code == .peerClosed)
+    }
+
+    @Test func creditsAreGrantedEveryQuarterWindow() throws {
+        var state = try makeState(capacity: 8, peerCapacity: 8)
+        var effects = ConnectionState.Effects()
+        for seq in 1...4 { try state.apply(.data(seq: UInt64(seq), payload: [0]), effects: &effects) }
+        #expect(state.receive() == .message([0], grantCredit: false))
+        #expect(state.receive() == .message([0], grantCredit: true))
+        #expect(state.granted == 2)
+    }
+
+    @Test func closingTwiceIsAnError() throws {
+        var state = try makeState(capacity: 8, peerCapacity: 8)
+        try state.closeSender()
+        #expect { try state.closeSender() } throws: { ($0 as! IPCError).code == .alreadyClosed }
+        #expect(state.canSend() == .failed(IPCError(.sendOnClosedChannel, "send was called after close() on this sender; create a new connection to send more")))
+    }
+
+    @Test func tooLargeMessageIsRefusedAndNothingIsQueued() throws {
+        var state = try makeState(capacity: 8, peerCapacity: 8)
+        #expect { _ = try state.appendData { $0 += [UInt8](repeating: 0, count: 101) } } throws: { ($0 as! IPCError).code == .frameTooLarge }
+        #expect(state.outbox.isEmpty)
+        #expect(state.nextSeq == 1)
+    }
+}
+
+struct Nested: Codable, Equatable, Sendable {
+    enum Kind: String, Codable { case a, b }
+    var name: String
+    var kind: Kind
+    var values: [Double]
+    var optional: Int?
+    var missing: String?
+    var map: [String: [Int]]
+    var bytes: [UInt8]
+    var flags: [Bool?]
+    var inner: Inner?
+    struct Inner: Codable, Equatable { var x: Int8; var y: UInt64 }
+}
+
+@Suite("Binary codec")
+struct BinaryCodecTests {
+    let value = Nested(name: "héllo", kind: .b, values: [1.5, -2], optional: 7, missing: nil, map: ["k": [1, 2], "e": []], bytes: [0, 255], flags: [true, nil, false], inner: .init(x: -3, y: .max))
+
+    @Test func roundTripsNestedValues() throws {
+        let codec = BinaryCodec(Nested.self)
+        var bytes: [UInt8] = []
+        try codec.encode(value, into: &bytes)
+        #expect(try codec.decode(bytes) == value)
+        // Smaller than JSON for the same value.
+        var json: [UInt8] = []
+        try JSONCodec(Nested.self).encode(value, into: &json)
+        #expect(bytes.count < json.count * 2)
+    }
+
+    @Test func topLevelOptionalsAndPrimitives() throws {
+        var bytes: [UInt8] = []
+        try BinaryCodec(Int?.self).encode(nil, into: &bytes)
+        #expect(try BinaryCodec(Int?.self).decode(bytes) == nil)
+        bytes = []
+        try BinaryCodec(String.self).encode("x", into: &bytes)
+        #expect(try BinaryCodec(String.self).decode(bytes) == "x")
+    }
+
+    @Test func corruptInputIsADecodingErrorNotACrash() throws {
+        var bytes: [UInt8] = []
+        try BinaryCodec(Nested.self).encode(value, into: &bytes)
+        // Every truncation and a set of single-byte corruptions must throw or decode, never crash.
+        for cut in 0..<bytes.count {
+            _ = try? BinaryCodec(Nested.self).decode(Array(bytes[0..<cut]))
+        }
+        for i in stride(from: 0, to: bytes.count, by: 3) {
+            var copy = bytes
+            copy[i] ^= 0xFF
+            _ = try? BinaryCodec(Nested.self).decode(copy)
+        }
+        #expect { try BinaryCodec(Nested.self).decode(Array(bytes[0..<(bytes.count / 2)])) } throws: { ($0 as! IPCError).code == .decodingFailed }
+    }
+}
