@@ -98,7 +98,8 @@ private enum PutStep<T: Sendable> { case done(CheckedContinuation<Result<T, IPCE
 final class ReadyQueue<T: Sendable>: Sendable {
     private struct State {
         var items = Deque<T>()
-        var takers = Deque<CheckedContinuation<Result<T, IPCError>, Never>>()
+        var takers = Deque<(id: UInt64, continuation: CheckedContinuation<Result<T, IPCError>, Never>)>()
+        var nextID: UInt64 = 0
         var putters = Deque<CheckedContinuation<Void, Never>>()
         var finished: IPCError?
     }
@@ -111,7 +112,7 @@ final class ReadyQueue<T: Sendable>: Sendable {
         while true {
             let step = state.withLock { s -> PutStep<T> in
                 if s.finished != nil { return .done(nil) }
-                if let taker = s.takers.popFirst() { return .done(taker) }
+                if let taker = s.takers.popFirst() { return .done(taker.continuation) }
                 if s.items.count < capacity {
                     s.items.append(item)
                     return .done(nil)
@@ -144,16 +145,30 @@ final class ReadyQueue<T: Sendable>: Sendable {
         putter?.resume()
     }
 
+    /// Waits for an item. Cancellation ends the wait with a `cancelled` error and takes nothing.
     func take() async throws(IPCError) -> T {
-        let result = await withCheckedContinuation { (c: CheckedContinuation<Result<T, IPCError>, Never>) in
-            let (now, putter) = state.withLock { s -> (Result<T, IPCError>?, CheckedContinuation<Void, Never>?) in
-                if let item = s.items.popFirst() { return (.success(item), s.putters.popFirst()) }
-                if let error = s.finished { return (.failure(error), nil) }
-                s.takers.append(c)
-                return (nil, nil)
+        let id = state.withLock { s -> UInt64 in
+            s.nextID += 1
+            return s.nextID
+        }
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<T, IPCError>, Never>) in
+                let (now, putter) = state.withLock { s -> (Result<T, IPCError>?, CheckedContinuation<Void, Never>?) in
+                    if let item = s.items.popFirst() { return (.success(item), s.putters.popFirst()) }
+                    if let error = s.finished { return (.failure(error), nil) }
+                    if Task.isCancelled { return (.failure(IPCError(.cancelled, "accept was cancelled")), nil) }
+                    s.takers.append((id, c))
+                    return (nil, nil)
+                }
+                putter?.resume()
+                if let now { c.resume(returning: now) }
             }
-            putter?.resume()
-            if let now { c.resume(returning: now) }
+        } onCancel: {
+            let taker = state.withLock { s -> CheckedContinuation<Result<T, IPCError>, Never>? in
+                guard let i = s.takers.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.takers.remove(at: i).continuation
+            }
+            taker?.resume(returning: .failure(IPCError(.cancelled, "accept was cancelled")))
         }
         return try result.get()
     }
@@ -167,7 +182,7 @@ final class ReadyQueue<T: Sendable>: Sendable {
             }
             return (s.takers, s.putters)
         }
-        for t in takers { t.resume(returning: .failure(error)) }
+        for t in takers { t.continuation.resume(returning: .failure(error)) }
         for p in putters { p.resume() }
     }
 }

@@ -223,13 +223,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         case true?:
             break
         }
-        let deadline = ContinuousClock.now + configuration.closeTimeout
+        // A failed connection only lingers long enough for the peer to read why; a clean close waits for the
+        // peer to finish reading (bounded by the close timeout).
+        let failed = locked.withLock { $0.channel.failure != nil }
+        let deadline = ContinuousClock.now + (failed ? min(configuration.closeTimeout, .milliseconds(500)) : configuration.closeTimeout)
         flushNow()
         // Wait for the output to drain, then for the peer's end of stream (reading and discarding), so that no
         // unread bytes make the kernel reset the connection and drop what the peer has not read yet.
         while ContinuousClock.now < deadline {
             let (drained, ended) = locked.withLock { state in
-                (!state.hasPendingOutput && !state.writerBusy, state.channel.endOfStream || state.channel.failure != nil)
+                (!state.hasPendingOutput && !state.writerBusy || state.writeFailed, state.channel.endOfStream)
             }
             if drained {
                 stream.shutdownWrite()
@@ -237,7 +240,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             }
             let outcome: Void? = try? await withDeadline(deadline) { () async throws(IPCError) in
                 _ = try await self.waitFor(spin: false) { state throws(IPCError) -> Bool? in
-                    let progressed = state.channel.endOfStream || state.channel.failure != nil
+                    let progressed = state.channel.endOfStream
                         || (!state.hasPendingOutput && !state.writerBusy && !drained)
                     return progressed ? true : nil
                 }
@@ -413,6 +416,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Reads what is available and applies it (caller holds the reader role). Returns whether anything that
     /// could unblock a waiter happened. Keeps the reader role.
     private func pump(releasingReader: Bool = false) -> Bool {
+        if locked.withLock({ $0.channel.failure != nil }) { return drainAfterFailure(releasingReader: releasingReader) }
         var events: [FrameReader.Event] = []
         var ended = false
         var failure: IPCError?
@@ -469,6 +473,30 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if effects.output { flushNow() }
         wakeAll()
         return releasingReader || effects.wake || ended
+    }
+
+    /// After a failure nothing more is decoded: input is read and dropped until the peer's end of stream.
+    private func drainAfterFailure(releasingReader: Bool) -> Bool {
+        var scratch = [UInt8](repeating: 0, count: 16 << 10)
+        var ended = false
+        var progressed = false
+        reads: for _ in 0..<16 {
+            let outcome = scratch.withUnsafeMutableBytes { buffer in (try? stream.read(into: buffer)) ?? .endOfStream }
+            switch outcome {
+            case .bytes: progressed = true
+            case .wouldBlock: break reads
+            case .endOfStream:
+                ended = true
+                break reads
+            }
+        }
+        guard progressed || ended else { return false }
+        locked.withLock { state in
+            if ended { state.channel.applyEndOfStream() }
+            if releasingReader { state.readerBusy = false }
+        }
+        wakeAll()
+        return true
     }
 
     // MARK: Writing
@@ -549,9 +577,18 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             do throws(IPCError) {
                 written = try stream.write(segments, offset: offset)
             } catch {
-                locked.withLock { state in
+                let mayRead = locked.withLock { state -> Bool in
                     state.writerBusy = false
                     state.writeFailed = true
+                    guard !state.readerBusy else { return false }
+                    state.readerBusy = true
+                    return true
+                }
+                // The peer may have said why it closed (an error frame before its end of stream): read that
+                // first, so the error reported is the peer's reason rather than a bare broken pipe.
+                if mayRead {
+                    _ = pump()
+                    releaseReader(armIfWaiters: true)
                 }
                 fail(error, tellPeer: false)
                 return

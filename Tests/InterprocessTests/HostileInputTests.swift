@@ -1,0 +1,197 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Interprocess
+import Testing
+
+/// Garbage on a listener ends that connection with a clear error, and the listener keeps serving good clients.
+@Suite("Hostile input", .serialized, .timeLimit(.minutes(2)))
+struct HostileInputTests {
+    static let validHello = Hello(capacity: 8, maxFrame: 1 << 20, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes").encoded()
+
+    enum Attack: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        case garbage, wrongMagic, wrongVersion, hugeLength, truncatedFrame, unknownFrameType, creditOverflow
+        var testDescription: String { rawValue }
+
+        var bytes: [UInt8] {
+            switch self {
+            case .garbage: return (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 97 &+ 13) }
+            case .wrongMagic: return Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+            case .wrongVersion:
+                var hello = HostileInputTests.validHello
+                hello[4] = 7
+                return hello
+            case .hugeLength:
+                // A valid hello, then a data frame claiming 4 GiB.
+                return HostileInputTests.validHello + [0xFF, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+            case .truncatedFrame:
+                // A valid hello, then half a data frame, then the end of the stream.
+                return HostileInputTests.validHello + [40, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]
+            case .unknownFrameType:
+                return HostileInputTests.validHello + [8, 0, 0, 0, 0x7F, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            case .creditOverflow:
+                // Acknowledges messages that were never sent.
+                return HostileInputTests.validHello + [8, 0, 0, 0, 2, 0, 0, 0, 0xE8, 3, 0, 0, 0, 0, 0, 0]
+            }
+        }
+
+        /// Words the error must contain.
+        var expected: String {
+            switch self {
+            case .garbage, .wrongMagic: "does not speak the Interprocess protocol"
+            case .wrongVersion: "version 7"
+            case .hugeLength: "accepts at most"
+            case .truncatedFrame: "incomplete frame"
+            case .unknownFrameType: "unknown type"
+            case .creditOverflow: "only 0 were sent"
+            }
+        }
+    }
+
+    @Test("a hostile client gets a clear error and a good client on the same listener still works", arguments: Attack.allCases, TransportKind.allCases)
+    func attack(_ attack: Attack, _ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        // The hostile hello, where there is one, matches the listener, so the attack gets past the handshake.
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw, receiving: .raw)
+        defer { listener.close() }
+        var logged: [UInt8] = []
+        let endpoint = listener.endpoint
+        let hostile = try RawClient(endpoint)
+        if attack == .hugeLength || attack == .truncatedFrame || attack == .unknownFrameType || attack == .creditOverflow {
+            // These come after a proper handshake: the listener hands the connection out, and the error shows on it.
+            hostile.send(HostileInputTests.validHello)
+            let connection = try await within(10) { try await listener.accept() }
+            hostile.send(Array(attack.bytes.dropFirst(HostileInputTests.validHello.count)))
+            if attack == .truncatedFrame { hostile.shutdownWrite() }
+            await #expect {
+                _ = try await within(10) { try await connection.receiver.receive() }
+            } throws: { error in
+                let e = error as! IPCError
+                return e.message.contains(attack.expected)
+            }
+            logged = hostile.readAll()
+            if attack != .truncatedFrame {
+                let message = errorFrameMessage(in: logged)
+                #expect(message?.contains(attack.expected) == true, "the peer was told: \(message ?? "nothing")")
+            }
+        } else {
+            hostile.send(attack.bytes)
+            // Refused during the handshake: the client is told why in an error frame, and the listener goes on.
+            logged = hostile.readAll()
+            let message = errorFrameMessage(in: logged)
+            #expect(message?.contains(attack.expected) == true, "the peer was told: \(message ?? "nothing")")
+        }
+        // A good client in another process still gets through, both ways.
+        let helper = try ChildProcess.helper("echo", endpoint)
+        let good = try await within(10) { try await listener.accept() }
+        try await good.sender.send(numbered(42))
+        let echo = try await within(10) { try await good.receiver.receive() }
+        #expect(echo.map(index) == 42)
+        try await good.sender.close()
+        #expect(try await within(10) { try await good.receiver.receive() } == nil)
+        let (status, output) = await helper.finish()
+        #expect(status == 0 && output.contains("echoed 1"), "helper said: \(output)")
+    }
+
+    @Test("a slow-loris handshake times out while good clients are served", arguments: TransportKind.allCases)
+    func slowLoris(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        var options = ChannelOptions()
+        options.handshakeTimeout = .milliseconds(500)
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw, options: options)
+        defer { listener.close() }
+        // Three clients that connect and send one byte of the magic, then nothing.
+        let slow = try (0..<3).map { _ in try RawClient(listener.endpoint) }
+        for client in slow { client.send([0x49]) }
+        // A good client is accepted while they hang.
+        let helper = try ChildProcess.helper("count", listener.endpoint, 3)
+        let tx = try await within(10) { try await listener.accept() }.sender
+        for i in 0..<3 { try await tx.send(numbered(UInt64(i))) }
+        try await tx.close()
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+        // Each slow client is dropped with a timeout error once its time is up.
+        for client in slow {
+            let message = errorFrameMessage(in: client.readAll())
+            #expect(message?.contains("did not complete the handshake") == true, "the slow client was told: \(message ?? "nothing")")
+        }
+    }
+}
+
+@Suite("Socket security", .serialized, .timeLimit(.minutes(1)))
+struct SecurityTests {
+    @Test func unixSocketFileIsOwnerOnlyAndRemovedOnClose() throws {
+        let dir = temporaryDirectory()
+        let path = dir + "/p.sock"
+        let listener = try IPC.listen(on: .unix(path: path), sending: .raw)
+        var info = stat()
+        #expect(stat(path, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+        #expect(info.st_mode & S_IFMT == S_IFSOCK)
+        listener.close()
+        #expect(access(path, F_OK) != 0)
+    }
+
+    @Test func staleSocketIsReplacedButALiveOneIsNotStolen() throws {
+        let dir = temporaryDirectory()
+        let path = dir + "/s.sock"
+        // A stale socket file: bound, never listened on, its process gone (closed).
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8)
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(rc == 0)
+        close(fd)
+        #expect(access(path, F_OK) == 0)
+        let listener = try IPC.listen(on: .unix(path: path), sending: .raw)
+        defer { listener.close() }
+        // A second listener on the same live path is refused.
+        #expect { _ = try IPC.listen(on: .unix(path: path), sending: .raw) } throws: { ($0 as! IPCError).code == .addressInUse }
+        // A path that is not a socket is never removed.
+        let file = dir + "/regular"
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("keep".utf8)))
+        #expect { _ = try IPC.listen(on: .unix(path: file), sending: .raw) } throws: { ($0 as! IPCError).code == .addressInUse }
+        #expect(FileManager.default.contents(atPath: file) == Data("keep".utf8))
+    }
+
+    @Test func anotherUserCannotConnect() async throws {
+        guard getuid() == 0 else { return }  // Needs root to become another user; CI runs as root.
+        let dir = temporaryDirectory()
+        chmod(dir, 0o755)
+        let listener = try IPC.listen(on: .unix(path: dir + "/u.sock"), sending: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("as-nobody", listener.endpoint)
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+        #expect(output.contains("permissionDenied"))
+    }
+
+    @Test func peerUIDCheckRefusesAUserNotAllowed() async throws {
+        let dir = temporaryDirectory()
+        var options = ChannelOptions()
+        options.peerCheck = .userIDs([getuid() &+ 4242])
+        let listener = try IPC.listen(on: .unix(path: dir + "/c.sock"), sending: .raw, options: options)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("connect-expect-error", listener.endpoint)
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+        #expect(output.contains("uid \(getuid())") && output.contains("does not accept"), "helper said: \(output)")
+    }
+
+    @Test func tcpListensOnLoopbackByDefault() throws {
+        let listener = try IPC.listen(on: try Endpoint(parsing: "tcp://:0"), sending: .raw)
+        defer { listener.close() }
+        guard case .tcp(let host, let port) = listener.endpoint else {
+            Issue.record("not a TCP endpoint")
+            return
+        }
+        #expect(host == "127.0.0.1")
+        #expect(port != 0)
+    }
+}
