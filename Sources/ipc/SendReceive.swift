@@ -99,8 +99,9 @@ struct Send: AsyncParsableCommand {
                     do {
                         try JSONTextCodec.check(line)
                     } catch {
+                        // Exit without closing the channel: the receiver must see an abnormal end, not a clean one.
                         let which = messages.isEmpty ? "line \(number) of standard input" : "message \(number)"
-                        throw ValidationFailure(text: "\(which) is not valid JSON, nothing more was sent: \(line.prefix(60))")
+                        fail(ValidationFailure(text: "\(which) is not valid JSON, nothing more was sent: \(line.prefix(60))"))
                     }
                     return line
                 }

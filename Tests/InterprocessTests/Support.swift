@@ -24,15 +24,34 @@ final class ChildProcess: @unchecked Sendable {
     private let output = Pipe()
     private let input = Pipe()
     private let exited = AsyncSemaphore()
+    private let outputDone = AsyncSemaphore()
+    private let collected = NSLock()
+    private var collectedBytes: [UInt8] = []
 
     init(_ executable: String, _ arguments: [String]) throws {
         process.executableURL = URL(fileURLWithPath: buildDirectory + "/" + executable)
         process.arguments = arguments
         process.standardOutput = output
+        process.standardError = output
         process.standardInput = input
         let exited = self.exited
         process.terminationHandler = { _ in exited.signal() }
         try process.run()
+        startCollecting()
+    }
+
+    /// Collects everything the child prints from now on, so a chatty child never blocks on a full pipe.
+    private func startCollecting() {
+        let handle = output.fileHandleForReading
+        let thread = Thread { [self] in
+            while true {
+                let data = handle.availableData
+                if data.isEmpty { break }
+                collected.withLock { collectedBytes += data }
+            }
+            outputDone.signal()
+        }
+        thread.start()
     }
 
     static func helper(_ role: String, _ endpoint: Endpoint, _ number: Int = 0) throws -> ChildProcess {
@@ -47,6 +66,8 @@ final class ChildProcess: @unchecked Sendable {
 
     func closeInput() { try? input.fileHandleForWriting.close() }
 
+    func write(_ bytes: [UInt8]) { input.fileHandleForWriting.write(Data(bytes)) }
+
     /// Waits for the exit (killing the child after `seconds`); returns the status and everything it printed.
     func finish(within seconds: Int = 30) async -> (status: Int32, output: String) {
         let ok = await exited.wait(seconds: seconds)
@@ -54,9 +75,17 @@ final class ChildProcess: @unchecked Sendable {
             kill()
             _ = await exited.wait(seconds: 10)
         }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        let text = String(decoding: data, as: UTF8.self)
+        // Closing our copy of the write end lets the reader see end of file once the child is gone.
+        try? output.fileHandleForWriting.close()
+        _ = await outputDone.wait(seconds: 10)
+        let text = collected.withLock { String(decoding: collectedBytes, as: UTF8.self) }
         return (ok ? process.terminationStatus : -1, text)
+    }
+
+    /// Like ``finish(within:)``, with the output as bytes.
+    func finishBytes(within seconds: Int = 30) async -> (status: Int32, output: [UInt8]) {
+        let (status, _) = await finish(within: seconds)
+        return (status, collected.withLock { collectedBytes })
     }
 
     func kill() { Glibc.kill(process.processIdentifier, SIGKILL) }

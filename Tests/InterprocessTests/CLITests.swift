@@ -1,0 +1,161 @@
+import Foundation
+import Interprocess
+import Testing
+
+/// The `ipc` tool in every mode, as a separate process, against the library or a foreign program.
+@Suite("ipc command-line tool", .serialized, .timeLimit(.minutes(2)))
+struct CLITests {
+    @Test("send: framed UTF-8 strings", arguments: TransportKind.allCases)
+    func sendText(_ kind: TransportKind) async throws {
+        let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), receiving: .utf8)
+        defer { listener.close() }
+        let cli = try ChildProcess("ipc", ["send", listener.endpoint.description, "Hello from process 1!", "two words"])
+        let rx = try await within(10) { try await listener.accept() }.receiver
+        #expect(try await within(10) { try await rx.receive() } == "Hello from process 1!")
+        #expect(try await within(10) { try await rx.receive() } == "two words")
+        #expect(try await within(10) { try await rx.receive() } == nil)
+        #expect(await cli.finish().status == 0)
+    }
+
+    @Test("send: stdin lines when no message is given")
+    func sendStdin() async throws {
+        let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/c.sock"), receiving: .utf8)
+        defer { listener.close() }
+        let cli = try ChildProcess("ipc", ["send", listener.endpoint.description])
+        cli.write(Array("first\nsecond\n".utf8))
+        cli.closeInput()
+        let rx = try await within(10) { try await listener.accept() }.receiver
+        var got: [String] = []
+        while let m = try await within(10, { try await rx.receive() }) { got.append(m) }
+        #expect(got == ["first", "second"])
+        #expect(await cli.finish().status == 0)
+    }
+
+    @Test("receive --connect prints each message on its own line and exits at the end")
+    func receiveText() async throws {
+        let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/r.sock"), sending: .utf8)
+        defer { listener.close() }
+        let cli = try ChildProcess("ipc", ["receive", "--connect", listener.endpoint.description])
+        let tx = try await within(10) { try await listener.accept() }.sender
+        try await tx.send("alpha")
+        try await tx.send("beta")
+        try await tx.close()
+        let (status, output) = await cli.finish()
+        #expect(status == 0)
+        #expect(output == "alpha\nbeta\n")
+    }
+
+    @Test("receive --count stops after N messages")
+    func receiveCount() async throws {
+        let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/n.sock"), sending: .utf8)
+        defer { listener.close() }
+        let cli = try ChildProcess("ipc", ["receive", "--connect", "--count", "2", listener.endpoint.description])
+        let tx = try await within(10) { try await listener.accept() }.sender
+        for word in ["1", "2", "3"] { try await tx.send(word) }
+        let (status, output) = await cli.finish()
+        #expect(status == 0)
+        #expect(output == "1\n2\n")
+    }
+
+    @Test("json mode carries JSON values and refuses invalid JSON with its position")
+    func json() async throws {
+        struct Point: Codable, Equatable { var x: Int }
+        let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/j.sock"), receiving: JSONCodec(Point.self, typeName: "json"))
+        defer { listener.close() }
+        let cli = try ChildProcess("ipc", ["send", "--codec", "json", listener.endpoint.description, "{\"x\": 3}", "{not json"])
+        let rx = try await within(10) { try await listener.accept() }.receiver
+        #expect(try await within(10) { try await rx.receive() } == Point(x: 3))
+        await #expect(throws: IPCError.self) { _ = try await within(10) { try await rx.receive() } }
+        let (status, output) = await cli.finish()
+        #expect(status != 0)
+        #expect(output.contains("message 2 is not valid JSON"), "ipc said: \(output)")
+    }
+
+    @Test("raw mode moves arbitrary bytes both ways")
+    func raw() async throws {
+        let bytes = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ ($0 >> 8)) }
+        // stdin -> ipc send --codec raw -> library
+        let inbound = try IPC.listen(on: .unix(path: temporaryDirectory() + "/in.sock"), receiving: .raw)
+        defer { inbound.close() }
+        let sender = try ChildProcess("ipc", ["send", "--codec", "raw", inbound.endpoint.description])
+        sender.write(bytes)
+        sender.closeInput()
+        let rx = try await within(10) { try await inbound.accept() }.receiver
+        var got: [UInt8] = []
+        while let chunk = try await within(10, { try await rx.receive() }) { got += chunk }
+        #expect(got == bytes)
+        #expect(await sender.finish().status == 0)
+        // library -> ipc receive --codec raw -> stdout
+        let outbound = try IPC.listen(on: .unix(path: temporaryDirectory() + "/out.sock"), sending: .raw)
+        defer { outbound.close() }
+        let receiver = try ChildProcess("ipc", ["receive", "--connect", "--codec", "raw", outbound.endpoint.description])
+        let tx = try await within(10) { try await outbound.accept() }.sender
+        try await tx.send(Array(bytes[0..<1000]))
+        try await tx.send(Array(bytes[1000...]))
+        try await tx.close()
+        let (status, output) = await receiver.finishBytes()
+        #expect(status == 0)
+        #expect(output == bytes)
+    }
+
+    @Test("lines mode talks to a plain socket program with no framing")
+    func linesWithForeignPeer() async throws {
+        // A foreign program (Python) plays the article's Go sender: it listens, writes a bare string with no
+        // newline, and closes.
+        let script = """
+            import socket, sys
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+            print(s.getsockname()[1], flush=True)
+            c, _ = s.accept(); c.sendall(b"Hello from process 1!"); c.close()
+            """
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        python.arguments = ["python3", "-c", script]
+        let pipe = Pipe()
+        python.standardOutput = pipe
+        try python.run()
+        defer { python.terminate() }
+        var portText: [UInt8] = []
+        while let b = pipe.fileHandleForReading.readData(ofLength: 1).first, b != UInt8(ascii: "\n") { portText.append(b) }
+        let port = String(decoding: portText, as: UTF8.self)
+        let cli = try ChildProcess("ipc", ["receive", "--connect", "--codec", "lines", "tcp://127.0.0.1:\(port)"])
+        let (status, output) = await cli.finish()
+        #expect(status == 0, "ipc said: \(output)")
+        #expect(output == "Hello from process 1!\n")
+    }
+
+    @Test("lines mode: ipc send writes plain newline-terminated text")
+    func linesSend() async throws {
+        let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/l.sock"), receiving: .lines)
+        defer { listener.close() }
+        let cli = try ChildProcess("ipc", ["send", "--codec", "lines", listener.endpoint.description, "one", "two"])
+        let rx = try await within(10) { try await listener.accept() }.receiver
+        #expect(try await within(10) { try await rx.receive() } == "one")
+        #expect(try await within(10) { try await rx.receive() } == "two")
+        #expect(try await within(10) { try await rx.receive() } == nil)
+        #expect(await cli.finish().status == 0)
+    }
+
+    @Test("errors print one clear line and exit non-zero")
+    func errors() async throws {
+        let bad = try ChildProcess("ipc", ["send", "bogus:endpoint", "x"])
+        let (status, output) = await bad.finish()
+        #expect(status != 0)
+        #expect(output.contains("unix:/path/to.sock"), "ipc said: \(output)")
+        let refused = try ChildProcess("ipc", ["send", "unix:" + temporaryDirectory() + "/nobody.sock", "x"])
+        let (status2, output2) = await refused.finish()
+        #expect(status2 == 1)
+        #expect(output2.hasPrefix("ipc: error: connectionRefused"), "ipc said: \(output2)")
+        #expect(output2.split(separator: "\n").count == 1)
+    }
+
+    @Test("demo: the article's two processes, over a Unix socket and TCP")
+    func demo() async throws {
+        let cli = try ChildProcess("ipc", ["demo", "--round-trips", "200"])
+        let (status, output) = await cli.finish(within: 60)
+        #expect(status == 0, "demo said: \(output)")
+        #expect(output.components(separatedBy: "received: Hello from process 1!").count == 3)
+        #expect(output.components(separatedBy: "received: Hello from process 2!").count == 3)
+        #expect(output.contains("everything arrived"))
+    }
+}
