@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CInterprocessShim
 import InterprocessCore
 
 /// A resolved socket address for bind/connect.
@@ -15,6 +16,18 @@ enum SocketAddress {
         case .ipv4: AF_INET
         case .ipv6: AF_INET6
         }
+    }
+
+    init(_ endpoint: Endpoint) throws(IPCError) {
+        switch endpoint {
+        case .unix(let path): self = try .unix(path: path)
+        case .tcp(let host, let port): self = try .tcp(host: host, port: port)
+        }
+    }
+
+    /// A non-blocking, close-on-exec stream socket of this address's family.
+    func makeSocket() throws(IPCError) -> Int32 {
+        try systemCall("creating a socket") { cipc_socket(family, Int32(SOCK_STREAM.rawValue), 1) }
     }
 
     static func unix(path: String) throws(IPCError) -> SocketAddress {

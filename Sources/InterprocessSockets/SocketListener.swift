@@ -61,12 +61,8 @@ package final class SocketListener: Sendable {
     private let isClosed = Mutex(false)
 
     package init(endpoint requested: Endpoint, backlog: Int32 = 128) throws(IPCError) {
-        let address: SocketAddress
-        switch requested {
-        case .unix(let path): address = try .unix(path: path)
-        case .tcp(let host, let port): address = try .tcp(host: host, port: port)
-        }
-        let fd = try systemCall("creating a socket") { cipc_socket(address.family, Int32(SOCK_STREAM.rawValue), 1) }
+        let address = try SocketAddress(requested)
+        let fd = try address.makeSocket()
         var ok = false
         defer { if !ok { Glibc.close(fd) } }
         if case .unix(let path) = requested {
@@ -176,12 +172,8 @@ package final class SocketListener: Sendable {
 /// Dials an endpoint.
 package enum SocketConnector {
     package static func connect(to endpoint: Endpoint) async throws(IPCError) -> ConnectedSocket {
-        let address: SocketAddress
-        switch endpoint {
-        case .unix(let path): address = try .unix(path: path)
-        case .tcp(let host, let port): address = try .tcp(host: host, port: port)
-        }
-        let fd = try systemCall("creating a socket") { cipc_socket(address.family, Int32(SOCK_STREAM.rawValue), 1) }
+        let address = try SocketAddress(endpoint)
+        let fd = try address.makeSocket()
         var ok = false
         defer { if !ok { Glibc.close(fd) } }
         var rc = address.withSockAddr { Glibc.connect(fd, $0, $1) }
