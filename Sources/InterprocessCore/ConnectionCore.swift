@@ -184,7 +184,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             return nil
         }
         if lines { stream.shutdownWrite() }
-        await finishIfDone(wait: true)
+        if configuration.hasReceiver {
+            // A two-way connection: the application is still reading, so the teardown (which waits for the
+            // peer's end of stream) runs in the background once the receiving direction is done.
+            Task { await self.finishIfDone(wait: false) }
+        } else {
+            await finishIfDone(wait: true)
+        }
     }
 
     /// The sender was dropped without `close()`: close it for the peer.

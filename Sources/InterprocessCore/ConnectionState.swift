@@ -145,8 +145,10 @@ package struct ConnectionState {
             taken += 1
             return .message(message, grantCredit: appendCreditIfDue())
         }
-        if let failure { return .failed(failure) }
+        // Everything the peer sent before its close was delivered: that direction ended cleanly, whatever
+        // happened to the connection afterwards (a credit that could not be written, say).
         if peerClosedAfter != nil { return .end }
+        if let failure { return .failed(failure) }
         if endOfStream {
             return .failed(IPCError(.peerClosed, "the peer closed the connection without closing its sender after \(received) messages; it crashed or exited early, and messages it meant to send may be missing"))
         }

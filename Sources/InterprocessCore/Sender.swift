@@ -36,8 +36,9 @@ public final class Sender<Value: Sendable>: Sendable {
 
     /// Closes the channel: the receiver gets every value sent before, then the end (`nil`).
     ///
-    /// Returns once everything sent has been handed to the operating system; when this connection receives
-    /// nothing (or its receiver is done), it also waits, at most the close timeout, for the peer to finish.
+    /// Returns once everything sent has been handed to the operating system. On a send-only connection it
+    /// also waits, at most the close timeout, for the peer to finish reading and hang up, so that a process
+    /// may exit right after `close()` without the kernel discarding what the peer has not read yet.
     /// Closing twice throws `alreadyClosed`.
     public func close() async throws(IPCError) {
         try await core.closeSender()

@@ -180,3 +180,37 @@ func residentKiB() -> Int {
     else { return 0 }
     return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
 }
+
+/// The API exactly as the README shows it, with typed values in each codec over a real socket.
+@Suite("Typed channels", .timeLimit(.minutes(1)))
+struct TypedChannelTests {
+    struct Job: Codable, Equatable, Sendable {
+        var id: Int
+        var name: String
+        var tags: [String]
+        var weight: Double?
+    }
+
+    @Test func jsonAndBinaryRoundTripBothWays() async throws {
+        let dir = temporaryDirectory()
+        let jobs = (0..<50).map { Job(id: $0, name: "job \($0)", tags: ["a", "b"], weight: $0 % 2 == 0 ? nil : 1.5) }
+        let listener = try IPC.listen(on: .unix(path: dir + "/j.sock"), sending: .json(Job.self), receiving: .binary(Job.self))
+        defer { listener.close() }
+        async let accepted = within(10) { try await listener.accept() }
+        let client = try await IPC.connect(to: .unix(path: dir + "/j.sock"), sending: .binary(Job.self), receiving: .json(Job.self))
+        let server = try await accepted
+        for job in jobs { try await client.sender.send(job) }
+        try await client.sender.close()
+        var echoed: [Job] = []
+        for try await job in server.receiver {
+            echoed.append(job)
+            try await server.sender.send(job)
+        }
+        // Returns at once on a two-way connection: the client has not read anything yet.
+        try await within(2) { try await server.sender.close() }
+        var back: [Job] = []
+        for try await job in client.receiver { back.append(job) }
+        #expect(echoed == jobs)
+        #expect(back == jobs)
+    }
+}
