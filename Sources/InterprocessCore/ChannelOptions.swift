@@ -24,13 +24,6 @@ public struct ChannelOptions: Sendable {
 
     public init() {}
 
-    /// A copy with `capacity` changed.
-    public func capacity(_ value: Int) -> ChannelOptions {
-        var copy = self
-        copy.capacity = value
-        return copy
-    }
-
     package func validate() throws(IPCError) {
         guard capacity >= 0 && capacity <= Int(UInt32.max) else {
             throw IPCError(.invalidEndpoint, "capacity must be between 0 and \(UInt32.max), not \(capacity)")

@@ -85,8 +85,6 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
     }
 
-    package var peerHello: Hello? { locked.withLock { $0.channel.peer } }
-
     // MARK: Receiving
 
     /// The next message's bytes, or nil once the peer closed and everything before the close was taken.
@@ -611,12 +609,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 stream.arm(read: false, write: true)
                 return
             }
-            wakeAllIfWaitingForOutput()
+            wakeAll()
         }
-    }
-
-    private func wakeAllIfWaitingForOutput() {
-        wakeAll()
     }
 
     // MARK: ByteStreamHandler (I/O thread)
@@ -629,7 +623,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         if resumeWrite {
             writeOutbox()
-            wakeAllIfWaitingForOutput()
+            wakeAll()
         }
         if readable {
             let (holdsRole, wants) = locked.withLock { ($0.readerBusy, $0.channel.wantsMoreInput) }

@@ -61,11 +61,4 @@ package struct Outbox {
             }
         }
     }
-
-    /// Everything pending as one array (tests, diagnostics).
-    package var bytes: [UInt8] {
-        var all: [UInt8] = []
-        for (i, s) in segments.enumerated() { all += i == 0 ? Array(s[headOffset...]) : s }
-        return all + tail
-    }
 }

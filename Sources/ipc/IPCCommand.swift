@@ -28,16 +28,6 @@ enum CLICodec: String, ExpressibleByArgument, CaseIterable {
     }
 }
 
-/// Shared endpoint parsing with the error line the user sees.
-struct EndpointArgument: ExpressibleByArgument {
-    let endpoint: Endpoint
-    init?(argument: String) {
-        guard let e = try? Endpoint(parsing: argument) else { return nil }
-        endpoint = e
-    }
-    static var defaultCompletionKind: CompletionKind { .default }
-}
-
 func parseEndpoint(_ text: String) throws -> Endpoint {
     do {
         return try Endpoint(parsing: text)
