@@ -131,6 +131,8 @@ struct Bench: AsyncParsableCommand {
             let child = try ChildProcess.spawnSelf(args, inheritFD: fds[1], pinCPU: childCPU)
             close(fds[1])
             let stream = RawStream(fd: fds[0])
+            // Like the Interprocess lines, whose timing starts after the handshake: wait until the peer runs.
+            _ = stream.receive()
             let result = runBaseline(workload, stream, counts: counts)
             close(fds[0])
             guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
@@ -317,6 +319,7 @@ struct BenchPeer: AsyncParsableCommand {
     }
 
     private func runBaselinePeer(_ stream: RawStream) {
+        Array("ready".utf8).withUnsafeBytes { stream.send($0) }
         switch workload {
         case .w1:
             for _ in 0..<w1 {
