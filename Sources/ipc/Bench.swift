@@ -55,6 +55,13 @@ struct BenchResult {
     var values: [Double]  // W1: p50, p99, max (us); W2: M msg/s; W3: GB/s
     var parentRSSKiB: Int
     var childRSSKiB: Int
+
+    /// A W2 (M msg/s) or W3 (GB/s of 1 MiB messages) result; `done` is the peer's "done RSS-KiB" reply.
+    static func throughput(_ workload: Workload, count: Int, since start: UInt64, done: String) -> BenchResult {
+        let seconds = Double(monotonicNanos() - start) / 1e9
+        let rate = workload == .w3 ? Double(count) * Double(1 << 20) / seconds / 1e9 : Double(count) / seconds / 1e6
+        return BenchResult(values: [rate], parentRSSKiB: cipc_peak_rss_kib(), childRSSKiB: Int(done.split(separator: " ").last ?? "0") ?? 0)
+    }
 }
 
 struct Bench: AsyncParsableCommand {
@@ -165,10 +172,10 @@ struct Bench: AsyncParsableCommand {
             try await connection.sender.send(sample)
         }
         guard let done = try await connection.receiver.receive() else { throw ChildError(message: "no done") }
-        let seconds = Double(monotonicNanos() - start) / 1e9
+        let result = BenchResult.throughput(.w2, count: counts.w2Count, since: start, done: done)
         try await connection.sender.close()
         guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
-        return BenchResult(values: [Double(counts.w2Count) / seconds / 1e6], parentRSSKiB: cipc_peak_rss_kib(), childRSSKiB: Int(done.split(separator: " ").last ?? "0") ?? 0)
+        return result
     }
 
     private func runChannel(_ workload: Workload, _ connection: Connection<[UInt8], [UInt8]>, counts: BenchCounts) async throws -> BenchResult {
@@ -199,10 +206,7 @@ struct Bench: AsyncParsableCommand {
                 try await connection.sender.send(payload)
             }
             guard let done = try await connection.receiver.receive() else { throw ChildError(message: "no done") }
-            let seconds = Double(monotonicNanos() - start) / 1e9
-            let childRSS = Int(String(decoding: done, as: UTF8.self).split(separator: " ").last ?? "0") ?? 0
-            let rate = workload == .w2 ? Double(count) / seconds / 1e6 : Double(count) * Double(1 << 20) / seconds / 1e9
-            return BenchResult(values: [rate], parentRSSKiB: cipc_peak_rss_kib(), childRSSKiB: childRSS)
+            return .throughput(workload, count: count, since: start, done: String(decoding: done, as: UTF8.self))
         }
     }
 
@@ -230,10 +234,7 @@ struct Bench: AsyncParsableCommand {
                 payload[payload.count - 1] = UInt8(truncatingIfNeeded: i)
                 payload.withUnsafeBytes { stream.send($0) }
             }
-            let done = String(decoding: stream.receive(), as: UTF8.self)
-            let seconds = Double(monotonicNanos() - start) / 1e9
-            let rate = workload == .w2 ? Double(count) / seconds / 1e6 : Double(count) * Double(1 << 20) / seconds / 1e9
-            return BenchResult(values: [rate], parentRSSKiB: cipc_peak_rss_kib(), childRSSKiB: Int(done.split(separator: " ").last ?? "0") ?? 0)
+            return .throughput(workload, count: count, since: start, done: String(decoding: stream.receive(), as: UTF8.self))
         }
     }
 }
