@@ -89,12 +89,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// The next message's bytes, or nil once the peer closed and everything before the close was taken.
     package func receive() async throws(IPCError) -> [UInt8]? {
-        if let ready = try tryReceive(), let message = ready { return message }
+        if let ready = try tryReceive() { return ready }
         let (message, credit) = try await waitFor { state throws(IPCError) -> ([UInt8]?, Bool)? in
             try Self.receiveStep(&state)
         }
         if credit { afterAppend(data: false) }
-        if message == nil { await finishIfDone(wait: false) }
+        // The end arrived: if the sending side is done too, tear down in the background. The teardown waits
+        // (bounded) for the peer's end of stream, which must not hold up the caller's `nil`.
+        if message == nil { Task { await self.finishIfDone(wait: false) } }
         return message
     }
 
@@ -103,6 +105,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         let step = try locked.withLock { state throws(IPCError) in try Self.receiveStep(&state) }
         guard let (message, credit) = step else { return nil }
         if credit { afterAppend(data: false) }
+        if message == nil { Task { await self.finishIfDone(wait: false) } }
         return .some(message)
     }
 

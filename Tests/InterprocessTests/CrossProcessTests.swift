@@ -213,4 +213,21 @@ struct TypedChannelTests {
         #expect(echoed == jobs)
         #expect(back == jobs)
     }
+
+    @Test func endArrivesPromptlyWhileThePeerKeepsItsSideOpen() async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: .unix(path: dir + "/e.sock"), sending: .utf8, receiving: .utf8)
+        defer { listener.close() }
+        async let accepted = within(10) { try await listener.accept() }
+        let client = try await IPC.connect(to: .unix(path: dir + "/e.sock"), sending: .utf8, receiving: .utf8)
+        let server = try await accepted
+        try await client.sender.close()
+        try await server.sender.send("last")
+        try await server.sender.close()
+        // The server never reads the client's end, so its side stays open; the client's teardown waits for it
+        // in the background, and the caller gets its values and the end at once.
+        #expect(try await within(2) { try await client.receiver.receive() } == "last")
+        #expect(try await within(2) { try await client.receiver.receive() } == nil)
+        _ = server
+    }
 }
