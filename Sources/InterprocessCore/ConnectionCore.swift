@@ -48,6 +48,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var writeFailed = false
         var closed = false
         var closedWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Selects waiting on this connection, notified (once) on the next wake-up.
+        var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
 
         var hasPendingOutput: Bool { !channel.outbox.isEmpty }
     }
@@ -109,6 +111,21 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return .some(message)
     }
 
+    /// Like ``tryReceive()``, but first reads what the stream has now (without waiting) when nothing is here
+    /// and nobody else is reading.
+    package func pollReceive() throws(IPCError) -> [UInt8]?? {
+        if let ready = try tryReceive() { return ready }
+        let take = locked.withLock { state -> Bool in
+            guard !state.readerBusy, state.channel.wantsMoreInput, !state.closed else { return false }
+            state.readerBusy = true
+            return true
+        }
+        guard take else { return nil }
+        _ = pump()
+        releaseReader(armIfWaiters: true)
+        return try tryReceive()
+    }
+
     private static func receiveStep(_ state: inout Locked) throws(IPCError) -> ([UInt8]?, Bool)? {
         switch state.channel.receive() {
         case .message(let bytes, let credit): return (bytes, credit)
@@ -152,6 +169,68 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return true
     }
 
+    /// For select: appends a data frame if credit allows, now. On a rendezvous the frame is then on its way
+    /// and the caller waits with ``awaitTaken(_:)``.
+    package enum SendAttempt { case sent, awaitingTake(UInt64), wouldBlock }
+
+    package func sendNow(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) throws(IPCError) -> SendAttempt {
+        let step: (UInt64, Bool, FlushDecision)? = try locked.withLock { state throws(IPCError) in
+            switch state.channel.canSend() {
+            case .failed(let error): throw error
+            case .wait: return nil
+            case .ready:
+                let seq = try append(&state.channel)
+                return (seq, state.channel.isRendezvous, Self.flushDecision(&state, data: true))
+            }
+        }
+        guard let (seq, rendezvous, decision) = step else { return .wouldBlock }
+        perform(decision, data: true)
+        return rendezvous ? .awaitingTake(seq) : .sent
+    }
+
+    /// Waits until the peer took message `seq` (a rendezvous). Cancelling cannot unsend a message that left:
+    /// the wait then ends early and the message is still delivered unless the peer goes away.
+    package func awaitTaken(_ seq: UInt64) async throws(IPCError) {
+        do {
+            _ = try await waitFor { state throws(IPCError) -> Bool? in
+                switch state.channel.isTaken(seq) {
+                case .ready: return true
+                case .wait: return nil
+                case .failed(let error): throw error
+                }
+            }
+        } catch where error.code == .cancelled {
+            return
+        }
+    }
+
+    /// Registers a select's case: `waiter` is notified on the next change. Returns nil when the case may
+    /// proceed now (a message, the end or a failure is here; or, for a send, credit or a failure).
+    package func watch(_ waiter: SelectWaiter, receiving: Bool) -> UInt64? {
+        let (id, arm) = locked.withLock { state -> (UInt64?, Bool) in
+            let ready: Bool
+            if receiving {
+                let c = state.channel
+                ready = !c.inbox.isEmpty || c.peerClosedAfter != nil || c.failure != nil || c.endOfStream || state.closed
+            } else {
+                ready = state.channel.canSend() != .wait || state.closed
+            }
+            if ready { return (nil, false) }
+            state.nextWaiterID += 1
+            state.watchers.append((state.nextWaiterID, waiter))
+            // Somebody must read for the news to arrive: hand the reader role to the I/O thread if it is free.
+            guard !state.readerBusy, state.channel.wantsMoreInput else { return (state.nextWaiterID, false) }
+            state.readerBusy = true
+            return (state.nextWaiterID, true)
+        }
+        if arm { stream.arm(read: true, write: false) }
+        return id
+    }
+
+    package func unwatch(_ id: UInt64) {
+        locked.withLock { state in state.watchers.removeAll { $0.id == id } }
+    }
+
     private func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
         let seq: UInt64 = try await waitFor { state throws(IPCError) -> UInt64? in
             switch state.channel.canSend() {
@@ -162,35 +241,56 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         afterAppend(data: true)
         if locked.withLock({ $0.channel.isRendezvous }) {
-            _ = try await waitFor { state throws(IPCError) -> Bool? in
-                switch state.channel.isTaken(seq) {
-                case .ready: return true
-                case .failed(let error): throw error
-                case .wait: return nil
-                }
-            }
+            try await awaitTaken(seq)
         }
     }
 
     /// Closes the sending direction: the peer receives everything sent so far, then the end.
-    package func closeSender() async throws(IPCError) {
+    ///
+    /// Without `waitForPeer` this is Go's `close`: it never waits; the close frame goes out after everything
+    /// sent before it, and the teardown continues in the background. With `waitForPeer` it returns once
+    /// everything was written and, when this side receives nothing more, the peer hung up (bounded by the
+    /// close timeout), so that the process may exit without the kernel discarding what the peer has not read.
+    package func closeSender(waitForPeer: Bool) async throws(IPCError) {
         let lines = try locked.withLock { state throws(IPCError) -> Bool in
             try state.channel.closeSender()
             return state.channel.mode == .lines
         }
         flushNow()
-        _ = try await waitFor { state throws(IPCError) -> Bool? in
-            if !state.hasPendingOutput && !state.writerBusy { return true }
-            if let failure = state.channel.failure { throw failure }
-            return nil
+        guard waitForPeer else {
+            if lines {
+                Task {
+                    _ = try? await self.waitFor { state throws(IPCError) -> Bool? in
+                        !state.hasPendingOutput && !state.writerBusy || state.channel.failure != nil ? true : nil
+                    }
+                    self.stream.shutdownWrite()
+                    await self.finishIfDone(wait: false)
+                }
+            } else {
+                Task { await self.finishIfDone(wait: false) }
+            }
+            return
+        }
+        let timeout = configuration.closeTimeout
+        do {
+            try await withDeadline(.now + timeout) { () async throws(IPCError) in
+                _ = try await self.waitFor { state throws(IPCError) -> Bool? in
+                    if !state.hasPendingOutput && !state.writerBusy { return true }
+                    if let failure = state.channel.failure { throw failure }
+                    return nil
+                }
+            }
+        } catch where error.code == .timeout {
+            Task { await self.finishIfDone(wait: false) }
+            throw IPCError(.timeout, "the peer did not read what was sent within the close timeout (\(timeout)); it is stuck or not reading. The rest is still written in the background while this process lives")
         }
         if lines { stream.shutdownWrite() }
-        if configuration.hasReceiver {
-            // A two-way connection: the application is still reading, so the teardown (which waits for the
-            // peer's end of stream) runs in the background once the receiving direction is done.
-            Task { await self.finishIfDone(wait: false) }
-        } else {
+        if locked.withLock({ $0.channel.receiverDone }) {
             await finishIfDone(wait: true)
+        } else {
+            // The application is still reading, so the teardown (which waits for the peer's end of stream)
+            // runs in the background once the receiving direction is done.
+            Task { await self.finishIfDone(wait: false) }
         }
     }
 
@@ -208,7 +308,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     package func receiverDropped() {
-        locked.withLock { $0.channel.receiverDone = true }
+        if locked.withLock({ $0.channel.dropReceiver() }) {
+            flushNow()
+            wakeAll()
+        }
         Task { await self.finishIfDone(wait: false) }
     }
 
@@ -258,15 +361,19 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     private func closeStream() {
-        let waiters = locked.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let waiters = locked.withLock { state -> ([CheckedContinuation<Void, Never>], [(id: UInt64, waiter: SelectWaiter)]) in
             state.closed = true
             state.generation &+= 1
             state.channel.fail(IPCError(.alreadyClosed, "the connection is closed"))
-            defer { state.closedWaiters = [] }
-            return state.closedWaiters + state.waiters.map(\.continuation)
+            defer {
+                state.closedWaiters = []
+                state.watchers = []
+            }
+            return (state.closedWaiters + state.waiters.map(\.continuation), state.watchers)
         }
         stream.close()
-        for w in waiters { w.resume() }
+        for w in waiters.0 { w.resume() }
+        for w in waiters.1 { w.waiter.notify() }
     }
 
     private func waitClosed() async {
@@ -400,12 +507,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     private func wakeAll() {
-        let waiters = locked.withLock { state in
+        let (waiters, watchers) = locked.withLock { state in
             state.generation &+= 1
-            defer { state.waiters.removeAll(keepingCapacity: true) }
-            return state.waiters
+            defer {
+                state.waiters.removeAll(keepingCapacity: true)
+                if !state.watchers.isEmpty { state.watchers = [] }
+            }
+            return (state.waiters, state.watchers)
         }
         for w in waiters { w.continuation.resume() }
+        for w in watchers { w.waiter.notify() }
     }
 
     /// Gives up the reader role. When tasks are parked waiting for input, the role goes to the I/O thread.

@@ -36,6 +36,8 @@ package struct ConnectionState {
     /// The peer has taken every message up to this sequence number.
     package var peerConsumed: UInt64 = 0
     package var senderClosed: Bool
+    /// The peer's receiver is gone (it sent a stop frame): sends fail.
+    package var peerReceiverGone = false
     /// Bytes waiting to be written, in order.
     package var outbox = Outbox()
 
@@ -117,6 +119,9 @@ package struct ConnectionState {
             effects.output = true
         case .pong:
             break
+        case .stop:
+            peerReceiverGone = true
+            effects.wake = true
         }
     }
 
@@ -187,6 +192,7 @@ package struct ConnectionState {
         if senderClosed {
             return .failed(IPCError(.sendOnClosedChannel, "send was called after close() on this sender; create a new connection to send more"))
         }
+        if peerReceiverGone { return .failed(Self.receiverGoneError) }
         if let failure { return .failed(failure) }
         if endOfStream {
             return .failed(IPCError(.peerClosed, "the peer closed the connection; its receiver is gone, so nothing more can be sent"))
@@ -253,11 +259,29 @@ package struct ConnectionState {
     /// Whether a rendezvous send of `seq` is complete (the receiver took it).
     package func isTaken(_ seq: UInt64) -> SendDecision {
         if peerConsumed >= seq { return .ready }
+        if peerReceiverGone { return .failed(Self.receiverGoneError) }
         if let failure { return .failed(failure) }
         if endOfStream {
             return .failed(IPCError(.peerClosed, "the peer closed the connection before taking the message"))
         }
         return .wait
+    }
+
+    package static var receiverGoneError: IPCError {
+        IPCError(.receiverGone, "the receiving side dropped its receiver: it takes no more messages, and those it had not taken were discarded")
+    }
+
+    /// The application dropped its receiver: tells the peer (a stop frame) when the peer still sends to
+    /// this side, so that its sends fail at once instead of waiting for credit forever. Returns whether a frame
+    /// was appended.
+    package mutating func dropReceiver() -> Bool {
+        guard !receiverDone else { return false }
+        receiverDone = true
+        inbox.removeAll()
+        guard mode == .framed, failure == nil, !endOfStream, peerClosedAfter == nil,
+              let peer, peer.sendCodec != "none" else { return false }
+        outbox.append { $0.appendControlFrame(.stop(taken: taken)) }
+        return true
     }
 
     package var isRendezvous: Bool { mode == .framed && peer?.capacity == 0 }

@@ -48,6 +48,8 @@ public struct IPCError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let systemCallFailed = Code(15)
         /// The operation was cancelled.
         public static let cancelled = Code(16)
+        /// The receiving side is gone (its `Receiver` was dropped): nothing more can be sent on this channel.
+        public static let receiverGone = Code(17)
 
         public var description: String {
             switch self {
@@ -67,6 +69,7 @@ public struct IPCError: Error, Sendable, Hashable, CustomStringConvertible {
             case .peerError: "peerError"
             case .systemCallFailed: "systemCallFailed"
             case .cancelled: "cancelled"
+            case .receiverGone: "receiverGone"
             default: "code\(value)"
             }
         }

@@ -1,21 +1,34 @@
-/// The receiving end of a channel: Go's `v, ok := <-ch` across processes.
+/// The receiving end of a channel: Go's `v, ok := <-ch`, within a process or across processes.
 ///
 /// `receive()` returns the next value, or `nil` once the sender closed and every value sent before the close
 /// was delivered. It is an `AsyncSequence`, so `for try await value in receiver` reads until the end.
-/// A receiver may be shared between tasks: each value goes to exactly one of them.
+/// A receiver may be shared between tasks: each value goes to exactly one of them. Dropping the receiver tells
+/// the sending side, whose sends then fail with `receiverGone`.
 public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     public typealias Element = Value
     public typealias Failure = IPCError
 
-    private let core: ConnectionCore
-    private let decode: @Sendable ([UInt8]) throws(IPCError) -> Value
-
-    package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
-        self.core = core
-        self.decode = { bytes throws(IPCError) in try codec.decode(bytes) }
+    private enum Backend: Sendable {
+        case local(LocalChannel<Value>)
+        case remote(ConnectionCore, decode: @Sendable ([UInt8]) throws(IPCError) -> Value)
     }
 
-    deinit { core.receiverDropped() }
+    private let backend: Backend
+
+    package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
+        self.backend = .remote(core, decode: { bytes throws(IPCError) in try codec.decode(bytes) })
+    }
+
+    package init(local channel: LocalChannel<Value>) {
+        self.backend = .local(channel)
+    }
+
+    deinit {
+        switch backend {
+        case .local(let channel): channel.receiverDropped()
+        case .remote(let core, _): core.receiverDropped()
+        }
+    }
 
     /// The next value, or `nil` after the sender closed and everything before the close was received.
     ///
@@ -24,20 +37,79 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     /// next `receive` continues with the following one), `peerError`, `protocolViolation`, or `cancelled`
     /// (no value is lost by cancelling).
     public func receive() async throws(IPCError) -> Value? {
-        guard let bytes = try await core.receive() else { return nil }
-        return try decode(bytes)
+        switch backend {
+        case .local(let channel):
+            return try await channel.receive()
+        case .remote(let core, let decode):
+            guard let bytes = try await core.receive() else { return nil }
+            return try decode(bytes)
+        }
     }
 
-    /// A value if one has already arrived, without waiting. Returns `.some(nil)` at the end of the channel,
+    /// The next value, waiting at most `timeout`: `nil` at the end of the channel, like ``receive()``.
+    ///
+    /// Throws ``IPCError/Code/timeout`` when no value arrived in time; nothing is taken then.
+    public func receive(timeout: Duration) async throws(IPCError) -> Value? {
+        if let ready = try tryReceive() { return ready }
+        do {
+            return try await select {
+                onReceive { $0 }
+                SelectCase.timeout(timeout) {
+                    throw IPCError(.timeout, "no value arrived within \(timeout)")
+                }
+            }
+        } catch let error as IPCError {
+            throw error
+        } catch {
+            throw IPCError(.cancelled, "the receive failed: \(error)")
+        }
+    }
+
+    /// A value if one can be taken without waiting. Returns `.some(nil)` at the end of the channel,
     /// `nil` when nothing is there yet.
     public func tryReceive() throws(IPCError) -> Value?? {
-        guard let step = try core.tryReceive() else { return nil }
-        guard let bytes = step else { return .some(nil) }
-        return .some(try decode(bytes))
+        switch backend {
+        case .local(let channel):
+            return channel.tryReceive()
+        case .remote(let core, let decode):
+            guard let step = try core.pollReceive() else { return nil }
+            guard let bytes = step else { return .some(nil) }
+            return .some(try decode(bytes))
+        }
     }
 
-    /// A description of the peer process.
-    public var peer: String { core.stream.peerDescription }
+    /// A ``select(_:)`` case that takes the next value (`nil` at the end of the channel) and passes it to
+    /// `body`. If another case is chosen, no value is taken.
+    public func onReceive<Result>(_ body: @escaping (Value?) throws -> Result) -> SelectCase<Result> {
+        switch backend {
+        case .local(let channel):
+            return SelectCase(.operation(SelectOperation(
+                poll: {
+                    guard let value = channel.tryReceive() else { return nil }
+                    return { try body(value) }
+                },
+                register: { waiter, index in channel.registerReceive(waiter, index: index).map { id in { channel.unregister(id) } } },
+                claimed: { value in try body(value as! Value?) })))
+        case .remote(let core, let decode):
+            return SelectCase(.operation(SelectOperation(
+                poll: {
+                    guard let step = try core.pollReceive() else { return nil }
+                    guard let bytes = step else { return { try body(nil) } }
+                    let value = try decode(bytes)
+                    return { try body(value) }
+                },
+                register: { waiter, _ in core.watch(waiter, receiving: true).map { id in { core.unwatch(id) } } },
+                claimed: { value in try body(value as! Value?) })))
+        }
+    }
+
+    /// A description of the peer: a process, or `this process` for an in-process channel.
+    public var peer: String {
+        switch backend {
+        case .local: "this process"
+        case .remote(let core, _): core.stream.peerDescription
+        }
+    }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         let receiver: Receiver<Value>

@@ -1,49 +1,131 @@
-/// The sending end of a channel: Go's `ch <- v` across processes.
+/// The sending end of a channel: Go's `ch <- v`, within a process or across processes.
 ///
-/// `send` suspends while the receiving process's buffer is full (its capacity), so a fast producer cannot
-/// overrun a slow consumer. `close()` is Go's `close(ch)`: the receiver gets everything sent before it, then
-/// the end. Dropping a sender without closing it closes it too.
+/// `send` suspends while the channel is full (its capacity), so a fast producer cannot overrun a slow
+/// consumer; on a channel of capacity 0 it returns only once a receiver has taken the value. `close()` is Go's
+/// `close(ch)`: the receiver gets everything sent before it, then the end. Dropping a sender without closing
+/// it closes it too.
 ///
 /// A `Sender` may be shared between tasks; each message is sent whole and in the order `send` calls complete.
 public final class Sender<Value: Sendable>: Sendable {
-    private let core: ConnectionCore
-    private let encode: @Sendable (Value, inout [UInt8]) throws(IPCError) -> Void
-    /// Raw bytes: large payloads are handed to the transport as they are, without a copy.
-    private let isRaw: Bool
+    private enum Backend: Sendable {
+        case local(LocalChannel<Value>)
+        case remote(ConnectionCore, encode: @Sendable (Value, inout [UInt8]) throws(IPCError) -> Void, isRaw: Bool)
+    }
+
+    private let backend: Backend
 
     package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
-        self.core = core
-        self.encode = { value, buffer throws(IPCError) in try codec.encode(value, into: &buffer) }
-        self.isRaw = codec is RawBytesCodec
+        self.backend = .remote(core, encode: { value, buffer throws(IPCError) in try codec.encode(value, into: &buffer) }, isRaw: codec is RawBytesCodec)
     }
 
+    package init(local channel: LocalChannel<Value>) {
+        self.backend = .local(channel)
+    }
+
+    /// Raw payloads at least this large are handed to the transport as they are, without a copy.
     private static var segmentThreshold: Int { 32 << 10 }
 
-    deinit { core.senderDropped() }
-
-    /// Sends one value, suspending while the receiver's buffer is full.
-    ///
-    /// Throws ``IPCError`` with code `sendOnClosedChannel` after `close()`, `peerClosed` when the receiving
-    /// process went away, `frameTooLarge` when the encoded value exceeds the receiver's limit (nothing is sent
-    /// and the channel stays usable), `encodingFailed`, or `cancelled`.
-    public func send(_ value: Value) async throws(IPCError) {
-        if isRaw, let bytes = value as? [UInt8], bytes.count >= Self.segmentThreshold {
-            try await core.send(segment: bytes)
-            return
+    deinit {
+        switch backend {
+        case .local(let channel): channel.senderDropped()
+        case .remote(let core, _, _): core.senderDropped()
         }
-        try await core.send { buffer throws(IPCError) in try encode(value, &buffer) }
     }
 
-    /// Closes the channel: the receiver gets every value sent before, then the end (`nil`).
+    /// Sends one value, suspending while the channel is full (and, at capacity 0, until a receiver took it).
     ///
-    /// Returns once everything sent has been handed to the operating system. On a send-only connection it
-    /// also waits, at most the close timeout, for the peer to finish reading and hang up, so that a process
-    /// may exit right after `close()` without the kernel discarding what the peer has not read yet.
-    /// Closing twice throws `alreadyClosed`.
-    public func close() async throws(IPCError) {
-        try await core.closeSender()
+    /// Throws ``IPCError`` with code `sendOnClosedChannel` after `close()`, `receiverGone` when the receiver
+    /// was dropped, `peerClosed` when the receiving process went away, `frameTooLarge` when the encoded value
+    /// exceeds the receiver's limit (nothing is sent and the channel stays usable), `encodingFailed`, or
+    /// `cancelled` (nothing was sent; except that a capacity-0 send to another process whose value already left
+    /// returns instead, and the value is delivered unless the receiver goes away).
+    public func send(_ value: Value) async throws(IPCError) {
+        switch backend {
+        case .local(let channel):
+            try await channel.send(value)
+        case .remote(let core, let encode, let isRaw):
+            if isRaw, let bytes = value as? [UInt8], bytes.count >= Self.segmentThreshold {
+                try await core.send(segment: bytes)
+                return
+            }
+            try await core.send { buffer throws(IPCError) in try encode(value, &buffer) }
+        }
     }
 
-    /// A description of the peer process, such as `pid 4242 uid 1000` or `127.0.0.1:50112`.
-    public var peer: String { core.stream.peerDescription }
+    /// Sends `value` only if that completes without waiting; returns whether it was sent.
+    ///
+    /// On a channel of capacity 0 within a process, that means a receiver is waiting. Across processes a
+    /// capacity-0 send always waits for the other process to take the value, so it never succeeds here (use
+    /// ``send(_:)`` or ``select(_:)``).
+    public func trySend(_ value: Value) throws(IPCError) -> Bool {
+        switch backend {
+        case .local(let channel):
+            return try channel.trySend(value)
+        case .remote(let core, let encode, _):
+            return try core.trySend { state throws(IPCError) in
+                try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
+            }
+        }
+    }
+
+    /// Closes the channel: the receiver gets every value sent before, then the end (`nil`). Go's `close(ch)`.
+    ///
+    /// Never waits for the receiver. Sends still waiting when the channel is closed fail with
+    /// `sendOnClosedChannel`. Closing twice throws `alreadyClosed`. Across processes, what was sent is written
+    /// in the background while this process lives: a process about to exit calls ``closeAndWait()`` instead.
+    public func close() async throws(IPCError) {
+        switch backend {
+        case .local(let channel): try channel.close()
+        case .remote(let core, _, _): try await core.closeSender(waitForPeer: false)
+        }
+    }
+
+    /// Closes the channel like ``close()``, then waits until the receiving process has read everything and
+    /// hung up (at most `ChannelOptions.closeTimeout`), so that this process may exit at once without the kernel
+    /// discarding what the peer has not read yet. On a two-way connection whose receiver is still in use, it
+    /// waits only until everything was written. For an in-process channel it is ``close()``.
+    public func closeAndWait() async throws(IPCError) {
+        switch backend {
+        case .local(let channel): try channel.close()
+        case .remote(let core, _, _): try await core.closeSender(waitForPeer: true)
+        }
+    }
+
+    /// A description of the peer: `pid 4242 uid 1000` or `127.0.0.1:50112` across processes, `this process`
+    /// for an in-process channel.
+    public var peer: String {
+        switch backend {
+        case .local: "this process"
+        case .remote(let core, _, _): core.stream.peerDescription
+        }
+    }
+
+    /// A ``select(_:)`` case that sends `value`, then runs `body`. If another case is chosen, nothing is sent.
+    public func onSend<Result>(_ value: Value, _ body: @escaping () throws -> Result) -> SelectCase<Result> {
+        switch backend {
+        case .local(let channel):
+            return SelectCase(.operation(SelectOperation(
+                poll: { try channel.trySend(value) ? { try body() } : nil },
+                register: { waiter, _ in channel.registerSend(waiter).map { id in { channel.unregister(id) } } },
+                claimed: { _ in try body() })))
+        case .remote(let core, let encode, _):
+            return SelectCase(.operation(SelectOperation(
+                poll: {
+                    let attempt = try core.sendNow { state throws(IPCError) in
+                        try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
+                    }
+                    switch attempt {
+                    case .wouldBlock: return nil
+                    case .sent: return { try body() }
+                    case .awaitingTake(let seq):
+                        return {
+                            try await core.awaitTaken(seq)
+                            return try body()
+                        }
+                    }
+                },
+                register: { waiter, _ in core.watch(waiter, receiving: false).map { id in { core.unwatch(id) } } },
+                claimed: { _ in try body() })))
+        }
+    }
 }

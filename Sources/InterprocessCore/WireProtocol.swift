@@ -27,6 +27,8 @@ package enum FrameType: UInt8 {
     case error = 4
     case ping = 5
     case pong = 6
+    /// The receiver is gone: it takes no more messages.
+    case stop = 7
 }
 
 /// What each side announces before any frame.
@@ -122,6 +124,8 @@ package enum Frame: Sendable, Equatable {
     case error(code: UInt16, message: String)
     case ping(UInt64)
     case pong(UInt64)
+    /// The peer's receiver is gone after taking `taken` messages; later ones are discarded.
+    case stop(taken: UInt64)
 }
 
 extension Array where Element == UInt8 {
@@ -180,6 +184,9 @@ extension Array where Element == UInt8 {
         case .pong(let nonce):
             appendFrameHeader(.pong, length: 8)
             appendLE(nonce)
+        case .stop(let taken):
+            appendFrameHeader(.stop, length: 8)
+            appendLE(taken)
         }
     }
 }

@@ -26,7 +26,7 @@ struct Helper {
                     try await c.sender.send(m)
                     count += 1
                 }
-                try await c.sender.close()
+                try await c.sender.closeAndWait()
                 report("echoed \(count)")
             case "count":
                 // Receives numbered messages (8-byte little-endian index) until the end; checks order and count.
@@ -45,7 +45,7 @@ struct Helper {
                 // Sends `number` numbered messages, then closes.
                 let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
                 for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
-                try await tx.close()
+                try await tx.closeAndWait()
                 report("sent \(number)")
             case "send-then-hang":
                 // Sends `number` messages, says so, and waits to be killed.
@@ -75,6 +75,31 @@ struct Helper {
                     count += 1
                 }
                 report("received \(count)")
+            case "take-on-line":
+                // Receives with capacity `number` (0: rendezvous), taking one message per stdin line.
+                options.capacity = number
+                let rx = try await IPC.connect(to: endpoint, receiving: .raw, options: options)
+                report("connected")
+                while readLine() != nil {
+                    guard let m = try await rx.receive() else { break }
+                    report("took \(index(m))")
+                }
+                report("done")
+            case "drop-receiver":
+                // Two-way: takes one message, drops its receiver but keeps the connection (and its sender)
+                // open until stdin ends.
+                var rx: Receiver<[UInt8]>?
+                let tx: Sender<[UInt8]>
+                do {
+                    let c = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options)
+                    (tx, rx) = (c.sender, c.receiver)
+                }
+                _ = try await rx?.receive()
+                rx = nil
+                report("dropped receiver")
+                while readLine() != nil {}
+                try await tx.closeAndWait()
+                _ = rx
             case "wrong-type":
                 // Connects expecting JSON-encoded Ints where the listener sends strings: must be refused.
                 do {

@@ -305,7 +305,7 @@ struct BenchPeer: AsyncParsableCommand {
             try await connection.sender.send(Array("done \(cipc_peak_rss_kib())".utf8))
         }
         guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
-        try await connection.sender.close()
+        try await connection.sender.closeAndWait()
     }
 
     private func typedPeer(_ codec: some MessageCodec<BenchSample>, _ endpoint: Endpoint) async throws {
@@ -316,7 +316,7 @@ struct BenchPeer: AsyncParsableCommand {
         }
         try await connection.sender.send("done \(cipc_peak_rss_kib())")
         guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
-        try await connection.sender.close()
+        try await connection.sender.closeAndWait()
     }
 
     private func runBaselinePeer(_ stream: RawStream) {

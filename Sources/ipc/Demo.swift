@@ -97,7 +97,7 @@ struct DemoPeer: AsyncParsableCommand {
             while let message = try await connection.receiver.receive() {
                 try await connection.sender.send(message)
             }
-            try await connection.sender.close()
+            try await connection.sender.closeAndWait()
         } catch let error as IPCError {
             fail(error)
         }

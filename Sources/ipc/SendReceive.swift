@@ -148,7 +148,7 @@ struct Send: AsyncParsableCommand {
         while let item = source.next() {
             try await sender.send(try transform(item))
         }
-        try await sender.close()
+        try await sender.closeAndWait()
     }
 }
 

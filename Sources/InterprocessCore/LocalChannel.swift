@@ -1,0 +1,328 @@
+import DequeModule
+import Synchronization
+
+/// An in-process channel: Go's `hchan`. A bounded buffer, the tasks parked on either side, and the selects
+/// watching it, all behind one mutex.
+///
+/// Capacity 0 is a rendezvous: a value passes only from a parked sender to a receiver, or from a sender to a
+/// parked receiver, so `send` returns once a receiver has taken the value. With capacity N, senders park once N
+/// values are buffered; a receiver that takes one moves the first parked sender's value into the buffer.
+package final class LocalChannel<Value: Sendable>: Sendable {
+    private enum ParkedReceiver {
+        case task(UInt64, CheckedContinuation<Result<Value?, IPCError>, Never>)
+        /// A select waiting on this channel among others: a sender hands its value over by claiming the
+        /// waiter, which fails if the select already completed another way.
+        case offer(UInt64, SelectWaiter, Int)
+    }
+
+    private struct ParkedSender {
+        var id: UInt64
+        var value: Value
+        var continuation: CheckedContinuation<Result<Void, IPCError>, Never>
+    }
+
+    private struct State {
+        var buffer = Deque<Value>()
+        var receivers = Deque<ParkedReceiver>()
+        var senders = Deque<ParkedSender>()
+        /// Selects with a send case on this channel, told about any change that may let a send proceed.
+        var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
+        var closed = false
+        var receiverGone = false
+        var nextID: UInt64 = 0
+
+        mutating func takeWatchers() -> [(id: UInt64, waiter: SelectWaiter)] {
+            if watchers.isEmpty { return [] }
+            defer { watchers = [] }
+            return watchers
+        }
+
+        /// The watchers of other selects than `waiter` (a select never completes against itself).
+        mutating func takeWatchers(except waiter: SelectWaiter) -> [(id: UInt64, waiter: SelectWaiter)] {
+            if watchers.isEmpty { return [] }
+            let others = watchers.filter { $0.waiter !== waiter }
+            watchers.removeAll { $0.waiter !== waiter }
+            return others
+        }
+    }
+
+    package let capacity: Int
+    private let state: Mutex<State>
+
+    package init(capacity: Int) {
+        precondition(capacity >= 0, "a channel's capacity cannot be negative")
+        self.capacity = capacity
+        self.state = Mutex(State())
+    }
+
+    private static var closedError: IPCError {
+        IPCError(.sendOnClosedChannel, "send was called after close() on this sender; make a new channel to send more")
+    }
+
+    private static var closedWhileWaiting: IPCError {
+        IPCError(.sendOnClosedChannel, "the sender was closed while this send waited; the value was not sent")
+    }
+
+    private static var goneError: IPCError {
+        IPCError(.receiverGone, "the receiver was dropped: nobody takes values from this channel any more; values it had not taken were discarded")
+    }
+
+    private static var cancelledSend: IPCError {
+        IPCError(.cancelled, "the send was cancelled before a receiver took the value; nothing was sent")
+    }
+
+    private static var cancelledReceive: IPCError {
+        IPCError(.cancelled, "the receive was cancelled; no value was taken")
+    }
+
+    // MARK: Sending
+
+    private enum SendStep {
+        case done
+        case handed(CheckedContinuation<Result<Value?, IPCError>, Never>)
+        case buffered([(id: UInt64, waiter: SelectWaiter)])
+        case wait
+    }
+
+    /// Delivers `value` now if a receiver waits or the buffer has room (lock held).
+    private static func offer(_ value: Value, _ s: inout State, capacity: Int) throws(IPCError) -> SendStep {
+        if s.closed { throw closedError }
+        if s.receiverGone { throw goneError }
+        while let receiver = s.receivers.popFirst() {
+            switch receiver {
+            case .task(_, let continuation):
+                return .handed(continuation)
+            case .offer(_, let waiter, let index):
+                if waiter.claim(index: index, value: Optional(value)) { return .done }
+            }
+        }
+        if s.buffer.count < capacity {
+            s.buffer.append(value)
+            return .buffered(s.takeWatchers())
+        }
+        return .wait
+    }
+
+    /// Sends without waiting: true when a receiver took the value or it was buffered.
+    package func trySend(_ value: Value) throws(IPCError) -> Bool {
+        let step = try state.withLock { s throws(IPCError) in try Self.offer(value, &s, capacity: capacity) }
+        return Self.finish(step, value)
+    }
+
+    private static func finish(_ step: SendStep, _ value: Value) -> Bool {
+        switch step {
+        case .done: return true
+        case .handed(let continuation):
+            continuation.resume(returning: .success(value))
+            return true
+        case .buffered(let watchers):
+            for w in watchers { w.waiter.notify() }
+            return true
+        case .wait: return false
+        }
+    }
+
+    package func send(_ value: Value) async throws(IPCError) {
+        if try trySend(value) { return }
+        let id = state.withLock { s in
+            s.nextID += 1
+            return s.nextID
+        }
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<Void, IPCError>, Never>) in
+                let step: Result<SendStep, IPCError> = state.withLock { s in
+                    do throws(IPCError) {
+                        let step = try Self.offer(value, &s, capacity: capacity)
+                        guard case .wait = step else { return .success(step) }
+                        if Task.isCancelled { return .failure(Self.cancelledSend) }
+                        s.senders.append(ParkedSender(id: id, value: value, continuation: c))
+                        // A select with a receive case on this channel registers an offer; a rendezvous
+                        // receive case polls for parked senders, so tell watchers (send cases) nothing here.
+                        return .success(.wait)
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+                switch step {
+                case .success(.wait): break
+                case .success(let step):
+                    _ = Self.finish(step, value)
+                    c.resume(returning: .success(()))
+                case .failure(let error):
+                    c.resume(returning: .failure(error))
+                }
+            }
+        } onCancel: {
+            let parked = state.withLock { s -> ParkedSender? in
+                guard let i = s.senders.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.senders.remove(at: i)
+            }
+            parked?.continuation.resume(returning: .failure(Self.cancelledSend))
+        }
+        try result.get()
+    }
+
+    // MARK: Receiving
+
+    private enum ReceiveStep {
+        case value(Value, resume: CheckedContinuation<Result<Void, IPCError>, Never>?, watchers: [(id: UInt64, waiter: SelectWaiter)])
+        case end
+        case wait
+    }
+
+    private enum Park { case parked, ready(ReceiveStep), cancelled }
+
+    private static func take(_ s: inout State) -> ReceiveStep {
+        if let value = s.buffer.popFirst() {
+            var resume: CheckedContinuation<Result<Void, IPCError>, Never>?
+            if let parked = s.senders.popFirst() {
+                s.buffer.append(parked.value)
+                resume = parked.continuation
+            }
+            return .value(value, resume: resume, watchers: s.takeWatchers())
+        }
+        if let parked = s.senders.popFirst() {
+            return .value(parked.value, resume: parked.continuation, watchers: [])
+        }
+        if s.closed || s.receiverGone { return .end }
+        return .wait
+    }
+
+    private static func complete(_ step: ReceiveStep) -> Value?? {
+        switch step {
+        case .value(let value, let resume, let watchers):
+            resume?.resume(returning: .success(()))
+            for w in watchers { w.waiter.notify() }
+            return .some(value)
+        case .end: return .some(nil)
+        case .wait: return nil
+        }
+    }
+
+    /// A value if one can be taken now: `.some(nil)` at the end of the channel, `nil` when none is there.
+    package func tryReceive() -> Value?? {
+        Self.complete(state.withLock { s in Self.take(&s) })
+    }
+
+    package func receive() async throws(IPCError) -> Value? {
+        if let ready = tryReceive() { return ready }
+        let id = state.withLock { s in
+            s.nextID += 1
+            return s.nextID
+        }
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<Value?, IPCError>, Never>) in
+                let (park, watchers) = state.withLock { s -> (Park, [(id: UInt64, waiter: SelectWaiter)]) in
+                    let step = Self.take(&s)
+                    guard case .wait = step else { return (.ready(step), []) }
+                    if Task.isCancelled { return (.cancelled, []) }
+                    s.receivers.append(.task(id, c))
+                    // A waiting receiver lets a rendezvous send proceed: tell selects with a send case.
+                    return (.parked, s.takeWatchers())
+                }
+                for w in watchers { w.waiter.notify() }
+                switch park {
+                case .parked: break
+                case .cancelled: c.resume(returning: .failure(Self.cancelledReceive))
+                case .ready(let step): c.resume(returning: .success(Self.complete(step)!))
+                }
+            }
+        } onCancel: {
+            let parked = state.withLock { s -> CheckedContinuation<Result<Value?, IPCError>, Never>? in
+                guard let i = s.receivers.firstIndex(where: { if case .task(id, _) = $0 { true } else { false } }) else { return nil }
+                guard case .task(_, let c) = s.receivers.remove(at: i) else { return nil }
+                return c
+            }
+            parked?.resume(returning: .failure(Self.cancelledReceive))
+        }
+        return try result.get()
+    }
+
+    // MARK: Closing
+
+    /// Go's `close(ch)`: receivers get the buffered values, then the end; parked sends fail.
+    package func close() throws(IPCError) {
+        let (receivers, senders, watchers) = try state.withLock { s throws(IPCError) in
+            if s.closed { throw IPCError(.alreadyClosed, "close() was called twice on the same sender") }
+            s.closed = true
+            defer {
+                s.receivers.removeAll()
+                s.senders.removeAll()
+            }
+            return (s.receivers, s.senders, s.takeWatchers())
+        }
+        Self.release(receivers: receivers, senders: senders, watchers: watchers, senderError: Self.closedWhileWaiting)
+    }
+
+    /// The sender was dropped without `close()`: close it.
+    package func senderDropped() {
+        try? close()
+    }
+
+    /// The receiver was dropped: buffered values are discarded, and every send from now on fails.
+    package func receiverDropped() {
+        let (receivers, senders, watchers) = state.withLock { s in
+            s.receiverGone = true
+            s.buffer.removeAll()
+            defer {
+                s.receivers.removeAll()
+                s.senders.removeAll()
+            }
+            return (s.receivers, s.senders, s.takeWatchers())
+        }
+        Self.release(receivers: receivers, senders: senders, watchers: watchers, senderError: Self.goneError)
+    }
+
+    private static func release(receivers: Deque<ParkedReceiver>, senders: Deque<ParkedSender>, watchers: [(id: UInt64, waiter: SelectWaiter)], senderError: IPCError) {
+        for receiver in receivers {
+            switch receiver {
+            case .task(_, let c): c.resume(returning: .success(nil))
+            case .offer(_, let waiter, let index): _ = waiter.claim(index: index, value: Optional<Value>.none)
+            }
+        }
+        for sender in senders { sender.continuation.resume(returning: .failure(senderError)) }
+        for w in watchers { w.waiter.notify() }
+    }
+
+    // MARK: Select
+
+    /// Registers a select's receive case: a sender (or the close) completes it by claiming `waiter`.
+    /// Returns nil when a value can be taken now (the select polls again instead).
+    package func registerReceive(_ waiter: SelectWaiter, index: Int) -> UInt64? {
+        let (id, watchers) = state.withLock { s -> (UInt64?, [(id: UInt64, waiter: SelectWaiter)]) in
+            if !s.buffer.isEmpty || !s.senders.isEmpty || s.closed || s.receiverGone { return (nil, []) }
+            s.nextID += 1
+            s.receivers.append(.offer(s.nextID, waiter, index))
+            return (s.nextID, s.takeWatchers(except: waiter))
+        }
+        for w in watchers { w.waiter.notify() }
+        return id
+    }
+
+    /// Registers a select's send case: `waiter` is notified when a send may proceed. Returns nil when it may
+    /// proceed now.
+    package func registerSend(_ waiter: SelectWaiter) -> UInt64? {
+        state.withLock { s -> UInt64? in
+            if s.closed || s.receiverGone || s.buffer.count < capacity { return nil }
+            let receiverWaits = s.receivers.contains { receiver in
+                switch receiver {
+                case .task: true
+                case .offer(_, let other, _): other !== waiter && !other.isCompleted
+                }
+            }
+            if receiverWaits { return nil }
+            s.nextID += 1
+            s.watchers.append((s.nextID, waiter))
+            return s.nextID
+        }
+    }
+
+    package func unregister(_ id: UInt64) {
+        state.withLock { s in
+            if let i = s.receivers.firstIndex(where: { if case .offer(id, _, _) = $0 { true } else { false } }) {
+                s.receivers.remove(at: i)
+            }
+            s.watchers.removeAll { $0.id == id }
+        }
+    }
+}
