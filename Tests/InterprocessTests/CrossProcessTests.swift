@@ -116,6 +116,59 @@ struct CrossProcessTests {
         } throws: { ($0 as! IPCError).code == .peerClosed }
     }
 
+    @Test("capacity 0: a send returns only once the other process took the value", arguments: TransportKind.allCases)
+    func rendezvousAcrossProcesses(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("take-on-line", listener.endpoint, 0)
+        let tx = try await within(20) { try await listener.accept() }.sender
+        #expect(await helper.waitForOutput("connected"))
+        for round in 0..<3 {
+            let sent = Flag()
+            let sending = Task {
+                try await tx.send(numbered(UInt64(round)))
+                sent.set()
+            }
+            #expect(await staysUnset(sent), "send \(round) returned before the other process took it")
+            helper.writeLine("take")
+            try await within(20) { try await sending.value }
+            #expect(await helper.waitForOutput("took \(round)"))
+        }
+        helper.closeInput()
+        try await tx.close()
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+    }
+
+    @Test("a receiver dropped in another process fails sends with receiverGone", arguments: TransportKind.allCases)
+    func receiverDroppedAcrossProcesses(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw, receiving: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("drop-receiver", listener.endpoint)
+        let connection = try await within(20) { try await listener.accept() }
+        try await connection.sender.send(numbered(0))
+        #expect(await helper.waitForOutput("dropped receiver"))
+        // The helper's process and connection are alive; only its receiver is gone. Sends fail promptly (its
+        // window is 64), not after the connection closes.
+        let error = try await within(10) { () async -> IPCError? in
+            do {
+                for i in 1..<10_000 { try await connection.sender.send(numbered(UInt64(i))) }
+            } catch {
+                return error as? IPCError
+            }
+            return nil
+        }
+        #expect(error?.code == .receiverGone, "got \(String(describing: error))")
+        // Its sending direction still works: it closes cleanly once told to.
+        try await connection.sender.close()
+        helper.closeInput()
+        #expect(try await within(20) { try await connection.receiver.receive() } == nil)
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+    }
+
     @Test("a type mismatch is refused on both sides, naming both choices", arguments: TransportKind.allCases)
     func handshakeMismatch(_ kind: TransportKind) async throws {
         let dir = temporaryDirectory()

@@ -89,6 +89,16 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     func kill() { Glibc.kill(process.processIdentifier, SIGKILL) }
+
+    /// Whether the child printed `text` within `seconds` (checked every 10 ms).
+    func waitForOutput(_ text: String, seconds: Int = 20) async -> Bool {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            if collected.withLock({ String(decoding: collectedBytes, as: UTF8.self).contains(text) }) { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return false
+    }
 }
 
 /// A one-shot event with a bounded wait.

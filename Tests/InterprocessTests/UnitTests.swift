@@ -53,8 +53,9 @@ struct WireTests {
         bytes.appendControlFrame(.ping(42))
         bytes.appendControlFrame(.error(code: 3, message: "bad"))
         bytes.appendControlFrame(.close(lastSeq: 1))
+        bytes.appendControlFrame(.stop(taken: 9))
         let events = try decode(bytes)
-        #expect(events == [.hello(hello), .frame(.data(seq: 1, payload: [1, 2, 3])), .frame(.credit(consumed: 7)), .frame(.ping(42)), .frame(.error(code: 3, message: "bad")), .frame(.close(lastSeq: 1))])
+        #expect(events == [.hello(hello), .frame(.data(seq: 1, payload: [1, 2, 3])), .frame(.credit(consumed: 7)), .frame(.ping(42)), .frame(.error(code: 3, message: "bad")), .frame(.close(lastSeq: 1)), .frame(.stop(taken: 9))])
     }
 
     @Test func largePayloadIsReassembledInPlace() throws {
@@ -214,6 +215,37 @@ struct ChannelStateTests {
         try state.closeSender()
         #expect { try state.closeSender() } throws: { ($0 as! IPCError).code == .alreadyClosed }
         #expect(state.canSend() == .failed(IPCError(.sendOnClosedChannel, "send was called after close() on this sender; create a new connection to send more")))
+    }
+
+    @Test func droppingTheReceiverTellsThePeerAndItsSendsFail() throws {
+        var receiving = try makeState(capacity: 8, peerCapacity: 8)
+        var effects = ConnectionState.Effects()
+        try receiving.apply(.data(seq: 1, payload: [1]), effects: &effects)
+        #expect(receiving.receive() == .message([1], grantCredit: false))
+        try receiving.apply(.data(seq: 2, payload: [2]), effects: &effects)
+        let told = receiving.dropReceiver()
+        #expect(told)
+        #expect(receiving.inbox.isEmpty)
+        let again = receiving.dropReceiver()
+        #expect(!again, "a second drop sends nothing more")
+        // Messages still in flight are accepted and discarded.
+        try receiving.apply(.data(seq: 3, payload: [3]), effects: &effects)
+        #expect(receiving.inbox.isEmpty)
+
+        var sending = try makeState(capacity: 8, peerCapacity: 8)
+        _ = try sending.appendData { $0 += [1] }
+        try sending.apply(.stop(taken: 1), effects: &effects)
+        #expect(effects.wake)
+        guard case .failed(let error) = sending.canSend() else {
+            Issue.record("a send after the peer's stop must fail")
+            return
+        }
+        #expect(error.code == .receiverGone)
+        guard case .failed(let pending) = sending.isTaken(1) else {
+            Issue.record("a rendezvous waiting for its message to be taken must fail")
+            return
+        }
+        #expect(pending.code == .receiverGone)
     }
 
     @Test func tooLargeMessageIsRefusedAndNothingIsQueued() throws {
