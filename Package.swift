@@ -15,6 +15,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
@@ -48,6 +49,8 @@ let package = Package(
             dependencies: [
                 "Interprocess", "CInterprocessShim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // Only for `ipc bench-local`, which measures in-process channels beside AsyncChannel.
+                .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
             ],
             swiftSettings: swiftSettings
         ),

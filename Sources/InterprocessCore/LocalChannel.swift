@@ -1,5 +1,9 @@
+import CInterprocessShim
 import DequeModule
 import Synchronization
+
+/// Identifies parked tasks and select registrations (unique per process).
+private let channelIDs = Atomic<UInt64>(0)
 
 /// An in-process channel: Go's `hchan`. A bounded buffer, the tasks parked on either side, and the selects
 /// watching it, all behind one mutex.
@@ -9,16 +13,25 @@ import Synchronization
 /// values are buffered; a receiver that takes one moves the first parked sender's value into the buffer.
 package final class LocalChannel<Value: Sendable>: Sendable {
     private enum ParkedReceiver {
-        case task(UInt64, CheckedContinuation<Result<Value?, IPCError>, Never>)
+        case task(UInt64, UnsafeContinuation<Result<Value?, IPCError>, Never>)
         /// A select waiting on this channel among others: a sender hands its value over by claiming the
         /// waiter, which fails if the select already completed another way.
         case offer(UInt64, SelectWaiter, Int)
     }
 
+    /// A send waiting for room or a receiver. Its task polls `handoff` for a while, then installs
+    /// `continuation` and sleeps; whoever completes the send does so under the channel's lock.
     private struct ParkedSender {
         var id: UInt64
         var value: Value
-        var continuation: CheckedContinuation<Result<Void, IPCError>, Never>
+        var handoff: Handoff
+        var continuation: UnsafeContinuation<Result<Void, IPCError>, Never>?
+
+        /// Completes the send (lock held); returns the continuation to resume outside the lock, if it sleeps.
+        func complete(_ error: IPCError?) -> UnsafeContinuation<Result<Void, IPCError>, Never>? {
+            handoff.complete(error)
+            return continuation
+        }
     }
 
     private struct State {
@@ -29,7 +42,6 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
         var closed = false
         var receiverGone = false
-        var nextID: UInt64 = 0
 
         mutating func takeWatchers() -> [(id: UInt64, waiter: SelectWaiter)] {
             if watchers.isEmpty { return [] }
@@ -48,6 +60,11 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     package let capacity: Int
     private let state: Mutex<State>
+    /// Bumped (under the lock) whenever a value, a parked sender or room appears, so that polling tasks look at
+    /// the state without taking the lock.
+    private let version = Atomic<UInt64>(0)
+    /// How long a task polls before it parks (a wake-up costs 60-80 us on the machines this was measured on).
+    private static var spinNanoseconds: UInt64 { 20_000 }
 
     package init(capacity: Int) {
         precondition(capacity >= 0, "a channel's capacity cannot be negative")
@@ -79,7 +96,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     private enum SendStep {
         case done
-        case handed(CheckedContinuation<Result<Value?, IPCError>, Never>)
+        case handed(UnsafeContinuation<Result<Value?, IPCError>, Never>)
         case buffered([(id: UInt64, waiter: SelectWaiter)])
         case wait
     }
@@ -103,9 +120,32 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         return .wait
     }
 
+    private func bump() { version.add(1, ordering: .releasing) }
+
+    /// Polls until `done` says yes or the spin budget is spent, re-checking only when the state changed (a
+    /// value, a parked sender, the close).
+    private func spin(_ done: () throws(IPCError) -> Bool) throws(IPCError) -> Bool {
+        let deadline = cipc_monotonic_ns() &+ Self.spinNanoseconds
+        var seen = version.load(ordering: .acquiring)
+        if try done() { return true }
+        while cipc_monotonic_ns() < deadline {
+            for _ in 0..<16 { cipc_cpu_relax() }
+            let now = version.load(ordering: .acquiring)
+            if now != seen {
+                seen = now
+                if try done() { return true }
+            }
+        }
+        return false
+    }
+
     /// Sends without waiting: true when a receiver took the value or it was buffered.
     package func trySend(_ value: Value) throws(IPCError) -> Bool {
-        let step = try state.withLock { s throws(IPCError) in try Self.offer(value, &s, capacity: capacity) }
+        let step = try state.withLock { s throws(IPCError) in
+            let step = try Self.offer(value, &s, capacity: capacity)
+            if case .buffered = step { bump() }
+            return step
+        }
         return Self.finish(step, value)
     }
 
@@ -123,41 +163,44 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     }
 
     package func send(_ value: Value) async throws(IPCError) {
-        if try trySend(value) { return }
-        let id = state.withLock { s in
-            s.nextID += 1
-            return s.nextID
+        // Park as a sender at once (receivers can take the value from here), then poll for a while before
+        // sleeping: a wake-up costs far more than a short wait for a receiver that is about to come.
+        let handoff = Handoff()
+        let id = channelIDs.add(1, ordering: .relaxed).newValue
+        let step = try state.withLock { s throws(IPCError) in
+            let step = try Self.offer(value, &s, capacity: capacity)
+            switch step {
+            case .wait:
+                s.senders.append(ParkedSender(id: id, value: value, handoff: handoff))
+                bump()
+            case .buffered: bump()
+            default: break
+            }
+            return step
         }
+        if Self.finish(step, value) { return }
+        if let done = handoff.result { return try done.get() }
+        let deadline = cipc_monotonic_ns() &+ Self.spinNanoseconds
+        while handoff.result == nil && cipc_monotonic_ns() < deadline {
+            for _ in 0..<16 { cipc_cpu_relax() }
+        }
+        if let done = handoff.result { return try done.get() }
         let result = await withTaskCancellationHandler {
-            await withCheckedContinuation { (c: CheckedContinuation<Result<Void, IPCError>, Never>) in
-                let step: Result<SendStep, IPCError> = state.withLock { s in
-                    do throws(IPCError) {
-                        let step = try Self.offer(value, &s, capacity: capacity)
-                        guard case .wait = step else { return .success(step) }
-                        if Task.isCancelled { return .failure(Self.cancelledSend) }
-                        s.senders.append(ParkedSender(id: id, value: value, continuation: c))
-                        // A select with a receive case on this channel registers an offer; a rendezvous
-                        // receive case polls for parked senders, so tell watchers (send cases) nothing here.
-                        return .success(.wait)
-                    } catch {
-                        return .failure(error)
-                    }
+            await withUnsafeContinuation { (c: UnsafeContinuation<Result<Void, IPCError>, Never>) in
+                let sleeping = state.withLock { s -> Bool in
+                    guard let i = s.senders.firstIndex(where: { $0.id == id }) else { return false }
+                    s.senders[i].continuation = c
+                    return true
                 }
-                switch step {
-                case .success(.wait): break
-                case .success(let step):
-                    _ = Self.finish(step, value)
-                    c.resume(returning: .success(()))
-                case .failure(let error):
-                    c.resume(returning: .failure(error))
-                }
+                // Completed (taken, failed or cancelled) between the last poll and now.
+                if !sleeping { c.resume(returning: handoff.result!) }
             }
         } onCancel: {
-            let parked = state.withLock { s -> ParkedSender? in
+            let parked = state.withLock { s -> UnsafeContinuation<Result<Void, IPCError>, Never>?? in
                 guard let i = s.senders.firstIndex(where: { $0.id == id }) else { return nil }
-                return s.senders.remove(at: i)
+                return .some(s.senders.remove(at: i).complete(Self.cancelledSend))
             }
-            parked?.continuation.resume(returning: .failure(Self.cancelledSend))
+            if case .some(let c?) = parked { c.resume(returning: .failure(Self.cancelledSend)) }
         }
         try result.get()
     }
@@ -165,7 +208,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     // MARK: Receiving
 
     private enum ReceiveStep {
-        case value(Value, resume: CheckedContinuation<Result<Void, IPCError>, Never>?, watchers: [(id: UInt64, waiter: SelectWaiter)])
+        case value(Value, resume: UnsafeContinuation<Result<Void, IPCError>, Never>?, watchers: [(id: UInt64, waiter: SelectWaiter)])
         case end
         case wait
     }
@@ -174,15 +217,15 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     private static func take(_ s: inout State) -> ReceiveStep {
         if let value = s.buffer.popFirst() {
-            var resume: CheckedContinuation<Result<Void, IPCError>, Never>?
+            var resume: UnsafeContinuation<Result<Void, IPCError>, Never>?
             if let parked = s.senders.popFirst() {
                 s.buffer.append(parked.value)
-                resume = parked.continuation
+                resume = parked.complete(nil)
             }
             return .value(value, resume: resume, watchers: s.takeWatchers())
         }
         if let parked = s.senders.popFirst() {
-            return .value(parked.value, resume: parked.continuation, watchers: [])
+            return .value(parked.value, resume: parked.complete(nil), watchers: [])
         }
         if s.closed || s.receiverGone { return .end }
         return .wait
@@ -206,12 +249,17 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     package func receive() async throws(IPCError) -> Value? {
         if let ready = tryReceive() { return ready }
-        let id = state.withLock { s in
-            s.nextID += 1
-            return s.nextID
+        // Nothing here: a sender is probably about to deliver; wait briefly before sleeping (bounded, so an
+        // idle channel costs no CPU).
+        var spun: Value?? = nil
+        _ = try? spin {
+            spun = tryReceive()
+            return spun != nil
         }
+        if let spun { return spun }
+        let id = channelIDs.add(1, ordering: .relaxed).newValue
         let result = await withTaskCancellationHandler {
-            await withCheckedContinuation { (c: CheckedContinuation<Result<Value?, IPCError>, Never>) in
+            await withUnsafeContinuation { (c: UnsafeContinuation<Result<Value?, IPCError>, Never>) in
                 let (park, watchers) = state.withLock { s -> (Park, [(id: UInt64, waiter: SelectWaiter)]) in
                     let step = Self.take(&s)
                     guard case .wait = step else { return (.ready(step), []) }
@@ -228,7 +276,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
                 }
             }
         } onCancel: {
-            let parked = state.withLock { s -> CheckedContinuation<Result<Value?, IPCError>, Never>? in
+            let parked = state.withLock { s -> UnsafeContinuation<Result<Value?, IPCError>, Never>? in
                 guard let i = s.receivers.firstIndex(where: { if case .task(id, _) = $0 { true } else { false } }) else { return nil }
                 guard case .task(_, let c) = s.receivers.remove(at: i) else { return nil }
                 return c
@@ -245,6 +293,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         let (receivers, senders, watchers) = try state.withLock { s throws(IPCError) in
             if s.closed { throw IPCError(.alreadyClosed, "close() was called twice on the same sender") }
             s.closed = true
+            for sender in s.senders { _ = sender.complete(Self.closedWhileWaiting) }
+            bump()
             defer {
                 s.receivers.removeAll()
                 s.senders.removeAll()
@@ -264,6 +314,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         let (receivers, senders, watchers) = state.withLock { s in
             s.receiverGone = true
             s.buffer.removeAll()
+            for sender in s.senders { _ = sender.complete(Self.goneError) }
+            bump()
             defer {
                 s.receivers.removeAll()
                 s.senders.removeAll()
@@ -280,7 +332,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
             case .offer(_, let waiter, let index): _ = waiter.claim(index: index, value: Optional<Value>.none)
             }
         }
-        for sender in senders { sender.continuation.resume(returning: .failure(senderError)) }
+        for sender in senders { sender.continuation?.resume(returning: .failure(senderError)) }
         for w in watchers { w.waiter.notify() }
     }
 
@@ -291,9 +343,9 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     package func registerReceive(_ waiter: SelectWaiter, index: Int) -> UInt64? {
         let (id, watchers) = state.withLock { s -> (UInt64?, [(id: UInt64, waiter: SelectWaiter)]) in
             if !s.buffer.isEmpty || !s.senders.isEmpty || s.closed || s.receiverGone { return (nil, []) }
-            s.nextID += 1
-            s.receivers.append(.offer(s.nextID, waiter, index))
-            return (s.nextID, s.takeWatchers(except: waiter))
+            let id = channelIDs.add(1, ordering: .relaxed).newValue
+            s.receivers.append(.offer(id, waiter, index))
+            return (id, s.takeWatchers(except: waiter))
         }
         for w in watchers { w.waiter.notify() }
         return id
@@ -311,9 +363,9 @@ package final class LocalChannel<Value: Sendable>: Sendable {
                 }
             }
             if receiverWaits { return nil }
-            s.nextID += 1
-            s.watchers.append((s.nextID, waiter))
-            return s.nextID
+            let id = channelIDs.add(1, ordering: .relaxed).newValue
+            s.watchers.append((id, waiter))
+            return id
         }
     }
 
@@ -323,6 +375,26 @@ package final class LocalChannel<Value: Sendable>: Sendable {
                 s.receivers.remove(at: i)
             }
             s.watchers.removeAll { $0.id == id }
+        }
+    }
+}
+
+/// How a parked send learns that it completed while it is still polling (before it sleeps). Written once,
+/// under the channel's lock; read by the polling task without it.
+final class Handoff: @unchecked Sendable {
+    private let state = Atomic<Int>(0)  // 0 waiting, 1 taken, 2 failed
+    private var error: IPCError?
+
+    func complete(_ error: IPCError?) {
+        self.error = error
+        state.store(error == nil ? 1 : 2, ordering: .releasing)
+    }
+
+    var result: Result<Void, IPCError>? {
+        switch state.load(ordering: .acquiring) {
+        case 0: nil
+        case 1: .success(())
+        default: .failure(error!)
         }
     }
 }

@@ -1,0 +1,134 @@
+import ArgumentParser
+import AsyncAlgorithms
+import Foundation
+import Interprocess
+
+/// In-process channels between two tasks, beside the standard library's `AsyncStream` and swift-async-algorithms'
+/// `AsyncChannel`, on W1 (ping-pong) and W2 (one-way throughput) with 64-byte `[UInt8]` values.
+struct BenchLocal: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-local",
+        abstract: "In-process channels between two tasks, beside AsyncChannel and AsyncStream.",
+        discussion: "W1: 64-byte ping-pong between two tasks (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte values one way, then a reply. Each line is the median of --runs runs; ratios are to AsyncChannel measured in the same invocation. Build with -c release.")
+
+    @Option(help: "Runs per line; the median is reported.") var runs = 5
+    @Option(help: "Capacity of the buffered Interprocess line.") var capacity = 128
+    @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
+
+    enum Kind: CaseIterable {
+        case asyncChannel, asyncStream, rendezvous, buffered
+
+        func label(_ capacity: Int) -> String {
+            switch self {
+            case .asyncChannel: "AsyncChannel (rendezvous)"
+            case .asyncStream: "AsyncStream (unbounded)"
+            case .rendezvous: "Interprocess Channel, capacity 0"
+            case .buffered: "Interprocess Channel, capacity \(capacity)"
+            }
+        }
+    }
+
+    func run() async throws {
+        let (warmup, iterations, count) = quick ? (200, 2000, 100_000) : (1000, 20_000, 1_000_000)
+        say("Interprocess bench-local: two tasks in one process, \(runs) runs per line (median), \(quick ? "QUICK counts" : "full counts")")
+        say("machine: \(machineDescription())")
+        say("\nW1 ping-pong 64 B between two tasks, round trip us: p50 / p99 / max")
+        var reference: Double?
+        for kind in Kind.allCases {
+            var results: [[Double]] = []
+            for _ in 0..<runs { results.append(try await pingPong(kind, warmup: warmup, iterations: iterations)) }
+            results.sort { $0[0] < $1[0] }
+            let median = results[results.count / 2]
+            if kind == .asyncChannel { reference = median[0] }
+            var line = kind.label(capacity).padding(toLength: 36, withPad: " ", startingAt: 0) + median.map { format($0, 2) }.joined(separator: " / ")
+            if let reference, kind != .asyncChannel { line += "   ratio \(format(median[0] / reference, 2))x" }
+            say(line)
+            say("RESULT local-w1 \(kind) \(median.map { format($0, 2) }.joined(separator: " "))")
+        }
+        say("\nW2 \(count) x 64 B one way between two tasks, M msg/s")
+        reference = nil
+        for kind in Kind.allCases {
+            var rates: [Double] = []
+            for _ in 0..<runs { rates.append(try await throughput(kind, count: count)) }
+            rates.sort()
+            let median = rates[rates.count / 2]
+            if kind == .asyncChannel { reference = median }
+            var line = kind.label(capacity).padding(toLength: 36, withPad: " ", startingAt: 0) + format(median, 2)
+            if let reference, kind != .asyncChannel { line += "   ratio \(format(median / reference, 2))x" }
+            say(line)
+            say("RESULT local-w2 \(kind) \(format(median, 2))")
+        }
+    }
+
+    /// A one-way pipe of `[UInt8]` values, whichever implementation.
+    struct Pipe: Sendable {
+        var send: @Sendable ([UInt8]) async throws -> Void
+        var finish: @Sendable () async throws -> Void
+        var receive: @Sendable () async throws -> [UInt8]?
+    }
+
+    func makePipe(_ kind: Kind) -> Pipe {
+        switch kind {
+        case .asyncChannel:
+            let channel = AsyncChannel<[UInt8]>()
+            let iterator = SharedIterator(channel.makeAsyncIterator())
+            return Pipe(send: { await channel.send($0) }, finish: { channel.finish() }, receive: { await iterator.next() })
+        case .asyncStream:
+            let (stream, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .unbounded)
+            let iterator = SharedIterator(stream.makeAsyncIterator())
+            return Pipe(send: { continuation.yield($0) }, finish: { continuation.finish() }, receive: { await iterator.next() })
+        case .rendezvous, .buffered:
+            let (tx, rx) = Channel<[UInt8]>.make(capacity: kind == .rendezvous ? 0 : capacity)
+            return Pipe(send: { try await tx.send($0) }, finish: { try await tx.close() }, receive: { try await rx.receive() })
+        }
+    }
+
+    func pingPong(_ kind: Kind, warmup: Int, iterations: Int) async throws -> [Double] {
+        let there = makePipe(kind), back = makePipe(kind)
+        let echo = Task.detached {
+            while let m = try await there.receive() { try await back.send(m) }
+            try await back.finish()
+        }
+        let payload = [UInt8](repeating: 1, count: 64)
+        var samples: [UInt64] = []
+        samples.reserveCapacity(iterations)
+        for i in 0..<(warmup + iterations) {
+            let start = monotonicNanos()
+            try await there.send(payload)
+            guard try await back.receive() != nil else { throw ChildError(message: "echo ended early") }
+            if i >= warmup { samples.append(monotonicNanos() - start) }
+        }
+        try await there.finish()
+        try await echo.value
+        samples.sort()
+        let us = { (ns: UInt64) in Double(ns) / 1000 }
+        return [us(samples[samples.count / 2]), us(samples[samples.count * 99 / 100]), us(samples[samples.count - 1])]
+    }
+
+    func throughput(_ kind: Kind, count: Int) async throws -> Double {
+        let pipe = makePipe(kind), done = makePipe(kind)
+        let consumer = Task.detached {
+            var n = 0
+            while let m = try await pipe.receive() {
+                guard m.count == 64 else { throw ChildError(message: "wrong value") }
+                n += 1
+                if n == count { break }
+            }
+            try await done.send([UInt8](repeating: 0, count: n == count ? 1 : 0))
+        }
+        let payload = [UInt8](repeating: 1, count: 64)
+        let start = monotonicNanos()
+        for _ in 0..<count { try await pipe.send(payload) }
+        guard let reply = try await done.receive(), reply.count == 1 else { throw ChildError(message: "consumer lost values") }
+        let seconds = Double(monotonicNanos() - start) / 1e9
+        try await consumer.value
+        return Double(count) / seconds / 1e6
+    }
+}
+
+/// An async iterator used by one task at a time, behind a reference so a `Sendable` closure can drive it.
+final class SharedIterator<Base: AsyncIteratorProtocol>: @unchecked Sendable where Base.Element: Sendable {
+    private var base: Base
+    init(_ base: Base) { self.base = base }
+    func next() async -> Base.Element? { try? await base.next() }
+}
