@@ -15,8 +15,11 @@ struct BenchLocal: AsyncParsableCommand {
     @Option(help: "Capacity of the buffered Interprocess line.") var capacity = 128
     @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
 
-    enum Kind: CaseIterable {
-        case asyncChannel, asyncStream, rendezvous, buffered
+    @Option(parsing: .upToNextOption, help: "Lines to run: async-channel, async-stream, rendezvous, buffered.") var kinds: [Kind] = Kind.allCases
+    @Option(parsing: .upToNextOption, help: "Workloads to run: w1, w2.") var workloads: [String] = ["w1", "w2"]
+
+    enum Kind: String, CaseIterable, ExpressibleByArgument {
+        case asyncChannel = "async-channel", asyncStream = "async-stream", rendezvous, buffered
 
         func label(_ capacity: Int) -> String {
             switch self {
@@ -32,9 +35,9 @@ struct BenchLocal: AsyncParsableCommand {
         let (warmup, iterations, count) = quick ? (200, 2000, 100_000) : (1000, 20_000, 1_000_000)
         say("Interprocess bench-local: two tasks in one process, \(runs) runs per line (median), \(quick ? "QUICK counts" : "full counts")")
         say("machine: \(machineDescription())")
-        say("\nW1 ping-pong 64 B between two tasks, round trip us: p50 / p99 / max")
         var reference: Double?
-        for kind in Kind.allCases {
+        if workloads.contains("w1") { say("\nW1 ping-pong 64 B between two tasks, round trip us: p50 / p99 / max") }
+        for kind in kinds where workloads.contains("w1") {
             var results: [[Double]] = []
             for _ in 0..<runs { results.append(try await pingPong(kind, warmup: warmup, iterations: iterations)) }
             results.sort { $0[0] < $1[0] }
@@ -43,11 +46,11 @@ struct BenchLocal: AsyncParsableCommand {
             var line = kind.label(capacity).padding(toLength: 36, withPad: " ", startingAt: 0) + median.map { format($0, 2) }.joined(separator: " / ")
             if let reference, kind != .asyncChannel { line += "   ratio \(format(median[0] / reference, 2))x" }
             say(line)
-            say("RESULT local-w1 \(kind) \(median.map { format($0, 2) }.joined(separator: " "))")
+            say("RESULT local-w1 \(kind.rawValue) \(median.map { format($0, 2) }.joined(separator: " "))")
         }
-        say("\nW2 \(count) x 64 B one way between two tasks, M msg/s")
+        if workloads.contains("w2") { say("\nW2 \(count) x 64 B one way between two tasks, M msg/s") }
         reference = nil
-        for kind in Kind.allCases {
+        for kind in kinds where workloads.contains("w2") {
             var rates: [Double] = []
             for _ in 0..<runs { rates.append(try await throughput(kind, count: count)) }
             rates.sort()
@@ -56,7 +59,7 @@ struct BenchLocal: AsyncParsableCommand {
             var line = kind.label(capacity).padding(toLength: 36, withPad: " ", startingAt: 0) + format(median, 2)
             if let reference, kind != .asyncChannel { line += "   ratio \(format(median / reference, 2))x" }
             say(line)
-            say("RESULT local-w2 \(kind) \(format(median, 2))")
+            say("RESULT local-w2 \(kind.rawValue) \(format(median, 2))")
         }
     }
 
