@@ -24,7 +24,7 @@ public enum IPC {
     ) async throws(IPCError) -> Connection<Out.Value, In.Value> {
         try options.validate()
         let socket = try await SocketConnector.connect(to: endpoint)
-        return try await establish(socket, isUnix: endpoint.isUnix, sending: sending, receiving: receiving, options: options, role: "connecting to \(endpoint)")
+        return try await establish(socket, endpoint: endpoint, listening: false, sending: sending, receiving: receiving, options: options, role: "connecting to \(endpoint)")
     }
 
     /// Dials `endpoint` to send only.
@@ -65,27 +65,39 @@ public enum IPC {
 
     /// Checks the peer, runs the handshake (unless a side is in lines mode) and builds the channel ends.
     static func establish<Out: MessageCodec, In: MessageCodec>(
-        _ socket: ConnectedSocket, isUnix: Bool, sending: Out, receiving: In, options: ChannelOptions, role: String
+        _ socket: ConnectedSocket, endpoint: Endpoint, listening: Bool, sending: Out, receiving: In, options: ChannelOptions, role: String
     ) async throws(IPCError) -> Connection<Out.Value, In.Value> {
         let lines = sending is LinesCodec || receiving is LinesCodec
         let local = Hello(
             capacity: UInt32(options.capacity), maxFrame: UInt32(options.maxFrameSize),
             sendCodec: sending.name, sendType: sending.name == "none" ? "none" : sending.typeName,
             receiveCodec: receiving.name, receiveType: receiving.name == "none" ? "none" : receiving.typeName)
-        let core = ConnectionCore(
-            stream: socket.stream,
-            configuration: .init(
-                mode: lines ? .lines : .framed, local: local,
-                hasSender: sending.name != "none", hasReceiver: receiving.name != "none",
-                spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
-                closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize))
-        if isUnix, let uid = socket.peerUID, !options.peerCheck.allows(uid: uid) {
+        let configuration = ConnectionCore.Configuration(
+            mode: lines ? .lines : .framed, local: local,
+            hasSender: sending.name != "none", hasReceiver: receiving.name != "none",
+            spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
+            closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize)
+        let deadline = ContinuousClock.now + options.handshakeTimeout
+        let stream: any ByteStream
+        if case .sharedMemory = endpoint {
+            // The peer is checked before it gets the memory: an unauthorised process never sees it.
+            guard let uid = socket.peerUID, options.peerCheck.allows(uid: uid) else {
+                socket.stream.close()
+                throw IPCError(.permissionDenied, "\(role): the peer runs as uid \(socket.peerUID.map(String.init) ?? "unknown"), which this side does not accept (ChannelOptions.peerCheck)")
+            }
+            stream = listening
+                ? try SharedMemorySetup.create(socket: socket.stream)
+                : try await SharedMemorySetup.join(socket: socket.stream, deadline: deadline)
+        } else {
+            stream = socket.stream
+        }
+        let core = ConnectionCore(stream: stream, configuration: configuration)
+        if endpoint.isLocal, let uid = socket.peerUID, !options.peerCheck.allows(uid: uid) {
             let error = IPCError(.permissionDenied, "\(role): the peer runs as uid \(uid), which this side does not accept (ChannelOptions.peerCheck)")
             core.fail(error, tellPeer: true)
             throw error
         }
         if !lines {
-            let deadline = ContinuousClock.now + options.handshakeTimeout
             do {
                 try await withDeadline(deadline) { () async throws(IPCError) in try await core.handshake() }
             } catch {
@@ -101,12 +113,6 @@ public enum IPC {
     }
 }
 
-extension Endpoint {
-    var isUnix: Bool {
-        if case .unix = self { return true }
-        return false
-    }
-}
 
 extension PeerCheck {
     func allows(uid: UInt32) -> Bool {

@@ -47,7 +47,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                         defer { slots.takeNow() }
                         do {
                             let connection = try await IPC.establish(
-                                accepted, isUnix: endpoint.isUnix, sending: sending, receiving: receiving,
+                                accepted, endpoint: endpoint, listening: true, sending: sending, receiving: receiving,
                                 options: options, role: "accepting on \(endpoint)")
                             await ready.put(connection)
                         } catch {

@@ -9,15 +9,20 @@
 /// | `tcp://[::1]:8080` | TCP on an IPv6 address |
 /// | `tcp://:8080` | TCP on loopback (`127.0.0.1`) |
 /// | `tcp://localhost:8080` | TCP on loopback |
+/// | `shm:jobs` | shared memory on this host, found by name (letters, digits, `.`, `_`, `-`; at most 64) |
 ///
 /// TCP listeners bind the address given and nothing wider: to accept from other hosts, say
 /// `tcp://0.0.0.0:PORT` explicitly.
 public enum Endpoint: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
     case unix(path: String)
     case tcp(host: String, port: UInt16)
+    /// Shared memory between processes of one host. The name is where the two sides meet: a Unix socket in
+    /// Linux's abstract namespace, private to the user (it leaves no file behind), over which the listener
+    /// hands the dialer the shared memory.
+    case sharedMemory(name: String)
 
     /// The forms ``init(parsing:)`` accepts, for error messages and help texts.
-    public static let acceptedForms = "unix:/path/to.sock, tcp://127.0.0.1:8080, tcp://[::1]:8080, tcp://:8080 (loopback)"
+    public static let acceptedForms = "unix:/path/to.sock, tcp://127.0.0.1:8080, tcp://[::1]:8080, tcp://:8080 (loopback), shm:NAME"
 
     /// Parses an endpoint string, throwing ``IPCError/Code-swift.struct/invalidEndpoint`` with the accepted forms.
     public init(parsing text: String) throws(IPCError) {
@@ -35,7 +40,17 @@ public enum Endpoint: Sendable, Hashable, CustomStringConvertible, ExpressibleBy
             self = .unix(path: path)
             return
         }
-        guard text.hasPrefix("tcp://") else { throw bad("it starts with neither 'unix:' nor 'tcp://'") }
+        if text.hasPrefix("shm:") {
+            let name = String(text.dropFirst(4))
+            guard !name.isEmpty, name.utf8.count <= 64 else { throw bad("a shared-memory name has 1 to 64 characters") }
+            let allowed = name.unicodeScalars.allSatisfy { c in
+                c.isASCII && (c.properties.isAlphabetic || ("0"..."9").contains(c) || c == "." || c == "_" || c == "-")
+            }
+            guard allowed else { throw bad("a shared-memory name may contain only letters, digits, '.', '_' and '-'") }
+            self = .sharedMemory(name: name)
+            return
+        }
+        guard text.hasPrefix("tcp://") else { throw bad("it starts with none of 'unix:', 'tcp://' and 'shm:'") }
         let rest = text.dropFirst(6)
         let hostPart: Substring
         let portPart: Substring
@@ -65,6 +80,7 @@ public enum Endpoint: Sendable, Hashable, CustomStringConvertible, ExpressibleBy
         switch self {
         case .unix(let path): "unix:\(path)"
         case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
+        case .sharedMemory(let name): "shm:\(name)"
         }
     }
 }

@@ -7,12 +7,14 @@ import InterprocessCore
 /// A resolved socket address for bind/connect.
 enum SocketAddress {
     case unix(sockaddr_un)
+    /// A name in Linux's abstract socket namespace (no file), with its exact address length.
+    case abstract(sockaddr_un, socklen_t)
     case ipv4(sockaddr_in)
     case ipv6(sockaddr_in6)
 
     var family: Int32 {
         switch self {
-        case .unix: AF_UNIX
+        case .unix, .abstract: AF_UNIX
         case .ipv4: AF_INET
         case .ipv6: AF_INET6
         }
@@ -22,6 +24,7 @@ enum SocketAddress {
         switch endpoint {
         case .unix(let path): self = try .unix(path: path)
         case .tcp(let host, let port): self = try .tcp(host: host, port: port)
+        case .sharedMemory(let name): self = .abstract(name: "interprocess-shm-\(getuid())-\(name)")
         }
     }
 
@@ -42,6 +45,19 @@ enum SocketAddress {
             raw[bytes.count] = 0
         }
         return .unix(address)
+    }
+
+    /// `name` (at most 100 bytes) in the abstract namespace: sun_path starts with a NUL byte.
+    static func abstract(name: String) -> SocketAddress {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(name.utf8.prefix(100))
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw[0] = 0
+            for (i, b) in bytes.enumerated() { raw[i + 1] = b }
+        }
+        let length = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)! + 1 + bytes.count
+        return .abstract(address, socklen_t(length))
     }
 
     static func tcp(host: String, port: UInt16) throws(IPCError) -> SocketAddress {
@@ -84,6 +100,8 @@ enum SocketAddress {
         switch self {
         case .unix(var a):
             return withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        case .abstract(var a, let length):
+            return withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) } }
         case .ipv4(var a):
             return withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         case .ipv6(var a):

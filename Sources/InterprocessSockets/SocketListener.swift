@@ -67,12 +67,20 @@ package final class SocketListener: Sendable {
         defer { if !ok { Glibc.close(fd) } }
         if case .unix(let path) = requested {
             try Self.removeStaleSocket(path)
+        } else if case .sharedMemory = requested {
+            // An abstract name: no file, nothing stale; a live listener makes bind fail with EADDRINUSE.
         } else {
             var one: Int32 = 1
             _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         }
         let rc = address.withSockAddr { Glibc.bind(fd, $0, $1) }
-        if rc != 0 { throw errnoError("binding \(requested)", errno) }
+        if rc != 0 {
+            let err = errno
+            if err == EADDRINUSE, case .sharedMemory(let name) = requested {
+                throw IPCError(.addressInUse, "another process is listening on shm:\(name); stop it or choose another name", errno: err)
+            }
+            throw errnoError("binding \(requested)", err)
+        }
         if case .unix(let path) = requested {
             guard chmod(path, 0o600) == 0 else {
                 let err = errno
@@ -82,6 +90,9 @@ package final class SocketListener: Sendable {
             var info = stat()
             _ = stat(path, &info)
             unixFile = (path, UInt64(info.st_dev), UInt64(info.st_ino))
+            endpoint = requested
+        } else if case .sharedMemory = requested {
+            unixFile = nil
             endpoint = requested
         } else {
             unixFile = nil
@@ -125,7 +136,7 @@ package final class SocketListener: Sendable {
         while true {
             if isClosed.withLock({ $0 }) { throw IPCError(.alreadyClosed, "the listener is closed") }
             if let client = try nonBlockingCall("accepting a connection", { cipc_accept_nonblocking(fd) }) {
-                return try Self.describe(client, unix: unixFile != nil)
+                return try Self.describe(client, unix: endpoint.isLocal)
             }
             let token = self.token.withLock { $0 }
             let open = await waiters.wait { Poller.shared.arm(fd: fd, token: token, events: UInt32(CIPC_EV_READ)) }
@@ -200,12 +211,22 @@ package enum SocketConnector {
             throw errnoError("connecting to \(endpoint)", err)
         }
         let connected: ConnectedSocket
-        if case .unix = endpoint {
+        if endpoint.isLocal {
             connected = try SocketListener.describe(fd, unix: true)
         } else {
             connected = try SocketListener.describe(fd, unix: false)
         }
         ok = true
         return connected
+    }
+}
+
+extension Endpoint {
+    /// Carried by a Unix socket (a file, or the rendezvous of shared memory): the peer's uid is known.
+    package var isLocal: Bool {
+        switch self {
+        case .unix, .sharedMemory: true
+        case .tcp: false
+        }
     }
 }

@@ -61,6 +61,16 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
         Glibc.close(fd)
     }
 
+    /// Hands the descriptor over to a new owner (before ``start(handler:)``): this stream forgets it.
+    package func detachDescriptor() -> Int32 {
+        state.withLock { s in
+            precondition(s.token == 0 && !s.released, "a started or released stream cannot be detached")
+            s.released = true
+            s.closed = true
+        }
+        return fd
+    }
+
     package func read(into buffer: UnsafeMutableRawBufferPointer) throws(IPCError) -> ReadOutcome {
         guard buffer.count > 0 else { return .wouldBlock }
         try enter()

@@ -9,7 +9,7 @@ import Testing
 /// ends in the test process, talking over a real socket; the cross-process suites run the same rules against a
 /// second process.
 enum ChannelKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
-    case inProcess, unix, tcp
+    case inProcess, unix, tcp, sharedMemory
     var testDescription: String { rawValue }
 }
 
@@ -20,6 +20,7 @@ func makeChannel<C: MessageCodec>(_ kind: ChannelKind, _ codec: C, capacity: Int
     case .inProcess: return Channel<C.Value>.make(capacity: capacity)
     case .unix: endpoint = .unix(path: temporaryDirectory() + "/c.sock")
     case .tcp: endpoint = .tcp(host: "127.0.0.1", port: 0)
+    case .sharedMemory: endpoint = .sharedMemory(name: uniqueName())
     }
     var options = ChannelOptions()
     options.capacity = capacity

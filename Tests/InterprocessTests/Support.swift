@@ -156,15 +156,40 @@ func temporaryDirectory() -> String {
 
 /// The transports every cross-process test runs over.
 enum TransportKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
-    case unix, tcp
+    case unix, tcp, sharedMemory
     var testDescription: String { rawValue }
+
+    /// The socket transports, for tests that speak to the socket itself.
+    static let sockets: [TransportKind] = [.unix, .tcp]
 
     /// A fresh endpoint to listen on (TCP: an ephemeral loopback port).
     func endpoint(in directory: String) -> Endpoint {
         switch self {
         case .unix: .unix(path: directory + "/t.sock")
         case .tcp: .tcp(host: "127.0.0.1", port: 0)
+        case .sharedMemory: .sharedMemory(name: uniqueName())
         }
+    }
+}
+
+/// A shared-memory name no other test (or test run) uses.
+func uniqueName() -> String {
+    let n = nameCounter.withLock { n -> Int in
+        n += 1
+        return n
+    }
+    return "test-\(getpid())-\(n)"
+}
+
+private let nameCounter = NSLockedCounter()
+
+final class NSLockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func withLock<R>(_ body: (inout Int) -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
     }
 }
 
@@ -201,6 +226,21 @@ final class RawClient {
 
     init(_ endpoint: Endpoint) throws {
         switch endpoint {
+        case .sharedMemory(let name):
+            // The rendezvous socket in the abstract namespace (see SocketAddress).
+            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array("interprocess-shm-\(getuid())-\(name)".utf8)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                raw[0] = 0
+                for (i, b) in bytes.enumerated() { raw[i + 1] = b }
+            }
+            let length = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)! + 1 + bytes.count)
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) }
+            }
+            guard rc == 0 else { throw IPCError(.connectionRefused, "raw connect failed: errno \(errno)") }
         case .unix(let path):
             fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
             var address = unixAddress(path)

@@ -72,4 +72,27 @@ int cipc_pin_to_cpu(int cpu);
 /// Peak resident set size of this process, in KiB.
 long cipc_peak_rss_kib(void);
 
+// MARK: Shared memory
+
+/// An anonymous shared-memory file (memfd, close-on-exec) of `size` bytes, sealed against shrinking and
+/// growing so that a peer holding it can never make our mapping fault. Returns the fd or -1 with errno.
+int cipc_memfd_sealed(const char *name, uint64_t size);
+/// Whether `fd` is sealed against shrinking and growing (1), not (0), or cannot be asked (-1).
+int cipc_memfd_is_sealed(int fd);
+/// Sends `count` descriptors and `length` bytes of data in one message (SCM_RIGHTS). Returns bytes sent or -1.
+ssize_t cipc_send_fds(int socket, const int *fds, int count, const void *data, size_t length);
+/// Receives up to `capacity` descriptors (close-on-exec) and up to `length` bytes. Returns bytes received
+/// (0 at end of stream) or -1 with errno; `*count` is the number of descriptors received. Descriptors beyond
+/// `capacity` are closed.
+ssize_t cipc_recv_fds(int socket, int *fds, int capacity, int *count, void *data, size_t length);
+
+// Atomic access to words in memory shared with another process (which may not be trusted: these only load
+// and store; callers check every value they load).
+static inline uint64_t cipc_load_acquire_u64(const void *p) { return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE); }
+static inline void cipc_store_release_u64(void *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE); }
+static inline uint32_t cipc_load_u32(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_SEQ_CST); }
+static inline void cipc_store_u32(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t cipc_exchange_u32(void *p, uint32_t v) { return __atomic_exchange_n((uint32_t *)p, v, __ATOMIC_ACQ_REL); }
+static inline void cipc_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
 #endif

@@ -1,0 +1,426 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CInterprocessShim
+import InterprocessCore
+import Synchronization
+
+/// The shared memory of one connection: a header page, then one single-producer single-consumer byte ring per
+/// direction. Layout in `docs/shared-memory.md`.
+enum SharedLayout {
+    static let magic: UInt64 = 0x0031_4D48_5343_5049  // "IPCSHM1\0" little-endian
+    static let version: UInt32 = 1
+    static let headerSize = 4096
+    /// Offsets of the two rings' control blocks: ring 0 carries creator -> dialer, ring 1 dialer -> creator.
+    static let controlOffsets = [256, 768]
+    static let defaultRingCapacity = 1 << 20
+    static let minRingCapacity = 4096
+    static let maxRingCapacity = 1 << 30
+
+    static func totalSize(ringCapacity: Int) -> Int { headerSize + 2 * ringCapacity }
+
+    static func isValid(ringCapacity: Int) -> Bool {
+        ringCapacity >= minRingCapacity && ringCapacity <= maxRingCapacity && ringCapacity & (ringCapacity - 1) == 0
+    }
+}
+
+/// One direction's ring inside the mapping. Each counter is a byte position that only grows; its own cache line.
+struct SharedRing {
+    let control: UnsafeMutableRawPointer
+    let data: UnsafeMutableRawPointer
+    let capacity: Int
+
+    init(base: UnsafeMutableRawPointer, index: Int, capacity: Int) {
+        control = base + SharedLayout.controlOffsets[index]
+        data = base + SharedLayout.headerSize + index * capacity
+        self.capacity = capacity
+    }
+
+    /// Bytes published by the producer (written only by the producer).
+    var head: UnsafeMutableRawPointer { control }
+    /// Bytes consumed by the consumer (written only by the consumer).
+    var tail: UnsafeMutableRawPointer { control + 64 }
+    /// Set by the consumer before it sleeps; the producer wakes it after publishing.
+    var consumerSleeping: UnsafeMutableRawPointer { control + 128 }
+    /// Set by the producer before it sleeps for room; the consumer wakes it after consuming.
+    var producerSleeping: UnsafeMutableRawPointer { control + 192 }
+    /// Set by the producer after its last byte: the direction ended cleanly.
+    var writerClosed: UnsafeMutableRawPointer { control + 256 }
+}
+
+/// A connection's byte stream through shared memory, as a ``ByteStream``: the channel semantics above it are the
+/// same as for sockets.
+///
+/// Wake-ups: each side has an eventfd the other signals, only when this side announced (in shared memory) that it
+/// is about to sleep, so a busy channel makes no system calls. The eventfds and the rendezvous socket are watched
+/// by the process's I/O thread; the socket carries nothing after the set-up, and its end of stream says the peer
+/// process is gone (it closes on exit and on a crash alike).
+///
+/// Nothing read from shared memory is trusted: every position is checked against the ring's capacity and
+/// against what this side knows before it is used, and the bytes go through the same checked frame decoder as
+/// socket bytes (after being copied out, so the peer cannot change them while they are parsed).
+package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
+    package let peerDescription: String
+    private let socketFD: Int32
+    private let wakeFD: Int32
+    private let peerWakeFD: Int32
+    private let base: UnsafeMutableRawPointer
+    private let size: Int
+    private let tx: SharedRing
+    private let rx: SharedRing
+    /// This side's own positions (it is the only producer of `tx` and the only consumer of `rx`), never read back
+    /// from shared memory. Accessed by the writer and the reader role respectively, one task at a time.
+    private let txHead = Atomic<UInt64>(0)
+    private let txTailSeen = Atomic<UInt64>(0)
+    private let rxTail = Atomic<UInt64>(0)
+    private let peerGone = Atomic<Bool>(false)
+
+    private struct State {
+        var users = 0
+        var closed = false
+        var released = false
+        var wakeToken: UInt64 = 0
+        var socketToken: UInt64 = 0
+        var interest: UInt32 = 0
+        var handler: (any ByteStreamHandler)?
+    }
+    private let state = Mutex(State())
+
+    /// Takes ownership of the descriptors and the mapping.
+    init(socketFD: Int32, wakeFD: Int32, peerWakeFD: Int32, base: UnsafeMutableRawPointer, size: Int, ringCapacity: Int, isCreator: Bool, peerDescription: String) {
+        self.socketFD = socketFD
+        self.wakeFD = wakeFD
+        self.peerWakeFD = peerWakeFD
+        self.base = base
+        self.size = size
+        let ring0 = SharedRing(base: base, index: 0, capacity: ringCapacity)
+        let ring1 = SharedRing(base: base, index: 1, capacity: ringCapacity)
+        (tx, rx) = isCreator ? (ring0, ring1) : (ring1, ring0)
+        self.peerDescription = peerDescription
+    }
+
+    deinit {
+        let released = state.withLock { $0.released }
+        if !released { release(state.withLock { ($0.wakeToken, $0.socketToken) }) }
+    }
+
+    private func enter() throws(IPCError) {
+        let ok = state.withLock { s -> Bool in
+            if s.closed { return false }
+            s.users += 1
+            return true
+        }
+        if !ok { throw IPCError(.alreadyClosed, "the connection is closed") }
+    }
+
+    private func leave() {
+        let tokens = state.withLock { s -> (UInt64, UInt64)? in
+            s.users -= 1
+            guard s.closed && s.users == 0 && !s.released else { return nil }
+            s.released = true
+            return (s.wakeToken, s.socketToken)
+        }
+        if let tokens { release(tokens) }
+    }
+
+    private func release(_ tokens: (UInt64, UInt64)) {
+        if tokens.0 != 0 { Poller.shared.unregister(fd: wakeFD, token: tokens.0) }
+        if tokens.1 != 0 { Poller.shared.unregister(fd: socketFD, token: tokens.1) }
+        Glibc.close(wakeFD)
+        Glibc.close(peerWakeFD)
+        Glibc.close(socketFD)
+        munmap(base, size)
+    }
+
+    private static func corrupt(_ what: String) -> IPCError {
+        IPCError(.protocolViolation, "the peer corrupted the shared memory (\(what)); the connection is closed")
+    }
+
+    private func signal(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+    }
+
+    /// The producer's published position, checked: it never moves back and never runs more than a ring ahead.
+    private func checkedHead(tail: UInt64) throws(IPCError) -> UInt64 {
+        let head = cipc_load_acquire_u64(rx.head)
+        guard head >= tail, head - tail <= UInt64(rx.capacity) else {
+            throw Self.corrupt("the incoming ring's write position \(head) is outside 0...\(rx.capacity) bytes ahead of the read position \(tail)")
+        }
+        return head
+    }
+
+    package func read(into buffer: UnsafeMutableRawBufferPointer) throws(IPCError) -> ReadOutcome {
+        guard buffer.count > 0 else { return .wouldBlock }
+        try enter()
+        defer { leave() }
+        let tail = rxTail.load(ordering: .relaxed)
+        var head = try checkedHead(tail: tail)
+        if head == tail {
+            // The producer sets writerClosed after its last byte, and a dead peer's bytes stay readable: look
+            // again after seeing either, so nothing published just before is missed.
+            let ended = cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring)
+            guard ended else { return .wouldBlock }
+            head = try checkedHead(tail: tail)
+            if head == tail { return .endOfStream }
+        }
+        let count = min(Int(head - tail), buffer.count)
+        let mask = rx.capacity - 1
+        let offset = Int(tail) & mask
+        let first = min(count, rx.capacity - offset)
+        buffer.baseAddress!.copyMemory(from: rx.data + offset, byteCount: first)
+        if count > first {
+            (buffer.baseAddress! + first).copyMemory(from: rx.data, byteCount: count - first)
+        }
+        let newTail = tail + UInt64(count)
+        rxTail.store(newTail, ordering: .relaxed)
+        cipc_store_release_u64(rx.tail, newTail)
+        cipc_fence()
+        if cipc_load_u32(rx.producerSleeping) != 0 && cipc_exchange_u32(rx.producerSleeping, 0) != 0 {
+            signal(peerWakeFD)
+        }
+        return .bytes(count)
+    }
+
+    package func write(_ segments: [[UInt8]], offset: Int) throws(IPCError) -> Int {
+        guard !segments.isEmpty else { return 0 }
+        try enter()
+        defer { leave() }
+        if peerGone.load(ordering: .acquiring) {
+            throw IPCError(.peerClosed, "the peer process is gone (its end of the shared memory closed)")
+        }
+        let head = txHead.load(ordering: .relaxed)
+        let seen = txTailSeen.load(ordering: .relaxed)
+        let tail = cipc_load_acquire_u64(tx.tail)
+        guard tail >= seen, tail <= head else {
+            throw Self.corrupt("the outgoing ring's read position \(tail) is outside \(seen)...\(head)")
+        }
+        txTailSeen.store(tail, ordering: .relaxed)
+        var room = tx.capacity - Int(head - tail)
+        guard room > 0 else { return 0 }
+        let mask = tx.capacity - 1
+        var position = head
+        var written = 0
+        var skip = offset
+        for segment in segments where room > 0 {
+            segment.withUnsafeBytes { bytes in
+                var from = skip
+                skip = 0
+                while from < bytes.count && room > 0 {
+                    let at = Int(position) & mask
+                    let n = min(bytes.count - from, room, tx.capacity - at)
+                    (tx.data + at).copyMemory(from: bytes.baseAddress! + from, byteCount: n)
+                    from += n
+                    position += UInt64(n)
+                    room -= n
+                    written += n
+                }
+            }
+        }
+        txHead.store(position, ordering: .relaxed)
+        cipc_store_release_u64(tx.head, position)
+        cipc_fence()
+        if cipc_load_u32(tx.consumerSleeping) != 0 && cipc_exchange_u32(tx.consumerSleeping, 0) != 0 {
+            signal(peerWakeFD)
+        }
+        return written
+    }
+
+    package func start(handler: any ByteStreamHandler) {
+        let wakeToken = Poller.shared.register(fd: wakeFD) { [weak self] _ in self?.woken() }
+        let socketToken = Poller.shared.register(fd: socketFD) { [weak self] _ in self?.peerHungUp() }
+        state.withLock { s in
+            s.wakeToken = wakeToken
+            s.socketToken = socketToken
+            s.handler = handler
+        }
+        // The rendezvous socket is watched for the peer's exit from now on.
+        Poller.shared.arm(fd: socketFD, token: socketToken, events: UInt32(CIPC_EV_READ))
+    }
+
+    /// Announces that this side sleeps until the peer publishes (read) or makes room (write), then asks the I/O
+    /// thread to watch the eventfd. When the condition already holds, it signals itself so the event fires at once.
+    package func arm(read: Bool, write: Bool) {
+        var wanted: UInt32 = 0
+        if read { wanted |= UInt32(CIPC_EV_READ) }
+        if write { wanted |= UInt32(CIPC_EV_WRITE) }
+        let token = state.withLock { s -> UInt64? in
+            guard !s.closed, s.wakeToken != 0 else { return nil }
+            s.interest |= wanted
+            return s.wakeToken
+        }
+        guard let token else { return }
+        let gone = peerGone.load(ordering: .acquiring)
+        var readyNow = gone
+        if read {
+            cipc_store_u32(rx.consumerSleeping, 1)
+            cipc_fence()
+            let available = cipc_load_acquire_u64(rx.head) != rxTail.load(ordering: .relaxed) || cipc_load_u32(rx.writerClosed) != 0
+            if available {
+                _ = cipc_exchange_u32(rx.consumerSleeping, 0)
+                readyNow = true
+            }
+        }
+        if write {
+            cipc_store_u32(tx.producerSleeping, 1)
+            cipc_fence()
+            let used = txHead.load(ordering: .relaxed) &- cipc_load_acquire_u64(tx.tail)
+            if used < UInt64(tx.capacity) {
+                _ = cipc_exchange_u32(tx.producerSleeping, 0)
+                readyNow = true
+            }
+        }
+        Poller.shared.arm(fd: wakeFD, token: token, events: UInt32(CIPC_EV_READ))
+        if readyNow { signal(wakeFD) }
+    }
+
+    /// The eventfd fired (I/O thread): report whatever was armed; the core re-checks and re-arms if needed.
+    private func woken() {
+        var value: UInt64 = 0
+        _ = Glibc.read(wakeFD, &value, 8)
+        fire()
+    }
+
+    private func fire() {
+        let (fired, handler) = state.withLock { s -> (UInt32, (any ByteStreamHandler)?) in
+            let fired = s.interest
+            s.interest = 0
+            return (fired, s.closed ? nil : s.handler)
+        }
+        guard fired != 0, let handler else { return }
+        handler.streamReady(readable: fired & UInt32(CIPC_EV_READ) != 0, writable: fired & UInt32(CIPC_EV_WRITE) != 0)
+    }
+
+    /// The rendezvous socket became readable or hung up: the peer process closed its end or died.
+    private func peerHungUp() {
+        peerGone.store(true, ordering: .releasing)
+        fire()
+    }
+
+    package func requestFlush() {
+        guard let handler = state.withLock({ $0.closed ? nil : $0.handler }) else { return }
+        Poller.shared.requestFlush(handler)
+    }
+
+    package func shutdownWrite() {
+        guard (try? enter()) != nil else { return }
+        defer { leave() }
+        cipc_store_u32(tx.writerClosed, 1)
+        cipc_fence()
+        if cipc_load_u32(tx.consumerSleeping) != 0 && cipc_exchange_u32(tx.consumerSleeping, 0) != 0 {
+            signal(peerWakeFD)
+        }
+    }
+
+    package func close() {
+        let tokens = state.withLock { s -> (UInt64, UInt64)? in
+            if s.closed { return nil }
+            s.closed = true
+            s.handler = nil
+            guard s.users == 0 else { return nil }
+            s.released = true
+            return (s.wakeToken, s.socketToken)
+        }
+        if let tokens { release(tokens) }
+    }
+}
+
+/// Sets up the shared memory of a connection over its (already authenticated) rendezvous socket.
+package enum SharedMemorySetup {
+    /// The listening side: creates the sealed memory and both eventfds, sends them to the peer, and maps it.
+    package static func create(socket: SocketStream, ringCapacity: Int = SharedLayout.defaultRingCapacity) throws(IPCError) -> SharedMemoryStream {
+        precondition(SharedLayout.isValid(ringCapacity: ringCapacity))
+        let fd = socket.detachDescriptor()
+        var ok = false
+        defer { if !ok { Glibc.close(fd) } }
+        let size = SharedLayout.totalSize(ringCapacity: ringCapacity)
+        let memory = try systemCall("creating shared memory") { cipc_memfd_sealed("interprocess", UInt64(size)) }
+        defer { Glibc.close(memory) }
+        let base = try map(memory, size: size)
+        var mapped = true
+        defer { if !ok && mapped { munmap(base, size) } }
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: SharedLayout.headerSize)
+        base.storeBytes(of: SharedLayout.magic.littleEndian, toByteOffset: 0, as: UInt64.self)
+        base.storeBytes(of: SharedLayout.version.littleEndian, toByteOffset: 8, as: UInt32.self)
+        base.storeBytes(of: UInt32(ringCapacity).littleEndian, toByteOffset: 12, as: UInt32.self)
+        let mine = try systemCall("creating an eventfd") { cipc_eventfd() }
+        let theirs: Int32
+        do {
+            theirs = try systemCall("creating an eventfd") { cipc_eventfd() }
+        } catch {
+            Glibc.close(mine)
+            throw error
+        }
+        var message = [UInt8]()
+        message.appendLE(SharedLayout.magic)
+        message.appendLE(UInt32(ringCapacity))
+        message.appendLE(UInt32(0))
+        let fds: [Int32] = [memory, theirs, mine]
+        let sent = message.withUnsafeBytes { m in fds.withUnsafeBufferPointer { cipc_send_fds(fd, $0.baseAddress, 3, m.baseAddress, m.count) } }
+        guard sent == message.count else {
+            let err = errno
+            Glibc.close(mine)
+            Glibc.close(theirs)
+            throw errnoError("handing the shared memory to the peer", sent < 0 ? err : EPIPE)
+        }
+        ok = true
+        mapped = false
+        return SharedMemoryStream(socketFD: fd, wakeFD: mine, peerWakeFD: theirs, base: base, size: size, ringCapacity: ringCapacity, isCreator: true, peerDescription: socket.peerDescription + " (shared memory)")
+    }
+
+    /// The dialling side: receives the memory and eventfds (waiting at most until `deadline`), checks them, and
+    /// maps the memory.
+    package static func join(socket: SocketStream, deadline: ContinuousClock.Instant) async throws(IPCError) -> SharedMemoryStream {
+        let fd = socket.detachDescriptor()
+        var ok = false
+        defer { if !ok { Glibc.close(fd) } }
+        var fds = [Int32](repeating: -1, count: 4)
+        var count: Int32 = 0
+        var message = [UInt8](repeating: 0, count: 16)
+        while true {
+            let n = fds.withUnsafeMutableBufferPointer { f in
+                message.withUnsafeMutableBytes { cipc_recv_fds(fd, f.baseAddress, 4, &count, $0.baseAddress, $0.count) }
+            }
+            if n > 0 { break }
+            if n == 0 {
+                throw IPCError(.peerClosed, "the listener closed the connection before handing over the shared memory; it may have refused this side (check its log)")
+            }
+            let err = errno
+            guard err == EAGAIN || err == EWOULDBLOCK else { throw errnoError("receiving the shared memory", err) }
+            guard ContinuousClock.now < deadline else {
+                throw IPCError(.timeout, "the listener did not hand over the shared memory in time; it is not an Interprocess shared-memory endpoint, or it is stuck")
+            }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        let received = Array(fds.prefix(Int(count)))
+        var keep: Set<Int32> = []
+        defer { for d in received where !keep.contains(d) { Glibc.close(d) } }
+        let ringCapacity = message.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self))) }
+        let magic = message.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard received.count == 3, magic == SharedLayout.magic, SharedLayout.isValid(ringCapacity: ringCapacity) else {
+            throw IPCError(.protocolViolation, "the listener's shared-memory hand-over is malformed (\(received.count) descriptors, ring \(ringCapacity) bytes); it is not an Interprocess endpoint of this version")
+        }
+        let (memory, mine, theirs) = (received[0], received[1], received[2])
+        let size = SharedLayout.totalSize(ringCapacity: ringCapacity)
+        var info = stat()
+        guard fstat(memory, &info) == 0, Int(info.st_size) == size, cipc_memfd_is_sealed(memory) == 1 else {
+            throw IPCError(.protocolViolation, "the shared memory handed over is not a sealed segment of the announced size \(size); refusing to map it")
+        }
+        let base = try map(memory, size: size)
+        guard base.loadUnaligned(as: UInt64.self) == SharedLayout.magic.littleEndian,
+              UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) == SharedLayout.version else {
+            munmap(base, size)
+            throw IPCError(.handshakeMismatch, "the shared memory's header names another layout version; both sides must run the same Interprocess version")
+        }
+        keep = [mine, theirs]
+        ok = true
+        return SharedMemoryStream(socketFD: fd, wakeFD: mine, peerWakeFD: theirs, base: base, size: size, ringCapacity: ringCapacity, isCreator: false, peerDescription: socket.peerDescription + " (shared memory)")
+    }
+
+    private static func map(_ fd: Int32, size: Int) throws(IPCError) -> UnsafeMutableRawPointer {
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw errnoError("mapping the shared memory", errno)
+        }
+        return p
+    }
+}
