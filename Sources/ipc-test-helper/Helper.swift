@@ -75,6 +75,14 @@ struct Helper {
                     count += 1
                 }
                 report("received \(count)")
+            case "listen-send":
+                // Listens, says so, accepts one receiver and sends `number` numbered messages.
+                let listener = try IPC.listen(on: endpoint, sending: .raw, options: options)
+                report("listening")
+                let tx = try await listener.accept().sender
+                for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
+                try await tx.closeAndWait()
+                report("sent \(number)")
             case "take-on-line":
                 // Receives with capacity `number` (0: rendezvous), taking one message per stdin line.
                 options.capacity = number

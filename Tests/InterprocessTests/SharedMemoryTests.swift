@@ -1,0 +1,265 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CInterprocessShim
+import Foundation
+import Interprocess
+import InterprocessCore
+import Testing
+
+/// What only shared memory needs: crashes at any point, a peer that scribbles over the rings, messages larger
+/// than the rings in both directions at once, an idle channel's CPU, and nothing left behind. The conformance
+/// and cross-process suites run the channel rules on shared memory too.
+@Suite("Shared-memory transport", .serialized, .timeLimit(.minutes(3)))
+struct SharedMemoryTests {
+    /// The names in /dev/shm, to show that nothing is ever left there.
+    func devShm() -> Set<String> {
+        Set((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? [])
+    }
+
+    @Test("a peer killed with SIGKILL at a random point gives the survivor peerClosed within a second, every time")
+    func killedAtRandomPoints() async throws {
+        let before = devShm()
+        var generator = SystemRandomNumberGenerator()
+        for iteration in 0..<60 {
+            let endpoint = Endpoint.sharedMemory(name: uniqueName())
+            let helperSends = iteration % 2 == 0
+            // The helper sends (this side receives), or the other way round.
+            let receiving = try IPC.listen(on: endpoint, receiving: .raw)
+            defer { receiving.close() }
+            let sendingEndpoint = Endpoint.sharedMemory(name: uniqueName())
+            let sending = try IPC.listen(on: sendingEndpoint, sending: .raw)
+            defer { sending.close() }
+            let helper = try ChildProcess.helper(helperSends ? "send" : "count", helperSends ? endpoint : sendingEndpoint, 10_000_000)
+            var tx: Sender<[UInt8]>?
+            var rx: Receiver<[UInt8]>?
+            if helperSends {
+                rx = try await within(20) { try await receiving.accept().receiver }
+            } else {
+                tx = try await within(20) { try await sending.accept().sender }
+            }
+            let (sender, receiver) = (tx, rx)
+            let killAfter = Int.random(in: 0..<3000, using: &generator)
+            let (error, killedAt) = try await within(20) { () async -> (IPCError?, ContinuousClock.Instant?) in
+                var killedAt: ContinuousClock.Instant?
+                do {
+                    var i = 0
+                    while true {
+                        if i == killAfter {
+                            helper.kill()
+                            killedAt = .now
+                        }
+                        if let receiver {
+                            guard try await receiver.receive() != nil else { return (nil, killedAt) }
+                        } else if let sender {
+                            try await sender.send(numbered(UInt64(i)))
+                        }
+                        i += 1
+                    }
+                } catch {
+                    return (error as? IPCError, killedAt)
+                }
+            }
+            let noticed = killedAt.map { ContinuousClock.now - $0 }
+            #expect(error?.code == .peerClosed, "iteration \(iteration): \(String(describing: error))")
+            #expect(noticed.map { $0 < .seconds(1) } == true, "iteration \(iteration): noticed after \(String(describing: noticed))")
+            _ = await helper.finish()
+        }
+        #expect(devShm() == before, "something was left in /dev/shm")
+    }
+
+    @Test("a listener killed with SIGKILL leaves nothing behind: its name can be listened on again at once")
+    func killedListenerLeavesNothing() async throws {
+        let before = devShm()
+        let endpoint = Endpoint.sharedMemory(name: uniqueName())
+        let helper = try ChildProcess.helper("listen-send", endpoint, 1_000_000)
+        #expect(await helper.waitForOutput("listening"))
+        let rx = try await within(20) { try await IPC.connect(to: endpoint, receiving: .raw) }
+        for _ in 0..<100 { _ = try await within(20) { try await rx.receive() } }
+        helper.kill()
+        _ = await helper.finish()
+        let error = await #expect(throws: IPCError.self) {
+            try await within(20) { while try await rx.receive() != nil {} }
+        }
+        #expect(error?.code == .peerClosed)
+        let again = try IPC.listen(on: endpoint, receiving: .raw)
+        again.close()
+        #expect(devShm() == before)
+    }
+
+    @Test("messages larger than the ring, both ways at once, arrive whole and in order")
+    func largeMessagesBothWays() async throws {
+        let endpoint = Endpoint.sharedMemory(name: uniqueName())
+        let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("echo", endpoint)
+        let connection = try await within(20) { try await listener.accept() }
+        let count = 24
+        let size = 3 << 20  // three times the ring
+        @Sendable func message(_ i: Int) -> [UInt8] {
+            var m = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: size)
+            m[size / 2] = 0xEE
+            m[size - 1] = UInt8(truncatingIfNeeded: i &* 7)
+            return m
+        }
+        try await within(60) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for i in 0..<count { try await connection.sender.send(message(i)) }
+                    try await connection.sender.close()
+                }
+                group.addTask {
+                    var i = 0
+                    while let m = try await connection.receiver.receive() {
+                        #expect(m == message(i), "echo \(i) differs")
+                        i += 1
+                    }
+                    #expect(i == count)
+                }
+                try await group.waitForAll()
+            }
+        }
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+    }
+
+    @Test("an idle shared-memory channel costs no CPU")
+    func idleCostsNothing() async throws {
+        let endpoint = Endpoint.sharedMemory(name: uniqueName())
+        let listener = try IPC.listen(on: endpoint, sending: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("count", endpoint, 1)
+        let tx = try await within(20) { try await listener.accept() }.sender
+        try await tx.send(numbered(0))
+        // The helper now waits in receive() for a second message that does not come.
+        let start = cpuTicks(helper.pid)
+        try await Task.sleep(for: .seconds(1))
+        let used = cpuTicks(helper.pid) - start
+        #expect(used <= 5, "an idle receiver used \(used * 10) ms of CPU in one second")
+        try await tx.close()
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+    }
+
+    @Test("a peer that scribbles over the shared memory gets a clear error; the listener keeps serving", arguments: Scribble.allCases)
+    func hostilePeer(_ scribble: Scribble) async throws {
+        let endpoint = Endpoint.sharedMemory(name: uniqueName())
+        let listener = try IPC.listen(on: endpoint, receiving: .raw)
+        defer { listener.close() }
+        let hostile = try HostileSharedMemoryPeer(endpoint)
+        // A well-formed start: a hello and one message, so the listener accepts the connection.
+        var bytes = Hello(capacity: 16, maxFrame: 1 << 20, sendCodec: "raw", sendType: "bytes", receiveCodec: "none", receiveType: "none").encoded()
+        bytes.appendControlFrame(.data(seq: 1, payload: [1, 2, 3]))
+        hostile.publish(bytes)
+        let rx = try await within(20) { try await listener.accept() }.receiver
+        #expect(try await within(20) { try await rx.receive() } == [1, 2, 3])
+        switch scribble {
+        case .headBeyondTheRing: hostile.setHead(hostile.head + UInt64(hostile.ringCapacity) + 4096)
+        case .headBackwards: hostile.setHead(0)
+        case .garbageFrames: hostile.publish([UInt8](repeating: 0xFF, count: 64))
+        case .hugeLength:
+            var frame: [UInt8] = []
+            frame.appendFrameHeader(.data, length: Int(UInt32.max))
+            hostile.publish(frame)
+        case .wholeMemoryRandom: hostile.scribbleEverything()
+        }
+        hostile.wake()
+        let error = await #expect(throws: IPCError.self) {
+            try await within(20) { while try await rx.receive() != nil {} }
+        }
+        #expect(error?.code == .protocolViolation || error?.code == .frameTooLarge || error?.code == .peerClosed, "got \(String(describing: error))")
+        #expect(error?.message.isEmpty == false)
+        // A good client on the same listener is served.
+        let helper = try ChildProcess.helper("send", endpoint, 100)
+        let good = try await within(20) { try await listener.accept() }.receiver
+        var n = 0
+        while let m = try await within(20, { try await good.receive() }) {
+            #expect(index(m) == UInt64(n))
+            n += 1
+        }
+        #expect(n == 100)
+        _ = await helper.finish()
+    }
+
+    enum Scribble: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        case headBeyondTheRing, headBackwards, garbageFrames, hugeLength, wholeMemoryRandom
+        var testDescription: String { rawValue }
+    }
+}
+
+/// CPU time (user + system, in clock ticks of 10 ms) a process has used.
+func cpuTicks(_ pid: Int32) -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = text.lastIndex(of: ")") else { return 0 }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    // After the command: state is field 0, utime field 11, stime field 12.
+    guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return 0 }
+    return user + system
+}
+
+/// Plays a dialer that takes the shared memory and then writes whatever it likes into it.
+final class HostileSharedMemoryPeer {
+    let client: RawClient
+    let base: UnsafeMutableRawPointer
+    let size: Int
+    let ringCapacity: Int
+    let wakeListener: Int32
+    let control: UnsafeMutableRawPointer
+    let data: UnsafeMutableRawPointer
+    private(set) var head: UInt64 = 0
+
+    init(_ endpoint: Endpoint) throws {
+        let client = try RawClient(endpoint)
+        self.client = client
+        var fds = [Int32](repeating: -1, count: 4)
+        var count: Int32 = 0
+        var message = [UInt8](repeating: 0, count: 16)
+        let n = fds.withUnsafeMutableBufferPointer { f in
+            message.withUnsafeMutableBytes { cipc_recv_fds(client.fd, f.baseAddress, 4, &count, $0.baseAddress, $0.count) }
+        }
+        guard n == 16, count == 3 else { throw IPCError(.protocolViolation, "no hand-over (\(n) bytes, \(count) fds)") }
+        ringCapacity = Int(message.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) })
+        size = 4096 + 2 * ringCapacity
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0), p != MAP_FAILED else {
+            throw IPCError(.systemCallFailed, "mmap failed")
+        }
+        base = p
+        Glibc.close(fds[0])
+        Glibc.close(fds[1])
+        wakeListener = fds[2]
+        // Ring 1 carries dialer -> listener: its control block at 768, its data after ring 0.
+        control = base + 768
+        data = base + 4096 + ringCapacity
+    }
+
+    deinit {
+        munmap(base, size)
+        Glibc.close(wakeListener)
+    }
+
+    func publish(_ bytes: [UInt8]) {
+        for b in bytes {
+            data.storeBytes(of: b, toByteOffset: Int(head) & (ringCapacity - 1), as: UInt8.self)
+            head += 1
+        }
+        setHead(head)
+    }
+
+    func setHead(_ value: UInt64) {
+        cipc_store_release_u64(control, value)
+        wake()
+    }
+
+    func scribbleEverything() {
+        var generator = SystemRandomNumberGenerator()
+        for offset in stride(from: 0, to: size, by: 8) {
+            base.storeBytes(of: generator.next() as UInt64, toByteOffset: offset, as: UInt64.self)
+        }
+        wake()
+    }
+
+    func wake() {
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeListener, &one, 8)
+    }
+}
