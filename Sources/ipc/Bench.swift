@@ -22,6 +22,9 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
     case baseline
     case unixRaw = "unix-raw"
     case tcpRaw = "tcp-raw"
+    /// The C shared-memory ring of ../shared/baseline (built with gcc, when that folder is found): the limit.
+    case cRing = "c-shm-ring"
+    case shmRaw = "shm-raw"
     case unixBinary = "unix-binary"
     case unixJSON = "unix-json"
 
@@ -30,6 +33,8 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
         case .baseline: "raw socketpair (syscalls)"
         case .unixRaw: "Interprocess unix, raw bytes"
         case .tcpRaw: "Interprocess tcp, raw bytes"
+        case .cRing: "C shm ring (baseline/shm_ring.c)"
+        case .shmRaw: "Interprocess shm, raw bytes"
         case .unixBinary: "Interprocess unix, binary Codable"
         case .unixJSON: "Interprocess unix, JSON Codable"
         }
@@ -37,7 +42,7 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
 
     func applies(to workload: Workload) -> Bool {
         switch self {
-        case .baseline, .unixRaw, .tcpRaw: true
+        case .baseline, .unixRaw, .tcpRaw, .cRing, .shmRaw: true
         case .unixBinary, .unixJSON: workload == .w2
         }
     }
@@ -76,6 +81,7 @@ struct Bench: AsyncParsableCommand {
     @Option(parsing: .upToNextOption, help: "Workloads to run.") var workloads: [Workload] = Workload.allCases
     @Option(parsing: .upToNextOption, help: "Transports to run.") var transports: [BenchTransport] = BenchTransport.allCases
     @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
+    @Option(help: "Folder with the C reference programs (shm_ring.c); default: ../shared/baseline if it exists.") var cBaseline: String?
 
     func run() async throws {
         var counts = BenchCounts()
@@ -93,11 +99,22 @@ struct Bench: AsyncParsableCommand {
         if let spin { options.spinMicroseconds = spin }
         let directory = try makeTemporaryDirectory()
         defer { removeDirectory(directory) }
+        var transports = self.transports
+        var cRing: CRingBaseline?
+        if transports.contains(.cRing) {
+            cRing = CRingBaseline.build(sourceDirectory: cBaseline)
+            if cRing == nil {
+                say("note: the C shared-memory ring baseline (shm_ring.c) was not found or did not build; its line is skipped")
+                transports.removeAll { $0 == .cRing }
+            }
+        }
+        defer { cRing?.remove() }
 
         say("Interprocess bench: placement \(placement), \(runs) runs per line (median), capacity \(options.capacity), \(quick ? "QUICK counts" : "full counts")")
         say("machine: \(machineDescription())")
         for workload in workloads {
             var baseline: Double?
+            var ringBaseline: Double?
             let header: String
             switch workload {
             case .w1: header = "W1 ping-pong 64 B, round trip us: p50 / p99 / max"
@@ -108,29 +125,33 @@ struct Bench: AsyncParsableCommand {
             for transport in transports where transport.applies(to: workload) {
                 var results: [BenchResult] = []
                 for _ in 0..<runs {
-                    results.append(try await runOne(workload, transport, counts: counts, options: options, childCPU: childCPU, directory: directory))
+                    results.append(try await runOne(workload, transport, counts: counts, options: options, childCPU: childCPU, directory: directory, cRing: cRing))
                 }
                 results.sort { $0.values[0] < $1.values[0] }
                 let median = results[results.count / 2]
                 let main = median.values[0]
                 if transport == .baseline { baseline = main }
+                if transport == .cRing { ringBaseline = main }
                 var line = transport.label.padding(toLength: 36, withPad: " ", startingAt: 0)
                 switch workload {
                 case .w1: line += median.values.map { format($0) }.joined(separator: " / ")
                 case .w2, .w3: line += format(main, 2)
                 }
-                if let baseline, transport != .baseline {
-                    // For W1 lower is better: the ratio is time over baseline time; for W2/W3 rate over baseline rate.
+                // Shared memory is compared with the C ring, sockets with the socketpair. For W1 lower is better: the
+                // ratio is time over baseline time; for W2/W3 rate over baseline rate.
+                if transport == .shmRaw, let ringBaseline {
+                    line += "   ratio \(format(main / ringBaseline, 2))x (to the C ring)"
+                } else if let baseline, transport != .baseline, transport != .cRing {
                     line += "   ratio \(format(main / baseline, 2))x"
                 }
-                if workload != .w1 { line += "   peak RSS \(median.parentRSSKiB / 1024) / \(median.childRSSKiB / 1024) MiB" }
+                if workload != .w1 && transport != .cRing { line += "   peak RSS \(median.parentRSSKiB / 1024) / \(median.childRSSKiB / 1024) MiB" }
                 say(line)
                 say("RESULT \(workload.rawValue) \(transport.rawValue) \(median.values.map { format($0, 2) }.joined(separator: " ")) rss=\(median.parentRSSKiB),\(median.childRSSKiB)")
             }
         }
     }
 
-    private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String) async throws -> BenchResult {
+    private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, cRing: CRingBaseline?) async throws -> BenchResult {
         let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
         if transport == .baseline {
             var fds: [Int32] = [0, 0]
@@ -145,7 +166,16 @@ struct Bench: AsyncParsableCommand {
             guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
             return result
         }
-        let endpoint: Endpoint = transport == .tcpRaw ? .tcp(host: "127.0.0.1", port: 0) : .unix(path: directory + "/bench.sock")
+        if transport == .cRing {
+            guard let cRing else { throw ChildError(message: "no C ring baseline") }
+            return try cRing.run(workload, childCPU: childCPU, counts: counts)
+        }
+        let endpoint: Endpoint
+        switch transport {
+        case .tcpRaw: endpoint = .tcp(host: "127.0.0.1", port: 0)
+        case .shmRaw: endpoint = .sharedMemory(name: "bench-\(getpid())")
+        default: endpoint = .unix(path: directory + "/bench.sock")
+        }
         if transport == .unixBinary || transport == .unixJSON {
             let codec: any MessageCodec<BenchSample> = transport == .unixBinary ? BinaryCodec(BenchSample.self) : JSONCodec(BenchSample.self)
             return try await runTyped(codec, endpoint, args: args, counts: counts, options: options, childCPU: childCPU)
