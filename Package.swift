@@ -41,7 +41,7 @@ let package = Package(
         // What users import.
         .target(
             name: "Interprocess",
-            dependencies: ["InterprocessCore", "InterprocessSockets"],
+            dependencies: ["InterprocessCore", "InterprocessSockets", "CInterprocessShim"],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

@@ -109,11 +109,15 @@ uint64_t cipc_monotonic_ns(void) {
 }
 
 pid_t cipc_spawn(const char *path, char *const argv[], int inherit_fd) {
+    return cipc_spawn_env(path, argv, environ, inherit_fd);
+}
+
+pid_t cipc_spawn_env(const char *path, char *const argv[], char *const envp[], int inherit_fd) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     if (inherit_fd >= 0) posix_spawn_file_actions_adddup2(&actions, inherit_fd, 3);
     pid_t pid;
-    int rc = posix_spawn(&pid, path, &actions, NULL, argv, environ);
+    int rc = posix_spawn(&pid, path, &actions, NULL, argv, envp);
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) {
         errno = rc;
@@ -232,4 +236,14 @@ ssize_t cipc_recv_fds(int socket, int *fds, int capacity, int *count, void *data
         }
     }
     return n;
+}
+
+char *const *cipc_environment(void) { return environ; }
+
+int cipc_set_nonblocking_cloexec(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return -1;
+    int fdflags = fcntl(fd, F_GETFD);
+    if (fdflags < 0 || fcntl(fd, F_SETFD, fdflags | FD_CLOEXEC) != 0) return -1;
+    return 0;
 }

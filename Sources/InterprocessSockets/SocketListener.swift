@@ -144,6 +144,15 @@ package final class SocketListener: Sendable {
         }
     }
 
+    /// One end of a Unix socket pair (already non-blocking), with the peer's credentials.
+    package static func pairEnd(_ fd: Int32, peer: String) -> ConnectedSocket {
+        var pid: pid_t = 0
+        var uid: uid_t = 0
+        var gid: gid_t = 0
+        let known = cipc_peer_credentials(fd, &pid, &uid, &gid) == 0
+        return ConnectedSocket(stream: SocketStream(fd: fd, peerDescription: peer), peerUID: known ? uid : nil)
+    }
+
     static func describe(_ fd: Int32, unix: Bool) throws(IPCError) -> ConnectedSocket {
         if unix {
             var pid: pid_t = 0

@@ -75,6 +75,16 @@ struct Helper {
                     count += 1
                 }
                 report("received \(count)")
+            case "child-echo":
+                // Started by IPC.spawn: echoes every raw message back to the parent until the end.
+                let c = try await IPC.connectToParent(sending: .raw, receiving: .raw, options: options)
+                var count = 0
+                while let m = try await c.receiver.receive() {
+                    try await c.sender.send(m)
+                    count += 1
+                }
+                try await c.sender.closeAndWait()
+                report("echoed \(count)")
             case "listen-send":
                 // Listens, says so, accepts one receiver and sends `number` numbered messages.
                 let listener = try IPC.listen(on: endpoint, sending: .raw, options: options)

@@ -60,6 +60,13 @@ uint64_t cipc_monotonic_ns(void);
 /// stdin/stdout/stderr are inherited. Returns the pid or -1 with errno.
 pid_t cipc_spawn(const char *path, char *const argv[], int inherit_fd);
 
+/// Like cipc_spawn with an explicit environment (NULL-terminated "NAME=value" strings).
+pid_t cipc_spawn_env(const char *path, char *const argv[], char *const envp[], int inherit_fd);
+/// The process's environment (`environ`).
+char *const *cipc_environment(void);
+/// Makes `fd` non-blocking and close-on-exec. Returns 0 or -1 with errno.
+int cipc_set_nonblocking_cloexec(int fd);
+
 /// waitpid decoding: returns 0 when the child exited (exit code in *code), 1 when a signal ended it
 /// (signal in *code), -1 with errno on failure.
 int cipc_wait(pid_t pid, int *code);
