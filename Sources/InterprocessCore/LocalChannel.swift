@@ -290,18 +290,10 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     /// Go's `close(ch)`: receivers get the buffered values, then the end; parked sends fail.
     package func close() throws(IPCError) {
-        let (receivers, senders, watchers) = try state.withLock { s throws(IPCError) in
+        try shutDown(senderError: Self.closedWhileWaiting) { s throws(IPCError) in
             if s.closed { throw IPCError(.alreadyClosed, "close() was called twice on the same sender") }
             s.closed = true
-            for sender in s.senders { _ = sender.complete(Self.closedWhileWaiting) }
-            bump()
-            defer {
-                s.receivers.removeAll()
-                s.senders.removeAll()
-            }
-            return (s.receivers, s.senders, s.takeWatchers())
         }
-        Self.release(receivers: receivers, senders: senders, watchers: watchers, senderError: Self.closedWhileWaiting)
     }
 
     /// The sender was dropped without `close()`: close it.
@@ -311,10 +303,18 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     /// The receiver was dropped: buffered values are discarded, and every send from now on fails.
     package func receiverDropped() {
-        let (receivers, senders, watchers) = state.withLock { s in
+        try? shutDown(senderError: Self.goneError) { s in
             s.receiverGone = true
             s.buffer.removeAll()
-            for sender in s.senders { _ = sender.complete(Self.goneError) }
+        }
+    }
+
+    /// Applies `change` under the lock, then fails every parked send with `senderError`, ends every parked
+    /// receive, and tells the watching selects.
+    private func shutDown(senderError: IPCError, _ change: (inout State) throws(IPCError) -> Void) throws(IPCError) {
+        let (receivers, senders, watchers) = try state.withLock { s throws(IPCError) in
+            try change(&s)
+            for sender in s.senders { _ = sender.complete(senderError) }
             bump()
             defer {
                 s.receivers.removeAll()
@@ -322,7 +322,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
             }
             return (s.receivers, s.senders, s.takeWatchers())
         }
-        Self.release(receivers: receivers, senders: senders, watchers: watchers, senderError: Self.goneError)
+        Self.release(receivers: receivers, senders: senders, watchers: watchers, senderError: senderError)
     }
 
     private static func release(receivers: Deque<ParkedReceiver>, senders: Deque<ParkedSender>, watchers: [(id: UInt64, waiter: SelectWaiter)], senderError: IPCError) {

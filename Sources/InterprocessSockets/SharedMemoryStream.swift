@@ -76,9 +76,8 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     private let peerGone = Atomic<Bool>(false)
 
     private struct State {
-        var users = 0
-        var closed = false
-        var released = false
+        var use = DescriptorUse()
+        var closed: Bool { use.closed }
         var wakeToken: UInt64 = 0
         var socketToken: UInt64 = 0
         var interest: UInt32 = 0
@@ -100,24 +99,20 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     }
 
     deinit {
-        let released = state.withLock { $0.released }
+        let released = state.withLock { $0.use.released }
         if !released { release(state.withLock { ($0.wakeToken, $0.socketToken) }) }
     }
 
     private func enter() throws(IPCError) {
         let ok = state.withLock { s -> Bool in
-            if s.closed { return false }
-            s.users += 1
-            return true
+            s.use.enter()
         }
         if !ok { throw IPCError(.alreadyClosed, "the connection is closed") }
     }
 
     private func leave() {
         let tokens = state.withLock { s -> (UInt64, UInt64)? in
-            s.users -= 1
-            guard s.closed && s.users == 0 && !s.released else { return nil }
-            s.released = true
+            guard s.use.leave() else { return nil }
             return (s.wakeToken, s.socketToken)
         }
         if let tokens { release(tokens) }
@@ -314,11 +309,8 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
 
     package func close() {
         let tokens = state.withLock { s -> (UInt64, UInt64)? in
-            if s.closed { return nil }
-            s.closed = true
             s.handler = nil
-            guard s.users == 0 else { return nil }
-            s.released = true
+            guard s.use.close() else { return nil }
             return (s.wakeToken, s.socketToken)
         }
         if let tokens { release(tokens) }

@@ -13,9 +13,8 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
     private let fd: Int32
     package let peerDescription: String
     private struct State {
-        var users = 0
-        var closed = false
-        var released = false
+        var use = DescriptorUse()
+        var closed: Bool { use.closed }
         var token: UInt64 = 0
         /// Events armed and not yet delivered.
         var interest: UInt32 = 0
@@ -30,7 +29,7 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
     }
 
     deinit {
-        let (released, token) = state.withLock { ($0.released, $0.token) }
+        let (released, token) = state.withLock { ($0.use.released, $0.token) }
         if !released {
             if token != 0 { Poller.shared.unregister(fd: fd, token: token) }
             Glibc.close(fd)
@@ -39,18 +38,14 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
 
     private func enter() throws(IPCError) {
         let ok = state.withLock { s -> Bool in
-            if s.closed { return false }
-            s.users += 1
-            return true
+            s.use.enter()
         }
         if !ok { throw IPCError(.alreadyClosed, "the connection is closed") }
     }
 
     private func leave() {
         let release = state.withLock { s -> UInt64? in
-            s.users -= 1
-            guard s.closed && s.users == 0 && !s.released else { return nil }
-            s.released = true
+            guard s.use.leave() else { return nil }
             return s.token
         }
         if let token = release { releaseDescriptor(token) }
@@ -64,9 +59,8 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
     /// Hands the descriptor over to a new owner (before ``start(handler:)``): this stream forgets it.
     package func detachDescriptor() -> Int32 {
         state.withLock { s in
-            precondition(s.token == 0 && !s.released, "a started or released stream cannot be detached")
-            s.released = true
-            s.closed = true
+            precondition(s.token == 0 && !s.use.released, "a started or released stream cannot be detached")
+            s.use.detach()
         }
         return fd
     }
@@ -154,11 +148,8 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
 
     package func close() {
         let release = state.withLock { s -> UInt64? in
-            if s.closed { return nil }
-            s.closed = true
             s.handler = nil
-            guard s.users == 0 else { return nil }
-            s.released = true
+            guard s.use.close() else { return nil }
             return s.token
         }
         if let token = release { releaseDescriptor(token) }

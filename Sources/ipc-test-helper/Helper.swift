@@ -20,14 +20,7 @@ struct Helper {
             switch args[0] {
             case "echo":
                 // Echoes every raw message back until the end, then closes.
-                let c = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options)
-                var count = 0
-                while let m = try await c.receiver.receive() {
-                    try await c.sender.send(m)
-                    count += 1
-                }
-                try await c.sender.closeAndWait()
-                report("echoed \(count)")
+                try await echo(try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options))
             case "count":
                 // Receives numbered messages (8-byte little-endian index) until the end; checks order and count.
                 let rx = try await IPC.connect(to: endpoint, receiving: .raw, options: options)
@@ -77,14 +70,7 @@ struct Helper {
                 report("received \(count)")
             case "child-echo":
                 // Started by IPC.spawn: echoes every raw message back to the parent until the end.
-                let c = try await IPC.connectToParent(sending: .raw, receiving: .raw, options: options)
-                var count = 0
-                while let m = try await c.receiver.receive() {
-                    try await c.sender.send(m)
-                    count += 1
-                }
-                try await c.sender.closeAndWait()
-                report("echoed \(count)")
+                try await echo(try await IPC.connectToParent(sending: .raw, receiving: .raw, options: options))
             case "listen-send":
                 // Listens, says so, accepts one receiver and sends `number` numbered messages.
                 let listener = try IPC.listen(on: endpoint, sending: .raw, options: options)
@@ -158,6 +144,17 @@ struct Helper {
             report("error \(error.code): \(error.message)")
             exit(1)
         }
+    }
+
+    /// Echoes every message back until the end, then closes and reports the count.
+    static func echo(_ c: Connection<[UInt8], [UInt8]>) async throws(IPCError) {
+        var count = 0
+        while let m = try await c.receiver.receive() {
+            try await c.sender.send(m)
+            count += 1
+        }
+        try await c.sender.closeAndWait()
+        report("echoed \(count)")
     }
 
     static func numbered(_ i: UInt64) -> [UInt8] {
