@@ -23,6 +23,13 @@ package protocol ByteStream: AnyObject, Sendable {
     func close()
     /// A description of the peer for messages and logs (for example `pid 1234 uid 1000`).
     var peerDescription: String { get }
+    /// A cheap hint, for polling: false only when a read would certainly find nothing (no input, no end).
+    /// Streams that cannot tell cheaply answer true.
+    var mayHaveInput: Bool { get }
+}
+
+extension ByteStream {
+    package var mayHaveInput: Bool { true }
 }
 
 package enum ReadOutcome: Equatable {

@@ -15,7 +15,11 @@ public struct ChannelOptions: Sendable {
     public var closeTimeout: Duration = .seconds(10)
     /// How long a waiting task polls for input before it sleeps (microseconds). Polling avoids the cost of
     /// waking a sleeping thread when the peer answers quickly; it is bounded, so an idle channel costs no CPU.
-    /// 0 disables it.
+    /// 0 disables it; at most 10,000,000 (10 s).
+    ///
+    /// Busy-poll mode, for processes given cores of their own: a large value (for example 1,000,000, one
+    /// second) keeps a waiting task polling instead of sleeping, which removes the wake-up cost from nearly every
+    /// message but burns a CPU for as long as it waits (up to that bound each time).
     public var spinMicroseconds: Int = 50
     /// Which peers a Unix-socket listener or client accepts, checked with the kernel's peer credentials.
     public var peerCheck: PeerCheck = .sameUser
@@ -27,6 +31,9 @@ public struct ChannelOptions: Sendable {
     package func validate() throws(IPCError) {
         guard capacity >= 0 && capacity <= Int(UInt32.max) else {
             throw IPCError(.invalidEndpoint, "capacity must be between 0 and \(UInt32.max), not \(capacity)")
+        }
+        guard spinMicroseconds >= 0 && spinMicroseconds <= 10_000_000 else {
+            throw IPCError(.invalidEndpoint, "spinMicroseconds must be between 0 and 10,000,000, not \(spinMicroseconds)")
         }
         guard maxFrameSize > 0 && maxFrameSize <= Int(UInt32.max) - Wire.dataPrefixSize else {
             throw IPCError(.invalidEndpoint, "maxFrameSize must be between 1 and \(Int(UInt32.max) - Wire.dataPrefixSize), not \(maxFrameSize)")

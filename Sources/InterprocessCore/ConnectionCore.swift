@@ -39,6 +39,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var lastAppendNanos: UInt64 = 0
         /// Data frames appended since the writer last took the outbox.
         var unflushedFrames = 0
+        /// A receive waited for the peer since the last send: the next send answers something (a request after
+        /// its reply, a ping after its pong) and is written at once, however short the gap since the last one.
+        var waitedForInput = false
         var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
         /// Bumped on every wake-up, so a task that decided to park can tell whether news arrived meanwhile.
         var generation: UInt64 = 0
@@ -93,7 +96,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package func receive() async throws(IPCError) -> [UInt8]? {
         if let ready = try tryReceive() { return ready }
         let (message, credit) = try await waitFor { state throws(IPCError) -> ([UInt8]?, Bool)? in
-            try Self.receiveStep(&state)
+            let step = try Self.receiveStep(&state)
+            if step == nil { state.waitedForInput = true }
+            return step
         }
         if credit { afterAppend(data: false) }
         // The end arrived: if the sending side is done too, tear down in the background. The teardown waits
@@ -452,7 +457,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 if spinDeadline == 0 { spinDeadline = now + (spin ? configuration.spinNanoseconds : 0) }
                 if pump() { continue }
                 if now < spinDeadline {
-                    cipc_cpu_relax()
+                    // Poll the stream's cheap hint until it may have input (bounded by the same deadline), so
+                    // that a spinning reader notices the peer's bytes at once and takes no lock meanwhile.
+                    var polls = 0
+                    while !stream.mayHaveInput {
+                        cipc_cpu_relax()
+                        polls += 1
+                        if polls & 63 == 0 && cipc_monotonic_ns() >= spinDeadline { break }
+                    }
                     continue
                 }
                 holdingReader = false
@@ -640,7 +652,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             state.unflushedFrames += 1
             let batch = max(Int(state.channel.peer?.capacity ?? 1) / 4, 1)
             urgent = now &- state.lastAppendNanos >= burstNanos || state.channel.isRendezvous
-                || state.unflushedFrames >= batch
+                || state.unflushedFrames >= batch || state.waitedForInput
+            state.waitedForInput = false
             state.lastAppendNanos = now
         } else {
             // A credit is due only once per quarter window: write it at once so the sender never stalls.

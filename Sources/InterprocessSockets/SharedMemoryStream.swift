@@ -145,6 +145,12 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         return head
     }
 
+    /// No lock, no system call: the peer's published position against this side's, and the end flags.
+    package var mayHaveInput: Bool {
+        cipc_load_acquire_u64(rx.head) != rxTail.load(ordering: .relaxed)
+            || cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring)
+    }
+
     package func read(into buffer: UnsafeMutableRawBufferPointer) throws(IPCError) -> ReadOutcome {
         guard buffer.count > 0 else { return .wouldBlock }
         try enter()

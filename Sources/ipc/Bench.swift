@@ -186,6 +186,8 @@ struct Bench: AsyncParsableCommand {
         let connection = try await listener.accept()
         let result = try await runChannel(workload, connection, counts: counts)
         try await connection.sender.close()
+        // Read the peer's end too, so that both directions are done and the peer's closeAndWait returns at once.
+        while try await connection.receiver.receive() != nil {}
         guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
         return result
     }
@@ -204,6 +206,7 @@ struct Bench: AsyncParsableCommand {
         guard let done = try await connection.receiver.receive() else { throw ChildError(message: "no done") }
         let result = BenchResult.throughput(.w2, count: counts.w2Count, since: start, done: done)
         try await connection.sender.close()
+        while try await connection.receiver.receive() != nil {}
         guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
         return result
     }
