@@ -397,12 +397,13 @@ struct ConformanceTests {
 
 @Suite("Select across transports", .timeLimit(.minutes(2)))
 struct SelectAcrossTransportsTests {
-    @Test("one select over an in-process, a Unix socket and a TCP channel")
+    @Test("one select over an in-process, a Unix socket, a TCP and a shared-memory channel")
     func mixedTransports() async throws {
         let channels = [
             try await makeChannel(.inProcess, .raw, capacity: 4),
             try await makeChannel(.unix, .raw, capacity: 4),
             try await makeChannel(.tcp, .raw, capacity: 4),
+            try await makeChannel(.sharedMemory, .raw, capacity: 4),
         ]
         for (k, pair) in channels.enumerated() {
             let sending = Task { try await pair.sender.send(numbered(UInt64(k))) }
@@ -411,6 +412,7 @@ struct SelectAcrossTransportsTests {
                     channels[0].receiver.onReceive { v in (0, v.map(index)) }
                     channels[1].receiver.onReceive { v in (1, v.map(index)) }
                     channels[2].receiver.onReceive { v in (2, v.map(index)) }
+                    channels[3].receiver.onReceive { v in (3, v.map(index)) }
                 }
             }
             #expect(picked.0 == k && picked.1 == UInt64(k))
