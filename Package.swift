@@ -11,6 +11,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Interprocess", targets: ["Interprocess"]),
+        // `ByteBuffer` messages, for SwiftNIO users (pulls in swift-nio's NIOCore).
+        .library(name: "InterprocessNIO", targets: ["InterprocessNIO"]),
         .executable(name: "ipc", targets: ["ipc"]),
     ],
     dependencies: [
@@ -18,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // Every syscall Swift cannot reach directly (futex, CMSG, SO_PEERCRED, accept4, pause).
@@ -44,6 +47,11 @@ let package = Package(
             dependencies: ["InterprocessCore", "InterprocessSockets", "CInterprocessShim"],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "InterprocessNIO",
+            dependencies: ["InterprocessCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "ipc",
             dependencies: [
@@ -62,7 +70,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InterprocessTests",
-            dependencies: ["Interprocess", "InterprocessCore", "InterprocessSockets", "CInterprocessShim", "ipc-test-helper", "ipc"],
+            dependencies: ["Interprocess", "InterprocessCore", "InterprocessSockets", "InterprocessNIO", "CInterprocessShim", "ipc-test-helper", "ipc"],
             swiftSettings: swiftSettings
         ),
     ],
