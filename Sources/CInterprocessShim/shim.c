@@ -247,3 +247,5 @@ int cipc_set_nonblocking_cloexec(int fd) {
     if (fdflags < 0 || fcntl(fd, F_SETFD, fdflags | FD_CLOEXEC) != 0) return -1;
     return 0;
 }
+
+void cipc_yield(void) { sched_yield(); }

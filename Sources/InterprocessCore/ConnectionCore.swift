@@ -64,6 +64,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Burst detection: a send within this time of the end of the previous one leaves its write to a deferred
     /// flush.
     private static let burstNanos: UInt64 = 5_000
+    /// How long a waiting reader spins before it starts yielding the CPU between polls.
+    private static let yieldAfterNanos: UInt64 = 5_000
     /// An outbox at least this large is written inline even in a burst.
     private static let flushThreshold = 32 << 10
 
@@ -414,6 +416,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// (spinning for a bounded time) or parks until another reader or the I/O thread has news.
     private func waitFor<T: Sendable>(spin: Bool = true, _ check: (inout Locked) throws(IPCError) -> T?) async throws(IPCError) -> T {
         var spinDeadline: UInt64 = 0
+        var spinStart: UInt64 = 0
         var holdingReader = false
         while true {
             var generation: UInt64 = 0
@@ -454,17 +457,22 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .read:
                 holdingReader = true
                 let now = cipc_monotonic_ns()
-                if spinDeadline == 0 { spinDeadline = now + (spin ? configuration.spinNanoseconds : 0) }
+                if spinDeadline == 0 {
+                    spinStart = now
+                    spinDeadline = now + (spin ? configuration.spinNanoseconds : 0)
+                }
                 if pump() { continue }
                 if now < spinDeadline {
                     // Poll the stream's cheap hint until it may have input (bounded by the same deadline), so
-                    // that a spinning reader notices the peer's bytes at once and takes no lock meanwhile.
+                    // that a spinning reader notices the peer's bytes at once and takes no lock meanwhile. After
+                    // the first few microseconds (a peer on another CPU has answered by then), yield the CPU
+                    // between polls: a peer that shares this CPU must get to run.
+                    let yielding = now &- spinStart >= Self.yieldAfterNanos
                     var polls = 0
-                    while !stream.mayHaveInput {
-                        cipc_cpu_relax()
+                    repeat {
+                        if yielding { cipc_yield() } else { cipc_cpu_relax() }
                         polls += 1
-                        if polls & 63 == 0 && cipc_monotonic_ns() >= spinDeadline { break }
-                    }
+                    } while !stream.mayHaveInput && (polls & 15 != 0 || cipc_monotonic_ns() < spinDeadline)
                     continue
                 }
                 holdingReader = false

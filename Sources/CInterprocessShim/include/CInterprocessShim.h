@@ -52,6 +52,8 @@ ssize_t cipc_writev(int fd, const void *const *bases, const size_t *lengths, int
 
 /// The CPU's spin-loop hint (`pause` on x86, `yield` on ARM).
 void cipc_cpu_relax(void);
+/// sched_yield(): lets another runnable thread on this CPU run.
+void cipc_yield(void);
 
 /// Monotonic clock in nanoseconds.
 uint64_t cipc_monotonic_ns(void);
