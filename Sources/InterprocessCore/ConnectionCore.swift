@@ -467,12 +467,18 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     // that a spinning reader notices the peer's bytes at once and takes no lock meanwhile. After
                     // the first few microseconds (a peer on another CPU has answered by then), yield the CPU
                     // between polls: a peer that shares this CPU must get to run.
-                    let yielding = now &- spinStart >= Self.yieldAfterNanos
+                    var yielding = now &- spinStart >= Self.yieldAfterNanos
                     var polls = 0
-                    repeat {
+                    while true {
                         if yielding { cipc_yield() } else { cipc_cpu_relax() }
                         polls += 1
-                    } while !stream.mayHaveInput && (polls & 15 != 0 || cipc_monotonic_ns() < spinDeadline)
+                        if stream.mayHaveInput { break }
+                        if polls & 15 == 0 {
+                            let t = cipc_monotonic_ns()
+                            if t >= spinDeadline { break }
+                            yielding = t &- spinStart >= Self.yieldAfterNanos
+                        }
+                    }
                     continue
                 }
                 holdingReader = false
