@@ -10,7 +10,7 @@ func say(_ text: String) { FileHandleLite.standardOutput.write(text + "\n") }
 
 struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Two processes say hello over a Unix socket and over TCP, and measure the round trip.",
+        abstract: "Two processes say hello over a Unix socket, TCP and shared memory, and measure the round trip.",
         discussion: "Starts a second process of this program. Process 1 listens and sends \"Hello from process 1!\"; process 2 dials, receives it and answers. Then 1,000 64-byte round trips measure the latency. Exit code 0 only if everything arrived.")
 
     @Option(help: "Timed round trips per transport.") var roundTrips = 1000
@@ -19,7 +19,8 @@ struct Demo: AsyncParsableCommand {
         let directory = try makeTemporaryDirectory()
         defer { removeDirectory(directory) }
         var ok = true
-        for endpoint: Endpoint in [.unix(path: directory + "/demo.sock"), .tcp(host: "127.0.0.1", port: 0)] {
+        let endpoints: [Endpoint] = [.unix(path: directory + "/demo.sock"), .tcp(host: "127.0.0.1", port: 0), .sharedMemory(name: "demo-\(getpid())")]
+        for endpoint in endpoints {
             do {
                 try await runOne(endpoint)
             } catch {

@@ -149,13 +149,14 @@ struct CLITests {
         #expect(output2.split(separator: "\n").count == 1)
     }
 
-    @Test("demo: the article's two processes, over a Unix socket and TCP")
+    @Test("demo: the article's two processes, over a Unix socket, TCP and shared memory")
     func demo() async throws {
         let cli = try ChildProcess("ipc", ["demo", "--round-trips", "200"])
         let (status, output) = await cli.finish(within: 60)
         #expect(status == 0, "demo said: \(output)")
-        #expect(output.components(separatedBy: "received: Hello from process 1!").count == 3)
-        #expect(output.components(separatedBy: "received: Hello from process 2!").count == 3)
+        #expect(output.components(separatedBy: "received: Hello from process 1!").count == 4)
+        #expect(output.components(separatedBy: "received: Hello from process 2!").count == 4)
+        #expect(output.contains("shm:demo-"))
         #expect(output.contains("everything arrived"))
     }
 }
