@@ -63,7 +63,9 @@ public func select<Result>(@SelectBuilder<Result> _ cases: () -> [SelectCase<Res
             }
             registrations.append(undo)
         }
-        if !readyNow {
+        // The timer may have fired between the deadline check above and the reset: look at the clock again.
+        let expired = deadline.map { ContinuousClock.now >= $0 } ?? false
+        if !readyNow && !expired {
             if timer == nil, let deadline {
                 timer = Task {
                     try? await Task.sleep(until: deadline, clock: .continuous)
