@@ -86,7 +86,7 @@ public enum IPC {
                 throw IPCError(.permissionDenied, "\(role): the peer runs as uid \(socket.peerUID.map(String.init) ?? "unknown"), which this side does not accept (ChannelOptions.peerCheck)")
             }
             stream = listening
-                ? try SharedMemorySetup.create(socket: socket.stream)
+                ? try SharedMemorySetup.create(socket: socket.stream, ringCapacity: options.sharedMemoryRingSize)
                 : try await SharedMemorySetup.join(socket: socket.stream, deadline: deadline)
         } else {
             stream = socket.stream

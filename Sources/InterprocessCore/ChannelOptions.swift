@@ -21,6 +21,10 @@ public struct ChannelOptions: Sendable {
     /// second) keeps a waiting task polling instead of sleeping, which removes the wake-up cost from nearly every
     /// message but burns a CPU for as long as it waits (up to that bound each time).
     public var spinMicroseconds: Int = 50
+    /// For `shm:` endpoints and `IPC.spawn(sharedMemory: true)`: the size of each direction's ring in bytes, a
+    /// power of two from 4 KiB to 1 GiB (default 1 MiB). The listening (or spawning) side decides; the other side
+    /// uses what it is given. Messages larger than the ring stream through it in pieces.
+    public var sharedMemoryRingSize: Int = 1 << 20
     /// Which peers a Unix-socket listener or client accepts, checked with the kernel's peer credentials.
     public var peerCheck: PeerCheck = .sameUser
     /// Where connection-level events (refused handshakes, protocol violations) are logged.
@@ -34,6 +38,9 @@ public struct ChannelOptions: Sendable {
         }
         guard spinMicroseconds >= 0 && spinMicroseconds <= 10_000_000 else {
             throw IPCError(.invalidEndpoint, "spinMicroseconds must be between 0 and 10,000,000, not \(spinMicroseconds)")
+        }
+        guard sharedMemoryRingSize >= 4096 && sharedMemoryRingSize <= 1 << 30 && sharedMemoryRingSize & (sharedMemoryRingSize - 1) == 0 else {
+            throw IPCError(.invalidEndpoint, "sharedMemoryRingSize must be a power of two from 4096 to 1 GiB, not \(sharedMemoryRingSize)")
         }
         guard maxFrameSize > 0 && maxFrameSize <= Int(UInt32.max) - Wire.dataPrefixSize else {
             throw IPCError(.invalidEndpoint, "maxFrameSize must be between 1 and \(Int(UInt32.max) - Wire.dataPrefixSize), not \(maxFrameSize)")

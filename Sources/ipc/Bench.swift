@@ -78,6 +78,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Runs per line; the median is reported.") var runs = 3
     @Option(help: "Channel capacity (messages) for the Interprocess lines; default: the library's default.") var capacity: Int?
     @Option(help: "Spin budget in microseconds before a waiting task sleeps; default: the library's default.") var spin: Int?
+    @Option(help: "Shared-memory ring size in bytes (a power of two); default: the library's default.") var ringSize: Int?
     @Option(parsing: .upToNextOption, help: "Workloads to run.") var workloads: [Workload] = Workload.allCases
     @Option(parsing: .upToNextOption, help: "Transports to run.") var transports: [BenchTransport] = BenchTransport.allCases
     @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
@@ -97,6 +98,7 @@ struct Bench: AsyncParsableCommand {
         var options = ChannelOptions()
         if let capacity { options.capacity = capacity }
         if let spin { options.spinMicroseconds = spin }
+        if let ringSize { options.sharedMemoryRingSize = ringSize }
         let directory = try makeTemporaryDirectory()
         defer { removeDirectory(directory) }
         var transports = self.transports

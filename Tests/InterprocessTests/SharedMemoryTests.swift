@@ -97,15 +97,17 @@ struct SharedMemoryTests {
         #expect(devShm() == before)
     }
 
-    @Test("messages larger than the ring, both ways at once, arrive whole and in order")
-    func largeMessagesBothWays() async throws {
+    @Test("messages larger than the ring, both ways at once, arrive whole and in order", arguments: [1 << 20, 4096])
+    func largeMessagesBothWays(_ ringSize: Int) async throws {
         let endpoint = Endpoint.sharedMemory(name: uniqueName())
-        let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw)
+        var options = ChannelOptions()
+        options.sharedMemoryRingSize = ringSize
+        let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
         defer { listener.close() }
         let helper = try ChildProcess.helper("echo", endpoint)
         let connection = try await within(20) { try await listener.accept() }
-        let count = 24
-        let size = 3 << 20  // three times the ring
+        let count = ringSize == 4096 ? 64 : 24
+        let size = ringSize == 4096 ? 100_003 : 3 << 20  // many times the ring; an odd size wraps at every offset
         @Sendable func message(_ i: Int) -> [UInt8] {
             var m = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: size)
             m[size / 2] = 0xEE
