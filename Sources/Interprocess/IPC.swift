@@ -2,7 +2,7 @@
 import InterprocessSockets
 import Logging
 
-/// Entry points: dial or listen on an ``Endpoint`` and get typed ``Sender``s and ``Receiver``s.
+/// Entry points: dial or listen on an `Endpoint` and get typed `Sender`s and `Receiver`s.
 ///
 /// ```swift
 /// // process 1: listens and sends
