@@ -78,12 +78,19 @@ public enum IPC {
             spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
             closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize)
         let deadline = ContinuousClock.now + options.handshakeTimeout
+        // The peer's uid (known for Unix sockets) is checked once, before anything else happens. Shared memory
+        // is never handed to a peer whose uid is unknown.
+        let sharedMemory = if case .sharedMemory = endpoint { true } else { false }
+        var refusal: IPCError?
+        if endpoint.isLocal, !(socket.peerUID.map(options.peerCheck.allows) ?? !sharedMemory) {
+            refusal = IPCError(.permissionDenied, "\(role): the peer runs as uid \(socket.peerUID.map(String.init) ?? "unknown"), which this side does not accept (ChannelOptions.peerCheck)")
+        }
         let stream: any ByteStream
-        if case .sharedMemory = endpoint {
-            // The peer is checked before it gets the memory: an unauthorised process never sees it.
-            guard let uid = socket.peerUID, options.peerCheck.allows(uid: uid) else {
+        if sharedMemory {
+            // A refused peer never gets the memory (nor an error frame: it has no ring to read one from).
+            if let refusal {
                 socket.stream.close()
-                throw IPCError(.permissionDenied, "\(role): the peer runs as uid \(socket.peerUID.map(String.init) ?? "unknown"), which this side does not accept (ChannelOptions.peerCheck)")
+                throw refusal
             }
             stream = listening
                 ? try SharedMemorySetup.create(socket: socket.stream, ringCapacity: options.sharedMemoryRingSize)
@@ -92,10 +99,9 @@ public enum IPC {
             stream = socket.stream
         }
         let core = ConnectionCore(stream: stream, configuration: configuration)
-        if endpoint.isLocal, let uid = socket.peerUID, !options.peerCheck.allows(uid: uid) {
-            let error = IPCError(.permissionDenied, "\(role): the peer runs as uid \(uid), which this side does not accept (ChannelOptions.peerCheck)")
-            core.fail(error, tellPeer: true)
-            throw error
+        if let refusal {
+            core.fail(refusal, tellPeer: true)
+            throw refusal
         }
         if !lines {
             do {

@@ -16,6 +16,8 @@ public struct SpawnedProcess: Sendable {
     /// The child's process id.
     public let pid: Int32
 
+    package init(pid: Int32) { self.pid = pid }
+
     /// Waits for the child to end (on a thread of its own, so no task thread is blocked).
     public func wait() async -> Termination {
         let pid = self.pid

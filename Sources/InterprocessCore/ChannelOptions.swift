@@ -32,6 +32,11 @@ public struct ChannelOptions: Sendable {
 
     public init() {}
 
+    /// A shared-memory ring is a power of two from 4 KiB to 1 GiB (checked on both sides of the hand-over).
+    package static func isValid(sharedMemoryRingSize size: Int) -> Bool {
+        size >= 4096 && size <= 1 << 30 && size & (size - 1) == 0
+    }
+
     package func validate() throws(IPCError) {
         guard capacity >= 0 && capacity <= Int(UInt32.max) else {
             throw IPCError(.invalidEndpoint, "capacity must be between 0 and \(UInt32.max), not \(capacity)")
@@ -39,7 +44,7 @@ public struct ChannelOptions: Sendable {
         guard spinMicroseconds >= 0 && spinMicroseconds <= 10_000_000 else {
             throw IPCError(.invalidEndpoint, "spinMicroseconds must be between 0 and 10,000,000, not \(spinMicroseconds)")
         }
-        guard sharedMemoryRingSize >= 4096 && sharedMemoryRingSize <= 1 << 30 && sharedMemoryRingSize & (sharedMemoryRingSize - 1) == 0 else {
+        guard Self.isValid(sharedMemoryRingSize: sharedMemoryRingSize) else {
             throw IPCError(.invalidEndpoint, "sharedMemoryRingSize must be a power of two from 4096 to 1 GiB, not \(sharedMemoryRingSize)")
         }
         guard maxFrameSize > 0 && maxFrameSize <= Int(UInt32.max) - Wire.dataPrefixSize else {

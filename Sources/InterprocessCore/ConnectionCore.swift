@@ -64,8 +64,6 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Burst detection: a send within this time of the end of the previous one leaves its write to a deferred
     /// flush.
     private static let burstNanos: UInt64 = 5_000
-    /// How long a waiting reader spins before it starts yielding the CPU between polls.
-    private static let yieldAfterNanos: UInt64 = 5_000
     /// An outbox at least this large is written inline even in a burst.
     private static let flushThreshold = 32 << 10
 
@@ -161,33 +159,24 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// The fast path of `send`: appends and decides the write under one lock, with no suspension point.
     /// Returns false when the send must wait (no credit, a rendezvous, or the handshake not done yet).
     package func trySend(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) throws(IPCError) -> Bool {
-        let decision: FlushDecision? = try locked.withLock { state throws(IPCError) in
-            if state.channel.isRendezvous { return nil }
-            switch state.channel.canSend() {
-            case .failed(let error): throw error
-            case .wait: return nil
-            case .ready:
-                _ = try append(&state.channel)
-                return Self.flushDecision(&state, data: true)
-            }
-        }
-        guard let decision else { return false }
-        perform(decision, data: true)
-        return true
+        try sendNow(append, allowRendezvous: false) == .sent
     }
 
-    /// For select: appends a data frame if credit allows, now. On a rendezvous the frame is then on its way
-    /// and the caller waits with ``awaitTaken(_:)``.
-    package enum SendAttempt { case sent, awaitingTake(UInt64), wouldBlock }
+    /// What ``sendNow(_:allowRendezvous:)`` did.
+    package enum SendAttempt: Equatable { case sent, awaitingTake(UInt64), wouldBlock }
 
-    package func sendNow(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) throws(IPCError) -> SendAttempt {
+    /// Appends a data frame now if credit allows (under one lock, no suspension point). On a rendezvous (only
+    /// when allowed, as a select does) the frame is then on its way and the caller waits with ``awaitTaken(_:)``.
+    package func sendNow(_ append: (inout ConnectionState) throws(IPCError) -> UInt64, allowRendezvous: Bool = true) throws(IPCError) -> SendAttempt {
         let step: (UInt64, Bool, FlushDecision)? = try locked.withLock { state throws(IPCError) in
+            let rendezvous = state.channel.isRendezvous
+            if rendezvous && !allowRendezvous { return nil }
             switch state.channel.canSend() {
             case .failed(let error): throw error
             case .wait: return nil
             case .ready:
                 let seq = try append(&state.channel)
-                return (seq, state.channel.isRendezvous, Self.flushDecision(&state, data: true))
+                return (seq, rendezvous, Self.flushDecision(&state, data: true))
             }
         }
         guard let (seq, rendezvous, decision) = step else { return .wouldBlock }
@@ -215,14 +204,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// proceed now (a message, the end or a failure is here; or, for a send, credit or a failure).
     package func watch(_ waiter: SelectWaiter, receiving: Bool) -> UInt64? {
         let (id, arm) = locked.withLock { state -> (UInt64?, Bool) in
-            let ready: Bool
-            if receiving {
-                let c = state.channel
-                ready = !c.inbox.isEmpty || c.peerClosedAfter != nil || c.failure != nil || c.endOfStream || state.closed
-            } else {
-                ready = state.channel.canSend() != .wait || state.closed
-            }
-            if ready { return (nil, false) }
+            let ready = receiving ? state.channel.receive(peek: true) != .wait : state.channel.canSend() != .wait
+            if ready || state.closed { return (nil, false) }
             state.nextWaiterID += 1
             state.watchers.append((state.nextWaiterID, waiter))
             // Somebody must read for the news to arrive: hand the reader role to the I/O thread if it is free.
@@ -267,9 +250,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         guard waitForPeer else {
             if lines {
                 Task {
-                    _ = try? await self.waitFor { state throws(IPCError) -> Bool? in
-                        !state.hasPendingOutput && !state.writerBusy || state.channel.failure != nil ? true : nil
-                    }
+                    try? await self.waitUntilWritten()
                     self.stream.shutdownWrite()
                     await self.finishIfDone(wait: false)
                 }
@@ -280,13 +261,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         let timeout = configuration.closeTimeout
         do {
-            try await withDeadline(.now + timeout) { () async throws(IPCError) in
-                _ = try await self.waitFor { state throws(IPCError) -> Bool? in
-                    if !state.hasPendingOutput && !state.writerBusy { return true }
-                    if let failure = state.channel.failure { throw failure }
-                    return nil
-                }
-            }
+            try await withDeadline(.now + timeout) { () async throws(IPCError) in try await self.waitUntilWritten() }
         } catch where error.code == .timeout {
             Task { await self.finishIfDone(wait: false) }
             throw IPCError(.timeout, "the peer did not read what was sent within the close timeout (\(timeout)); it is stuck or not reading. The rest is still written in the background while this process lives")
@@ -298,6 +273,15 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             // The application is still reading, so the teardown (which waits for the peer's end of stream)
             // runs in the background once the receiving direction is done.
             Task { await self.finishIfDone(wait: false) }
+        }
+    }
+
+    /// Waits until the outbox is written out; throws the connection's failure if it fails first.
+    private func waitUntilWritten() async throws(IPCError) {
+        _ = try await waitFor { state throws(IPCError) -> Bool? in
+            if !state.hasPendingOutput && !state.writerBusy { return true }
+            if let failure = state.channel.failure { throw failure }
+            return nil
         }
     }
 
@@ -415,8 +399,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Runs `check` under the lock until it returns a value. In between, this task reads input itself
     /// (spinning for a bounded time) or parks until another reader or the I/O thread has news.
     private func waitFor<T: Sendable>(spin: Bool = true, _ check: (inout Locked) throws(IPCError) -> T?) async throws(IPCError) -> T {
-        var spinDeadline: UInt64 = 0
-        var spinStart: UInt64 = 0
+        var spinner: SpinWait?
         var holdingReader = false
         while true {
             var generation: UInt64 = 0
@@ -456,33 +439,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 return value
             case .read:
                 holdingReader = true
-                let now = cipc_monotonic_ns()
-                if spinDeadline == 0 {
-                    spinStart = now
-                    spinDeadline = now + (spin ? configuration.spinNanoseconds : 0)
-                }
+                if spinner == nil { spinner = SpinWait(budgetNanoseconds: spin ? configuration.spinNanoseconds : 0) }
                 if pump() { continue }
-                if now < spinDeadline {
-                    // Poll the stream's cheap hint until it may have input (bounded by the same deadline), so
-                    // that a spinning reader notices the peer's bytes at once and takes no lock meanwhile. After
-                    // the first few microseconds (a peer on another CPU has answered by then), yield the CPU
-                    // between polls: a peer that shares this CPU must get to run.
-                    var yielding = now &- spinStart >= Self.yieldAfterNanos
-                    var polls = 0
-                    while true {
-                        if yielding { cipc_yield() } else { cipc_cpu_relax() }
-                        polls += 1
-                        if stream.mayHaveInput { break }
-                        if polls & 15 == 0 {
-                            let t = cipc_monotonic_ns()
-                            if t >= spinDeadline { break }
-                            yielding = t &- spinStart >= Self.yieldAfterNanos
-                        }
-                    }
-                    continue
-                }
+                // Poll the stream's cheap hint until it may have input, so that a spinning reader notices the
+                // peer's bytes at once and takes no lock meanwhile; then read again.
+                if spinner!.poll(until: { stream.mayHaveInput }) { continue }
                 holdingReader = false
-                spinDeadline = 0
+                spinner = nil
                 try await park(handingOverReader: true, seen: generation)
             case .park:
                 try await park(handingOverReader: false, seen: generation)

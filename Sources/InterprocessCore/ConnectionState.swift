@@ -145,7 +145,10 @@ package struct ConnectionState {
         case wait
     }
 
-    package mutating func receive() -> ReceiveDecision {
+    /// The next message or outcome. With `peek`, only says what it would be (`.message([], …)` when a message
+    /// is there) and changes nothing: a select uses it to tell whether a receive could complete now.
+    package mutating func receive(peek: Bool = false) -> ReceiveDecision {
+        if peek, !inbox.isEmpty { return .message([], grantCredit: false) }
         if let message = inbox.popFirst() {
             taken += 1
             return .message(message, grantCredit: appendCreditIfDue())

@@ -1,4 +1,3 @@
-import CInterprocessShim
 import DequeModule
 import Synchronization
 
@@ -123,20 +122,18 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     private func bump() { version.add(1, ordering: .releasing) }
 
     /// Polls until `done` says yes or the spin budget is spent, re-checking only when the state changed (a
-    /// value, a parked sender, the close).
+    /// value, a parked sender, the close). Tasks of one process run on the concurrency pool's threads, so this
+    /// never yields the CPU (it would not help a task queued on the same thread).
     private func spin(_ done: () throws(IPCError) -> Bool) throws(IPCError) -> Bool {
-        let deadline = cipc_monotonic_ns() &+ Self.spinNanoseconds
         var seen = version.load(ordering: .acquiring)
         if try done() { return true }
-        while cipc_monotonic_ns() < deadline {
-            for _ in 0..<16 { cipc_cpu_relax() }
+        var waiter = SpinWait(budgetNanoseconds: Self.spinNanoseconds, yieldAfterNanoseconds: .max)
+        return try waiter.poll { () throws(IPCError) -> Bool in
             let now = version.load(ordering: .acquiring)
-            if now != seen {
-                seen = now
-                if try done() { return true }
-            }
+            guard now != seen else { return false }
+            seen = now
+            return try done()
         }
-        return false
     }
 
     /// Sends without waiting: true when a receiver took the value or it was buffered.
@@ -163,8 +160,9 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     }
 
     package func send(_ value: Value) async throws(IPCError) {
-        // Park as a sender at once (receivers can take the value from here), then poll for a while before
-        // sleeping: a wake-up costs far more than a short wait for a receiver that is about to come.
+        if try trySend(value) { return }
+        // Park as a sender (receivers can take the value from here), then poll for a while before sleeping: a
+        // wake-up costs far more than a short wait for a receiver that is about to come.
         let handoff = Handoff()
         let id = channelIDs.add(1, ordering: .relaxed).newValue
         let step = try state.withLock { s throws(IPCError) in
@@ -180,11 +178,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         }
         if Self.finish(step, value) { return }
         if let done = handoff.result { return try done.get() }
-        let deadline = cipc_monotonic_ns() &+ Self.spinNanoseconds
-        while handoff.result == nil && cipc_monotonic_ns() < deadline {
-            for _ in 0..<16 { cipc_cpu_relax() }
-        }
-        if let done = handoff.result { return try done.get() }
+        var waiter = SpinWait(budgetNanoseconds: Self.spinNanoseconds, yieldAfterNanoseconds: .max)
+        if waiter.poll(until: { handoff.result != nil }), let done = handoff.result { return try done.get() }
         let result = await withTaskCancellationHandler {
             await withUnsafeContinuation { (c: UnsafeContinuation<Result<Void, IPCError>, Never>) in
                 let sleeping = state.withLock { s -> Bool in

@@ -13,15 +13,10 @@ enum SharedLayout {
     static let headerSize = 4096
     /// Offsets of the two rings' control blocks: ring 0 carries creator -> dialer, ring 1 dialer -> creator.
     static let controlOffsets = [256, 768]
-    static let defaultRingCapacity = 1 << 20
-    static let minRingCapacity = 4096
-    static let maxRingCapacity = 1 << 30
 
     static func totalSize(ringCapacity: Int) -> Int { headerSize + 2 * ringCapacity }
 
-    static func isValid(ringCapacity: Int) -> Bool {
-        ringCapacity >= minRingCapacity && ringCapacity <= maxRingCapacity && ringCapacity & (ringCapacity - 1) == 0
-    }
+    static func isValid(ringCapacity: Int) -> Bool { ChannelOptions.isValid(sharedMemoryRingSize: ringCapacity) }
 }
 
 /// One direction's ring inside the mapping. Each counter is a byte position that only grows; its own cache line.
@@ -326,7 +321,7 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
 /// Sets up the shared memory of a connection over its (already authenticated) rendezvous socket.
 package enum SharedMemorySetup {
     /// The listening side: creates the sealed memory and both eventfds, sends them to the peer, and maps it.
-    package static func create(socket: SocketStream, ringCapacity: Int = SharedLayout.defaultRingCapacity) throws(IPCError) -> SharedMemoryStream {
+    package static func create(socket: SocketStream, ringCapacity: Int) throws(IPCError) -> SharedMemoryStream {
         precondition(SharedLayout.isValid(ringCapacity: ringCapacity))
         let fd = socket.detachDescriptor()
         var ok = false

@@ -187,10 +187,7 @@ struct Bench: AsyncParsableCommand {
         let child = try ChildProcess.spawnSelf(args + ["--endpoint", listener.endpoint.description], pinCPU: childCPU)
         let connection = try await listener.accept()
         let result = try await runChannel(workload, connection, counts: counts)
-        try await connection.sender.close()
-        // Read the peer's end too, so that both directions are done and the peer's closeAndWait returns at once.
-        while try await connection.receiver.receive() != nil {}
-        guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
+        try await finish(connection, child)
         return result
     }
 
@@ -207,10 +204,16 @@ struct Bench: AsyncParsableCommand {
         }
         guard let done = try await connection.receiver.receive() else { throw ChildError(message: "no done") }
         let result = BenchResult.throughput(.w2, count: counts.w2Count, since: start, done: done)
+        try await finish(connection, child)
+        return result
+    }
+
+    /// Closes this side, reads the peer's end too (so both directions are done and the peer's closeAndWait
+    /// returns at once), and checks the peer's exit status.
+    private func finish<Out, In>(_ connection: Connection<Out, In>, _ child: ChildProcess) async throws {
         try await connection.sender.close()
         while try await connection.receiver.receive() != nil {}
         guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
-        return result
     }
 
     private func runChannel(_ workload: Workload, _ connection: Connection<[UInt8], [UInt8]>, counts: BenchCounts) async throws -> BenchResult {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CInterprocessShim
 import Foundation
+import Interprocess
 
 enum FileHandleLite {
     case standardOutput, standardError
@@ -54,16 +55,11 @@ struct ChildProcess: Sendable {
         return ChildProcess(pid: pid)
     }
 
-    /// Waits for the child on a separate thread; returns its exit code (or 128 + signal).
+    /// Waits for the child; returns its exit code (or 128 + signal).
     func wait() async -> Int32 {
-        let pid = self.pid
-        return await withCheckedContinuation { continuation in
-            let thread = Thread {
-                var code: Int32 = 0
-                let kind = cipc_wait(pid, &code)
-                continuation.resume(returning: kind == 0 ? code : 128 + code)
-            }
-            thread.start()
+        switch await SpawnedProcess(pid: pid).wait() {
+        case .exited(let code): code
+        case .signalled(let signal): 128 + signal
         }
     }
 

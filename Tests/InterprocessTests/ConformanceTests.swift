@@ -32,7 +32,7 @@ func makeChannel<C: MessageCodec>(_ kind: ChannelKind, _ codec: C, capacity: Int
     return (sender, receiver)
 }
 
-/// A task's result after a bounded observation window: nil while it is still running.
+/// Set by a task when something happened (a send returned), read by the test.
 final class Flag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false
