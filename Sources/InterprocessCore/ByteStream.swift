@@ -32,6 +32,33 @@ extension ByteStream {
     package var mayHaveInput: Bool { true }
 }
 
+/// A ``ByteStream`` whose bytes lie in memory this process maps (shared memory), so that a frame can be written
+/// where the peer will read it and read where the peer wrote it. Every region handed out is contiguous.
+///
+/// The regions are valid only inside the closures that receive them; the stream's memory stays mapped until
+/// they return, even if the stream is closed meanwhile.
+package protocol InPlaceStream: ByteStream {
+    /// The most bytes that can be readable or writable at once.
+    var inPlaceCapacity: Int { get }
+    /// Runs `body` with the bytes published and not yet consumed (empty when none), or nil when none are left
+    /// and the writer closed its direction or is gone. `body` may call ``consume(_:)``.
+    func withReadableBytes<R>(_ body: (UnsafeRawBufferPointer?) throws -> R) throws -> R
+    /// Consumes the first `count` bytes of the readable region (inside ``withReadableBytes(_:)`` only).
+    func consume(_ count: Int)
+    /// Runs `body` with `count` bytes of room at the write position, or nil when that much is not free now.
+    /// `body` may call ``publish(_:)``.
+    func withWritableBytes<R>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer?) throws -> R) throws -> R
+    /// Publishes the first `count` bytes of the writable region (inside ``withWritableBytes(_:_:)`` only).
+    func publish(_ count: Int)
+    /// A cheap check without a lock: whether at least `count` bytes are readable, or the stream ended.
+    func hasReadable(atLeast count: Int) -> Bool
+    /// Whether `count` bytes of room are free now.
+    func hasRoom(_ count: Int) -> Bool
+    /// Like `arm(read: true, write: false)`, but ready only once at least `count` bytes are readable (or the
+    /// stream ended): for a reader waiting for the rest of a frame it reads in place.
+    func armRead(atLeast count: Int)
+}
+
 package enum ReadOutcome: Equatable {
     case bytes(Int)
     case wouldBlock

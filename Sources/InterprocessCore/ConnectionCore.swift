@@ -53,6 +53,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var closedWaiters: [CheckedContinuation<Void, Never>] = []
         /// Selects waiting on this connection, notified (once) on the next wake-up.
         var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
+        /// A message is being written in place (``ConnectionCore/send(byteCount:inPlace:)``): other sends wait,
+        /// so that sequence numbers stay in the order the frames are published.
+        var loanActive = false
+        /// Tasks parked in ``ConnectionCore/receive(inPlace:)``: the I/O thread then wakes them instead of
+        /// reading, so the next message stays where it lies.
+        var inPlaceWaiting = 0
 
         var hasPendingOutput: Bool { !channel.outbox.isEmpty }
     }
@@ -95,24 +101,33 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// The next message's bytes, or nil once the peer closed and everything before the close was taken.
     package func receive() async throws(IPCError) -> [UInt8]? {
         if let ready = try tryReceive() { return ready }
-        let (message, credit) = try await waitFor { state throws(IPCError) -> ([UInt8]?, Bool)? in
+        let (message, flag) = try await waitFor { state throws(IPCError) -> ([UInt8]?, Bool)? in
             let step = try Self.receiveStep(&state)
             if step == nil { state.waitedForInput = true }
             return step
         }
-        if credit { afterAppend(data: false) }
-        // The end arrived: if the sending side is done too, tear down in the background. The teardown waits
-        // (bounded) for the peer's end of stream, which must not hold up the caller's `nil`.
-        if message == nil { Task { await self.finishIfDone(wait: false) } }
+        afterTaken(message, flag)
         return message
+    }
+
+    /// After ``receiveStep(_:)`` gave a message (`flag`: a credit frame was appended) or the end (`flag`: the
+    /// first time).
+    private func afterTaken(_ message: [UInt8]?, _ flag: Bool) {
+        guard flag else { return }
+        if message != nil {
+            afterAppend(data: false)
+        } else {
+            // The end arrived: if the sending side is done too, tear down in the background. The teardown waits
+            // (bounded) for the peer's end of stream, which must not hold up the caller's `nil`.
+            Task { await self.finishIfDone(wait: false) }
+        }
     }
 
     /// A message if one is already here, without waiting: `.some(nil)` at the end, `nil` when none is here.
     package func tryReceive() throws(IPCError) -> [UInt8]?? {
         let step = try locked.withLock { state throws(IPCError) in try Self.receiveStep(&state) }
-        guard let (message, credit) = step else { return nil }
-        if credit { afterAppend(data: false) }
-        if message == nil { Task { await self.finishIfDone(wait: false) } }
+        guard let (message, flag) = step else { return nil }
+        afterTaken(message, flag)
         return .some(message)
     }
 
@@ -131,12 +146,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return try tryReceive()
     }
 
+    /// The next message and whether a credit frame was appended; or nil (the end) and whether the end is
+    /// reported for the first time; or nil when there is nothing yet.
     private static func receiveStep(_ state: inout Locked) throws(IPCError) -> ([UInt8]?, Bool)? {
         switch state.channel.receive() {
         case .message(let bytes, let credit): return (bytes, credit)
         case .end:
-            state.channel.receiverDone = true
-            return (nil, false)
+            defer { state.channel.receiverDone = true }
+            return (nil, !state.channel.receiverDone)
         case .failed(let error): throw error
         case .wait: return nil
         }
@@ -170,7 +187,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package func sendNow(_ append: (inout ConnectionState) throws(IPCError) -> UInt64, allowRendezvous: Bool = true) throws(IPCError) -> SendAttempt {
         let step: (UInt64, Bool, FlushDecision)? = try locked.withLock { state throws(IPCError) in
             let rendezvous = state.channel.isRendezvous
-            if rendezvous && !allowRendezvous { return nil }
+            if rendezvous && !allowRendezvous || state.loanActive { return nil }
             switch state.channel.canSend() {
             case .failed(let error): throw error
             case .wait: return nil
@@ -223,6 +240,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     private func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
         let seq: UInt64 = try await waitFor { state throws(IPCError) -> UInt64? in
+            if state.loanActive { return nil }
             switch state.channel.canSend() {
             case .failed(let error): throw error
             case .wait: return nil
@@ -394,6 +412,244 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         Task { await self.finishIfDone(wait: false) }
     }
 
+    // MARK: In place (shared memory)
+
+    /// Receives the next message and runs `body` on its bytes: where they lie in the stream's memory when the
+    /// stream is an ``InPlaceStream`` and the message is next in it, otherwise on the message's own array.
+    /// Returns nil at the end. The message is taken even when `body` throws (the error is rethrown).
+    package nonisolated(nonsending) func receive<R>(inPlace body: (UnsafeRawBufferPointer) throws -> R) async throws -> R? {
+        guard let ring = stream as? any InPlaceStream, configuration.mode == .framed else {
+            guard let bytes = try await receive() else { return nil }
+            return try bytes.withUnsafeBytes(body)
+        }
+        var spinner: SpinWait?
+        var holdingReader = false
+        defer { if holdingReader { releaseReader(armIfWaiters: true) } }
+        while true {
+            var generation: UInt64 = 0
+            let (step, flush): (InPlaceStep, Bool) = try locked.withLock { state throws(IPCError) in
+                generation = state.generation
+                if let (message, credit) = try Self.receiveStep(&state) { return (.message(message, credit), false) }
+                var flush = false
+                if state.hasPendingOutput && !state.writerBusy {
+                    state.writerBusy = true
+                    flush = true
+                }
+                state.waitedForInput = true
+                if holdingReader { return (.read, flush) }
+                if !state.readerBusy && !state.closed {
+                    state.readerBusy = true
+                    return (.read, flush)
+                }
+                return (.park, flush)
+            }
+            if flush { writeOutbox() }
+            switch step {
+            case .message(let message, let flag):
+                if holdingReader {
+                    holdingReader = false
+                    releaseReader(armIfWaiters: true)
+                }
+                afterTaken(message, flag)
+                return try message?.withUnsafeBytes(body)
+            case .read:
+                holdingReader = true
+                let needed: Int
+                switch try readInPlace(ring, body) {
+                case .delivered(let result, let credit):
+                    holdingReader = false
+                    releaseReader(armIfWaiters: true)
+                    if credit { afterAppend(data: false) }
+                    return try result.get()
+                case .progressed:
+                    spinner = nil
+                    continue
+                case .waiting(let count):
+                    needed = count
+                }
+                if spinner == nil { spinner = SpinWait(budgetNanoseconds: configuration.spinNanoseconds) }
+                if spinner!.poll(until: { ring.hasReadable(atLeast: needed) }) { continue }
+                spinner = nil
+                holdingReader = false
+                try await park(handingOverReader: true, seen: generation, inPlace: needed)
+            case .park:
+                try await park(handingOverReader: false, seen: generation)
+            }
+            if Task.isCancelled {
+                throw IPCError(.cancelled, "the operation was cancelled; no message was taken")
+            }
+        }
+    }
+
+    private enum InPlaceStep {
+        case message([UInt8]?, Bool)
+        case read
+        case park
+    }
+
+    private enum InPlaceRead<R> {
+        /// A message was taken and `body` ran; whether a credit frame was appended.
+        case delivered(Result<R, any Error>, credit: Bool)
+        /// Frames were read or decoded: look at the state again.
+        case progressed
+        /// Nothing to do until this many bytes are readable.
+        case waiting(Int)
+    }
+
+    private enum InPlaceNext<R> { case inPlace(Result<R, any Error>, Bool), frame(Int), end, waiting(Int), violation(IPCError) }
+
+    /// One step of reading in place (caller holds the reader role, and nothing is queued in the inbox). A data
+    /// frame that lies whole in the stream goes to `body` where it is; anything else (control frames, a frame
+    /// larger than the ring, the rest of a frame the frame reader started) goes through the frame reader, which
+    /// reads exactly up to the end of that frame, so the next data frame is again read in place.
+    private func readInPlace<R>(_ ring: any InPlaceStream, _ body: (UnsafeRawBufferPointer) throws -> R) throws(IPCError) -> InPlaceRead<R> {
+        if reader.pendingBytes > 0 {
+            var read = 0
+            let woke = pump(limit: reader.bytesToFrameEnd, bytesRead: &read)
+            // The frame reader takes any amount (a frame larger than the ring arrives in pieces): wait for a byte.
+            return woke || read > 0 || reader.pendingBytes == 0 ? .progressed : .waiting(1)
+        }
+        typealias Next = InPlaceNext<R>
+        let headerSize = Wire.frameHeaderSize + Wire.dataPrefixSize
+        let next: Next
+        do {
+            next = try ring.withReadableBytes { bytes -> Next in
+                guard let bytes else { return .end }
+                guard bytes.count >= Wire.frameHeaderSize else { return .waiting(Wire.frameHeaderSize) }
+                // Each field is read from shared memory once, into a local, and checked before use.
+                let length = Int(bytes.loadLE(UInt32.self, at: 0))
+                let frameSize = Wire.frameHeaderSize + length
+                guard bytes[4] == FrameType.data.rawValue, length >= Wire.dataPrefixSize,
+                      length - Wire.dataPrefixSize <= configuration.maxPayload, frameSize <= ring.inPlaceCapacity
+                else { return .frame(frameSize) }
+                guard bytes.count >= frameSize else { return .waiting(frameSize) }
+                let seq = bytes.loadLE(UInt64.self, at: Wire.frameHeaderSize)
+                let credit: Bool
+                do throws(IPCError) {
+                    credit = try locked.withLock { state throws(IPCError) in try state.channel.takeInPlace(seq: seq) }
+                } catch {
+                    return .violation(error)
+                }
+                let result = Result { () throws -> R in try body(UnsafeRawBufferPointer(rebasing: bytes[headerSize..<frameSize])) }
+                ring.consume(frameSize)
+                return .inPlace(result, credit)
+            }
+        } catch let error as IPCError {
+            fail(error, tellPeer: true)
+            return .progressed
+        } catch {
+            fail(IPCError(.protocolViolation, "reading shared memory failed: \(error)"), tellPeer: true)
+            return .progressed
+        }
+        switch next {
+        case .inPlace(let result, let credit):
+            return .delivered(result, credit: credit)
+        case .frame(let size):
+            // Not a data frame to read in place: the frame reader takes exactly this frame (and checks it).
+            var read = 0
+            let woke = pump(limit: size, bytesRead: &read)
+            return woke || read > 0 ? .progressed : .waiting(1)
+        case .end:
+            _ = pump()
+            return .progressed
+        case .waiting(let count):
+            return .waiting(count)
+        case .violation(let error):
+            fail(error, tellPeer: true)
+            return .progressed
+        }
+    }
+
+    /// Sends a message of `byteCount` bytes that `body` writes: in place in the stream's memory when the stream
+    /// is an ``InPlaceStream`` with room for it now, otherwise into an array that is then sent as usual (so a
+    /// loan never waits for the peer to make room: within the channel's capacity a send does not block).
+    /// If `body` throws, nothing is sent.
+    package nonisolated(nonsending) func send(byteCount: Int, inPlace body: (UnsafeMutableRawBufferPointer) throws -> Void) async throws {
+        let frameSize = Wire.frameHeaderSize + Wire.dataPrefixSize + byteCount
+        guard let ring = stream as? any InPlaceStream, configuration.mode == .framed, frameSize <= ring.inPlaceCapacity else {
+            return try await sendCopy(byteCount: byteCount, body)
+        }
+        var claimed = false
+        for _ in 0..<3 {
+            let step: LoanStep = try await waitFor { state throws(IPCError) -> LoanStep? in
+                if state.loanActive { return nil }
+                guard try state.channel.checkSend(size: byteCount) else { return nil }
+                // Frames appended before (a credit, say) go first: write them, then try again.
+                if state.writerBusy { return .copy }
+                if state.hasPendingOutput { return .flushFirst }
+                guard ring.hasRoom(frameSize) else { return .copy }
+                state.writerBusy = true
+                state.loanActive = true
+                return .claimed
+            }
+            if step == .flushFirst {
+                flushNow()
+                continue
+            }
+            claimed = step == .claimed
+            break
+        }
+        guard claimed else { return try await sendCopy(byteCount: byteCount, body) }
+        var seq: UInt64?
+        var inBody = false
+        var commitError: IPCError?
+        do {
+            try ring.withWritableBytes(frameSize) { region in
+                // Room only grows while this side is the one writer; none means the peer corrupted its position.
+                guard let region else {
+                    throw IPCError(.protocolViolation, "the peer corrupted the shared memory (its read position moved back); the connection is closed")
+                }
+                inBody = true
+                try body(UnsafeMutableRawBufferPointer(rebasing: region[(Wire.frameHeaderSize + Wire.dataPrefixSize)...]))
+                inBody = false
+                do throws(IPCError) {
+                    // The channel may have closed or failed meanwhile: then nothing is published.
+                    seq = try locked.withLock { state throws(IPCError) in try state.channel.commitInPlaceData() }
+                } catch {
+                    commitError = error
+                    return
+                }
+                region.storeBytes(of: UInt32(Wire.dataPrefixSize + byteCount).littleEndian, toByteOffset: 0, as: UInt32.self)
+                region.storeBytes(of: UInt32(FrameType.data.rawValue).littleEndian, toByteOffset: 4, as: UInt32.self)
+                region.storeBytes(of: seq!.littleEndian, toByteOffset: Wire.frameHeaderSize, as: UInt64.self)
+                ring.publish(frameSize)
+            }
+        } catch {
+            endLoan()
+            // Not from `body`: the stream failed (the peer is gone, or it corrupted the memory).
+            if !inBody, let error = error as? IPCError, error.code != .alreadyClosed {
+                fail(error, tellPeer: error.code == .protocolViolation)
+            }
+            throw error
+        }
+        endLoan()
+        if let commitError { throw commitError }
+        if let seq, locked.withLock({ $0.channel.isRendezvous }) { try await awaitTaken(seq) }
+    }
+
+    private enum LoanStep { case claimed, flushFirst, copy }
+
+    /// A loan ended (published or not): other sends may go on, and what was appended meanwhile is written.
+    private func endLoan() {
+        locked.withLock { state in
+            state.loanActive = false
+            state.writerBusy = false
+            state.lastAppendNanos = cipc_monotonic_ns()
+            state.waitedForInput = false
+        }
+        flushNow()
+        wakeAll()
+    }
+
+    private nonisolated(nonsending) func sendCopy(byteCount: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Void) async throws {
+        let bytes = try [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, count in
+            buffer.initialize(repeating: 0)
+            try body(UnsafeMutableRawBufferPointer(buffer))
+            count = byteCount
+        }
+        try await send(segment: bytes)
+    }
+
     // MARK: Waiting
 
     /// Runs `check` under the lock until it returns a value. In between, this task reads input itself
@@ -467,7 +723,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Suspends until woken. With `handingOverReader`, this task held the reader role and gives it to the
     /// I/O thread, which reads once the stream is readable. Returns at once if a wake-up happened since the
     /// caller looked at the state (generation `seen`).
-    private func park(handingOverReader: Bool, seen: UInt64) async throws(IPCError) {
+    /// With `inPlace` (a count of bytes), the task waits to read a frame in place: the I/O thread wakes it once
+    /// that many bytes are readable instead of reading them itself.
+    private func park(handingOverReader: Bool, seen: UInt64, inPlace: Int? = nil) async throws(IPCError) {
         let id = locked.withLock { state -> UInt64 in
             state.nextWaiterID += 1
             return state.nextWaiterID
@@ -477,18 +735,24 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 let resumeNow = locked.withLock { state -> Bool in
                     if Task.isCancelled || state.closed || state.generation != seen { return true }
                     state.waiters.append((id, c))
+                    if inPlace != nil { state.inPlaceWaiting += 1 }
                     return false
                 }
                 if resumeNow {
                     if handingOverReader { releaseReader(armIfWaiters: true) }
                     c.resume()
                 } else if handingOverReader {
-                    stream.arm(read: true, write: false)
+                    if let inPlace, let ring = stream as? any InPlaceStream {
+                        ring.armRead(atLeast: inPlace)
+                    } else {
+                        stream.arm(read: true, write: false)
+                    }
                 }
             }
         } onCancel: {
             let c = locked.withLock { state -> CheckedContinuation<Void, Never>? in
                 guard let i = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                if inPlace != nil { state.inPlaceWaiting = max(state.inPlaceWaiting - 1, 0) }
                 return state.waiters.remove(at: i).continuation
             }
             c?.resume()
@@ -498,6 +762,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private func wakeAll() {
         let (waiters, watchers) = locked.withLock { state in
             state.generation &+= 1
+            state.inPlaceWaiting = 0
             defer {
                 state.waiters.removeAll(keepingCapacity: true)
                 if !state.watchers.isEmpty { state.watchers = [] }
@@ -520,24 +785,35 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     // MARK: Reading
 
-    /// Reads what is available and applies it (caller holds the reader role). Returns whether anything that
-    /// could unblock a waiter happened. Keeps the reader role.
-    private func pump(releasingReader: Bool = false) -> Bool {
+    /// Reads what is available (at most `limit` bytes) and applies it (caller holds the reader role). Returns
+    /// whether anything that could unblock a waiter happened. Keeps the reader role. `bytesRead` counts the bytes
+    /// taken from the stream.
+    private func pump(releasingReader: Bool = false, limit: Int = .max, bytesRead: UnsafeMutablePointer<Int>? = nil) -> Bool {
         if locked.withLock({ $0.channel.failure != nil }) { return drainAfterFailure(releasingReader: releasingReader) }
         var events: [FrameReader.Event] = []
         var ended = false
         var failure: IPCError?
-        reads: for _ in 0..<16 {
+        var remaining = limit
+        do {
+            // Complete frames may already be buffered (a bounded read stops short of decoding nothing).
+            while let event = try reader.next() { events.append(event) }
+        } catch {
+            failure = error
+        }
+        reads: for _ in 0..<16 where failure == nil && remaining > 0 {
             if !locked.withLock({ $0.channel.wantsMoreInput }) { break }
             do {
                 var outcome = ReadOutcome.wouldBlock
                 _ = try reader.read { buffer throws(IPCError) -> Int in
-                    outcome = try stream.read(into: buffer)
+                    let room = buffer.count <= remaining ? buffer : UnsafeMutableRawBufferPointer(rebasing: buffer[..<remaining])
+                    outcome = try stream.read(into: room)
                     if case .bytes(let n) = outcome { return n }
                     return 0
                 }
                 switch outcome {
-                case .bytes:
+                case .bytes(let n):
+                    remaining -= n
+                    bytesRead?.pointee += n
                     while let event = try reader.next() { events.append(event) }
                     if events.count >= 4096 { break reads }
                 case .wouldBlock:
@@ -730,9 +1006,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             wakeAll()
         }
         if readable {
-            let (holdsRole, wants) = locked.withLock { ($0.readerBusy, $0.channel.wantsMoreInput) }
+            let (holdsRole, wants, inPlace) = locked.withLock { ($0.readerBusy, $0.channel.wantsMoreInput, $0.inPlaceWaiting > 0) }
             guard holdsRole else { return }
-            if !wants {
+            if inPlace {
+                // A task waits to read the next message in place: wake it (and everyone) rather than copy it out.
+                locked.withLock { $0.readerBusy = false }
+                wakeAll()
+            } else if !wants {
                 releaseReader(armIfWaiters: false)
             } else if !pump(releasingReader: true) {
                 stream.arm(read: true, write: false)

@@ -80,20 +80,7 @@ package struct ConnectionState {
     package mutating func apply(_ frame: Frame, effects: inout Effects) throws(IPCError) {
         switch frame {
         case .data(let seq, let payload):
-            guard peerClosedAfter == nil else {
-                throw IPCError(.protocolViolation, "the peer sent a message after closing its sending side")
-            }
-            if mode == .framed {
-                guard seq == received + 1 else {
-                    throw IPCError(.protocolViolation, "the peer sent message \(seq) after message \(received); messages were lost or reordered")
-                }
-                guard seq <= taken + receiveWindow else {
-                    throw IPCError(.protocolViolation, "the peer sent message \(seq) without credit (this side has taken \(taken) of capacity \(local.capacity)); the peer ignores flow control")
-                }
-            }
-            guard !local.receiveCodec.isEmpty, local.receiveCodec != "none" else {
-                throw IPCError(.protocolViolation, "the peer sent a message on a direction that carries none")
-            }
+            try checkIncoming(seq: seq)
             received += 1
             if !receiverDone { inbox.append(payload) }
             effects.wake = true
@@ -123,6 +110,34 @@ package struct ConnectionState {
             peerReceiverGone = true
             effects.wake = true
         }
+    }
+
+    /// Checks that data frame `seq` may arrive now.
+    private func checkIncoming(seq: UInt64) throws(IPCError) {
+        guard peerClosedAfter == nil else {
+            throw IPCError(.protocolViolation, "the peer sent a message after closing its sending side")
+        }
+        if mode == .framed {
+            guard seq == received + 1 else {
+                throw IPCError(.protocolViolation, "the peer sent message \(seq) after message \(received); messages were lost or reordered")
+            }
+            guard seq <= taken + receiveWindow else {
+                throw IPCError(.protocolViolation, "the peer sent message \(seq) without credit (this side has taken \(taken) of capacity \(local.capacity)); the peer ignores flow control")
+            }
+        }
+        guard !local.receiveCodec.isEmpty, local.receiveCodec != "none" else {
+            throw IPCError(.protocolViolation, "the peer sent a message on a direction that carries none")
+        }
+    }
+
+    /// Data frame `seq` arrived and the application takes it at once, where it lies (nothing is queued before
+    /// it). Returns whether a credit frame was appended.
+    package mutating func takeInPlace(seq: UInt64) throws(IPCError) -> Bool {
+        precondition(inbox.isEmpty, "a message read in place must be the next one")
+        try checkIncoming(seq: seq)
+        received += 1
+        taken += 1
+        return appendCreditIfDue()
     }
 
     /// The peer's stream ended (read returned end-of-file).
@@ -236,6 +251,26 @@ package struct ConnectionState {
         }
         nextSeq += 1
         return seq
+    }
+
+    /// Checks that a message of `size` bytes may be sent now (credit, and the peer's size limit).
+    package func checkSend(size: Int) throws(IPCError) -> Bool {
+        switch canSend() {
+        case .failed(let error): throw error
+        case .wait: return false
+        case .ready:
+            let limit = Int(peer?.maxFrame ?? UInt32(Wire.defaultMaxFrame))
+            guard size <= limit else { throw Self.tooLarge(size, limit) }
+            return true
+        }
+    }
+
+    /// A data frame written in place by the driver (after ``checkSend(size:)`` allowed it) is about to be
+    /// published: checks that nothing closed meanwhile and returns its sequence number.
+    package mutating func commitInPlaceData() throws(IPCError) -> UInt64 {
+        if case .failed(let error) = canSend() { throw error }
+        defer { nextSeq += 1 }
+        return nextSeq
     }
 
     /// Appends one data frame whose payload is `payload` itself, kept as a segment rather than copied.

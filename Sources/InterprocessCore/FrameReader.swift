@@ -36,6 +36,20 @@ package final class FrameReader {
     /// Bytes received but not yet decoded (for truncation checks).
     package var pendingBytes: Int { end - start + (large?.filled ?? 0) }
 
+    /// How many more bytes complete the frame (or hello) that the received bytes start: 0 when nothing is
+    /// pending or a complete one is (``next()`` decodes it). A reader that must stop at a frame boundary reads
+    /// at most this much.
+    package var bytesToFrameEnd: Int {
+        if let large { return large.payload.count - large.filled }
+        let have = end - start
+        guard mode == .framed, have > 0 else { return 0 }
+        let bytes = UnsafeRawBufferPointer(rebasing: buffer[start..<end])
+        let headerSize = expectingHello ? Wire.helloHeaderSize : Wire.frameHeaderSize
+        guard have >= headerSize else { return headerSize - have }
+        let bodyLength = Int(bytes.loadLE(UInt32.self, at: expectingHello ? 8 : 0))
+        return max(headerSize + bodyLength - have, 0)
+    }
+
     /// Calls `body` with the memory the next read should fill; `body` returns how many bytes it stored.
     package func read(_ body: (UnsafeMutableRawBufferPointer) throws(IPCError) -> Int) throws(IPCError) -> Int {
         if var pending = large {

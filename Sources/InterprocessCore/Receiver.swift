@@ -10,13 +10,13 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
 
     private enum Backend: Sendable {
         case local(LocalChannel<Value>)
-        case remote(ConnectionCore, decode: @Sendable ([UInt8]) throws(IPCError) -> Value)
+        case remote(ConnectionCore, decode: @Sendable ([UInt8]) throws(IPCError) -> Value, isRaw: Bool)
     }
 
     private let backend: Backend
 
     package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
-        self.backend = .remote(core, decode: { bytes throws(IPCError) in try codec.decode(bytes) })
+        self.backend = .remote(core, decode: { bytes throws(IPCError) in try codec.decode(bytes) }, isRaw: codec is RawBytesCodec)
     }
 
     package init(local channel: LocalChannel<Value>) {
@@ -26,7 +26,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     deinit {
         switch backend {
         case .local(let channel): channel.receiverDropped()
-        case .remote(let core, _): core.receiverDropped()
+        case .remote(let core, _, _): core.receiverDropped()
         }
     }
 
@@ -40,7 +40,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         switch backend {
         case .local(let channel):
             return try await channel.receive()
-        case .remote(let core, let decode):
+        case .remote(let core, let decode, _):
             guard let bytes = try await core.receive() else { return nil }
             return try decode(bytes)
         }
@@ -71,7 +71,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         switch backend {
         case .local(let channel):
             return channel.tryReceive()
-        case .remote(let core, let decode):
+        case .remote(let core, let decode, _):
             guard let step = try core.pollReceive() else { return nil }
             guard let bytes = step else { return .some(nil) }
             return .some(try decode(bytes))
@@ -90,7 +90,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
                 },
                 register: { waiter, index in channel.registerReceive(waiter, index: index).map { id in { channel.unregister(id) } } },
                 claimed: { value in try body(value as! Value?) })))
-        case .remote(let core, let decode):
+        case .remote(let core, let decode, _):
             return SelectCase(.operation(SelectOperation(
                 poll: {
                     guard let step = try core.pollReceive() else { return nil }
@@ -107,7 +107,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     public var peer: String {
         switch backend {
         case .local: "this process"
-        case .remote(let core, _): core.stream.peerDescription
+        case .remote(let core, _, _): core.stream.peerDescription
         }
     }
 
@@ -120,4 +120,48 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(receiver: self) }
+}
+
+extension Receiver where Value == [UInt8] {
+    /// Receives the next message and runs `body` on its bytes where they lie: zero-copy.
+    ///
+    /// Over shared memory, `body` reads the message in the ring itself, and the ring space is released when
+    /// `body` returns; elsewhere (or when the message was already copied out, for example by a waiting
+    /// `select`) `body` reads the message's own array. The buffer is only valid inside `body`. Returns `body`'s
+    /// result, or `nil` at the end of the channel, like ``receive()``. The message is taken even when `body`
+    /// throws (its error is rethrown).
+    ///
+    /// The bytes in the ring are memory the peer process can write: a peer that breaks the protocol can change
+    /// them while `body` reads. Copy what you must validate before trusting it when the peer is not trusted.
+    ///
+    /// - Throws: what ``receive()`` throws, or `body`'s error.
+    public nonisolated(nonsending) func receive<R>(_ body: (UnsafeRawBufferPointer) throws -> R) async throws -> R? {
+        switch backend {
+        case .remote(let core, _, let isRaw) where isRaw:
+            return try await core.receive(inPlace: body)
+        default:
+            guard let bytes = try await receive() else { return nil }
+            return try bytes.withUnsafeBytes(body)
+        }
+    }
+
+    /// Receives a fixed-size value sent with ``Sender/send(bytesOf:)``, read straight from the ring over shared
+    /// memory. `nil` at the end of the channel.
+    ///
+    /// - Throws: `decodingFailed` when the message's size is not `MemoryLayout<T>.size` (the message is skipped),
+    ///   or what ``receive()`` throws.
+    public func receive<T: BitwiseCopyable>(as type: T.Type) async throws(IPCError) -> T? {
+        do {
+            return try await receive { bytes throws(IPCError) -> T in
+                guard bytes.count == MemoryLayout<T>.size else {
+                    throw IPCError(.decodingFailed, "a message of \(bytes.count) bytes is not a \(T.self) (\(MemoryLayout<T>.size) bytes); both sides must send and receive the same type")
+                }
+                return bytes.loadUnaligned(as: T.self)
+            }
+        } catch let error as IPCError {
+            throw error
+        } catch {
+            throw IPCError(.decodingFailed, "receiving a \(T.self) failed: \(error)")
+        }
+    }
 }

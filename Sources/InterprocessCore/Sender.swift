@@ -129,3 +129,48 @@ public final class Sender<Value: Sendable>: Sendable {
         }
     }
 }
+
+extension Sender where Value == [UInt8] {
+    /// Sends a message of `byteCount` bytes that `body` writes where the receiver will read them: zero-copy.
+    ///
+    /// Over shared memory (`shm:` endpoints and ``IPC`` spawn pairs), `body` gets the message's place in the
+    /// ring itself; when the ring has no room for it now (the receiver is behind), or the message is larger
+    /// than the ring, `body` writes into a private buffer instead, which is sent as usual, so this never waits
+    /// for room: like ``send(_:)`` it waits only while the channel is at its capacity. Other transports always
+    /// use the private buffer. The buffer is only valid inside `body`; write every byte you mean to send (in
+    /// the ring, unwritten bytes hold what an earlier message left there).
+    ///
+    /// If `body` throws, nothing is sent and its error is rethrown. Other sends on this sender wait while
+    /// `body` runs, so keep it short. On a sender whose codec is not ``RawBytesCodec``, the bytes are sent
+    /// through the codec like any `[UInt8]` value.
+    ///
+    /// - Throws: what ``send(_:)`` throws, or `body`'s error.
+    public nonisolated(nonsending) func send(byteCount: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Void) async throws {
+        precondition(byteCount >= 0, "byteCount must not be negative")
+        switch backend {
+        case .remote(let core, _, let isRaw) where isRaw:
+            try await core.send(byteCount: byteCount, inPlace: body)
+        default:
+            let bytes = try [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, count in
+                buffer.initialize(repeating: 0)
+                try body(UnsafeMutableRawBufferPointer(buffer))
+                count = byteCount
+            }
+            try await send(bytes)
+        }
+    }
+
+    /// Sends the bytes of a fixed-size value (its memory as it is, `MemoryLayout<T>.size` bytes), written
+    /// straight into the ring over shared memory. The receiver reads it with ``Receiver/receive(as:)``.
+    /// Only for plain values whose bytes mean the same in both processes: no pointers, references or
+    /// padding-dependent data.
+    public func send<T: BitwiseCopyable>(bytesOf value: T) async throws(IPCError) {
+        do {
+            try await send(byteCount: MemoryLayout<T>.size) { $0.storeBytes(of: value, as: T.self) }
+        } catch let error as IPCError {
+            throw error
+        } catch {
+            throw IPCError(.encodingFailed, "sending a \(T.self) failed: \(error)")
+        }
+    }
+}

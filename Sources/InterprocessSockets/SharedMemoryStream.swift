@@ -14,7 +14,11 @@ enum SharedLayout {
     /// Offsets of the two rings' control blocks: ring 0 carries creator -> dialer, ring 1 dialer -> creator.
     static let controlOffsets = [256, 768]
 
+    /// Bytes of the shared memory object.
     static func totalSize(ringCapacity: Int) -> Int { headerSize + 2 * ringCapacity }
+    /// Bytes of address space a mapping takes: each ring's data is mapped twice in a row, so that any run of up
+    /// to a ring's capacity starting inside it is contiguous in memory, wrap-around included.
+    static func mappedSize(ringCapacity: Int) -> Int { headerSize + 4 * ringCapacity }
 
     static func isValid(ringCapacity: Int) -> Bool { ChannelOptions.isValid(sharedMemoryRingSize: ringCapacity) }
 }
@@ -27,7 +31,7 @@ struct SharedRing {
 
     init(base: UnsafeMutableRawPointer, index: Int, capacity: Int) {
         control = base + SharedLayout.controlOffsets[index]
-        data = base + SharedLayout.headerSize + index * capacity
+        data = base + SharedLayout.headerSize + index * 2 * capacity
         self.capacity = capacity
     }
 
@@ -146,42 +150,45 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
             || cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring)
     }
 
-    package func read(into buffer: UnsafeMutableRawBufferPointer) throws(IPCError) -> ReadOutcome {
-        guard buffer.count > 0 else { return .wouldBlock }
-        try enter()
-        defer { leave() }
+    /// The readable bytes (contiguous: the ring is mapped twice in a row), or nil at the end. Caller has entered.
+    private func readable() throws(IPCError) -> UnsafeRawBufferPointer? {
         let tail = rxTail.load(ordering: .relaxed)
         var head = try checkedHead(tail: tail)
         if head == tail {
             // The producer sets writerClosed after its last byte, and a dead peer's bytes stay readable: look
             // again after seeing either, so nothing published just before is missed.
             let ended = cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring)
-            guard ended else { return .wouldBlock }
+            guard ended else { return UnsafeRawBufferPointer(start: rx.data, count: 0) }
             head = try checkedHead(tail: tail)
-            if head == tail { return .endOfStream }
+            if head == tail { return nil }
         }
-        let count = min(Int(head - tail), buffer.count)
-        let mask = rx.capacity - 1
-        let offset = Int(tail) & mask
-        let first = min(count, rx.capacity - offset)
-        buffer.baseAddress!.copyMemory(from: rx.data + offset, byteCount: first)
-        if count > first {
-            (buffer.baseAddress! + first).copyMemory(from: rx.data, byteCount: count - first)
-        }
-        let newTail = tail + UInt64(count)
+        return UnsafeRawBufferPointer(start: rx.data + (Int(tail) & (rx.capacity - 1)), count: Int(head - tail))
+    }
+
+    package func consume(_ count: Int) {
+        let newTail = rxTail.load(ordering: .relaxed) + UInt64(count)
         rxTail.store(newTail, ordering: .relaxed)
         cipc_store_release_u64(rx.tail, newTail)
         cipc_fence()
         if cipc_load_u32(rx.producerSleeping) != 0 && cipc_exchange_u32(rx.producerSleeping, 0) != 0 {
             signal(peerWakeFD)
         }
+    }
+
+    package func read(into buffer: UnsafeMutableRawBufferPointer) throws(IPCError) -> ReadOutcome {
+        guard buffer.count > 0 else { return .wouldBlock }
+        try enter()
+        defer { leave() }
+        guard let bytes = try readable() else { return .endOfStream }
+        guard bytes.count > 0 else { return .wouldBlock }
+        let count = min(bytes.count, buffer.count)
+        buffer.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: count)
+        consume(count)
         return .bytes(count)
     }
 
-    package func write(_ segments: [[UInt8]], offset: Int) throws(IPCError) -> Int {
-        guard !segments.isEmpty else { return 0 }
-        try enter()
-        defer { leave() }
+    /// The free room at the write position (contiguous). Caller has entered.
+    private func room() throws(IPCError) -> UnsafeMutableRawBufferPointer {
         if peerGone.load(ordering: .acquiring) {
             throw IPCError(.peerClosed, "the peer process is gone (its end of the shared memory closed)")
         }
@@ -192,33 +199,36 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
             throw Self.corrupt("the outgoing ring's read position \(tail) is outside \(seen)...\(head)")
         }
         txTailSeen.store(tail, ordering: .relaxed)
-        var room = tx.capacity - Int(head - tail)
-        guard room > 0 else { return 0 }
-        let mask = tx.capacity - 1
-        var position = head
-        var written = 0
-        var skip = offset
-        for segment in segments where room > 0 {
-            segment.withUnsafeBytes { bytes in
-                var from = skip
-                skip = 0
-                while from < bytes.count && room > 0 {
-                    let at = Int(position) & mask
-                    let n = min(bytes.count - from, room, tx.capacity - at)
-                    (tx.data + at).copyMemory(from: bytes.baseAddress! + from, byteCount: n)
-                    from += n
-                    position += UInt64(n)
-                    room -= n
-                    written += n
-                }
-            }
-        }
+        return UnsafeMutableRawBufferPointer(start: tx.data + (Int(head) & (tx.capacity - 1)), count: tx.capacity - Int(head - tail))
+    }
+
+    package func publish(_ count: Int) {
+        let position = txHead.load(ordering: .relaxed) + UInt64(count)
         txHead.store(position, ordering: .relaxed)
         cipc_store_release_u64(tx.head, position)
         cipc_fence()
         if cipc_load_u32(tx.consumerSleeping) != 0 && cipc_exchange_u32(tx.consumerSleeping, 0) != 0 {
             signal(peerWakeFD)
         }
+    }
+
+    package func write(_ segments: [[UInt8]], offset: Int) throws(IPCError) -> Int {
+        guard !segments.isEmpty else { return 0 }
+        try enter()
+        defer { leave() }
+        let room = try room()
+        guard room.count > 0 else { return 0 }
+        var written = 0
+        var skip = offset
+        for segment in segments where written < room.count {
+            segment.withUnsafeBytes { bytes in
+                let n = min(bytes.count - skip, room.count - written)
+                (room.baseAddress! + written).copyMemory(from: bytes.baseAddress! + skip, byteCount: n)
+                written += n
+                skip = 0
+            }
+        }
+        publish(written)
         return written
     }
 
@@ -237,6 +247,10 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     /// Announces that this side sleeps until the peer publishes (read) or makes room (write), then asks the I/O
     /// thread to watch the eventfd. When the condition already holds, it signals itself so the event fires at once.
     package func arm(read: Bool, write: Bool) {
+        arm(read: read, write: write, readThreshold: 1)
+    }
+
+    private func arm(read: Bool, write: Bool, readThreshold: Int) {
         var wanted: UInt32 = 0
         if read { wanted |= UInt32(CIPC_EV_READ) }
         if write { wanted |= UInt32(CIPC_EV_WRITE) }
@@ -251,8 +265,7 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         if read {
             cipc_store_u32(rx.consumerSleeping, 1)
             cipc_fence()
-            let available = cipc_load_acquire_u64(rx.head) != rxTail.load(ordering: .relaxed) || cipc_load_u32(rx.writerClosed) != 0
-            if available {
+            if hasReadable(atLeast: readThreshold) {
                 _ = cipc_exchange_u32(rx.consumerSleeping, 0)
                 readyNow = true
             }
@@ -293,6 +306,11 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         fire()
     }
 
+    package func hasReadable(atLeast count: Int) -> Bool {
+        cipc_load_acquire_u64(rx.head) &- rxTail.load(ordering: .relaxed) >= UInt64(count)
+            || cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring)
+    }
+
     package func requestFlush() {
         guard let handler = state.withLock({ $0.closed ? nil : $0.handler }) else { return }
         Poller.shared.requestFlush(handler)
@@ -318,6 +336,32 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     }
 }
 
+extension SharedMemoryStream: InPlaceStream {
+    package var inPlaceCapacity: Int { rx.capacity }
+
+    package func withReadableBytes<R>(_ body: (UnsafeRawBufferPointer?) throws -> R) throws -> R {
+        try enter()
+        defer { leave() }
+        return try body(try readable())
+    }
+
+    package func withWritableBytes<R>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer?) throws -> R) throws -> R {
+        try enter()
+        defer { leave() }
+        let room = try room()
+        guard room.count >= count else { return try body(nil) }
+        return try body(UnsafeMutableRawBufferPointer(rebasing: room[..<count]))
+    }
+
+    package func hasRoom(_ count: Int) -> Bool {
+        UInt64(tx.capacity) &- (txHead.load(ordering: .relaxed) &- cipc_load_acquire_u64(tx.tail)) >= UInt64(count)
+    }
+
+    package func armRead(atLeast count: Int) {
+        arm(read: true, write: false, readThreshold: count)
+    }
+}
+
 /// Sets up the shared memory of a connection over its (already authenticated) rendezvous socket.
 package enum SharedMemorySetup {
     /// The listening side: creates the sealed memory and both eventfds, sends them to the peer, and maps it.
@@ -329,9 +373,9 @@ package enum SharedMemorySetup {
         let size = SharedLayout.totalSize(ringCapacity: ringCapacity)
         let memory = try systemCall("creating shared memory") { cipc_memfd_sealed("interprocess", UInt64(size)) }
         defer { Glibc.close(memory) }
-        let base = try map(memory, size: size)
+        let base = try map(memory, ringCapacity: ringCapacity)
         var mapped = true
-        defer { if !ok && mapped { munmap(base, size) } }
+        defer { if !ok && mapped { munmap(base, SharedLayout.mappedSize(ringCapacity: ringCapacity)) } }
         base.initializeMemory(as: UInt8.self, repeating: 0, count: SharedLayout.headerSize)
         base.storeBytes(of: SharedLayout.magic.littleEndian, toByteOffset: 0, as: UInt64.self)
         base.storeBytes(of: SharedLayout.version.littleEndian, toByteOffset: 8, as: UInt32.self)
@@ -358,7 +402,7 @@ package enum SharedMemorySetup {
         }
         ok = true
         mapped = false
-        return SharedMemoryStream(socketFD: fd, wakeFD: mine, peerWakeFD: theirs, base: base, size: size, ringCapacity: ringCapacity, isCreator: true, peerDescription: socket.peerDescription + " (shared memory)")
+        return SharedMemoryStream(socketFD: fd, wakeFD: mine, peerWakeFD: theirs, base: base, size: SharedLayout.mappedSize(ringCapacity: ringCapacity), ringCapacity: ringCapacity, isCreator: true, peerDescription: socket.peerDescription + " (shared memory)")
     }
 
     /// The dialling side: receives the memory and eventfds (waiting at most until `deadline`), checks them, and
@@ -399,21 +443,38 @@ package enum SharedMemorySetup {
         guard fstat(memory, &info) == 0, Int(info.st_size) == size, cipc_memfd_is_sealed(memory) == 1 else {
             throw IPCError(.protocolViolation, "the shared memory handed over is not a sealed segment of the announced size \(size); refusing to map it")
         }
-        let base = try map(memory, size: size)
+        let base = try map(memory, ringCapacity: ringCapacity)
         guard base.loadUnaligned(as: UInt64.self) == SharedLayout.magic.littleEndian,
               UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) == SharedLayout.version else {
-            munmap(base, size)
+            munmap(base, SharedLayout.mappedSize(ringCapacity: ringCapacity))
             throw IPCError(.handshakeMismatch, "the shared memory's header names another layout version; both sides must run the same Interprocess version")
         }
         keep = [mine, theirs]
         ok = true
-        return SharedMemoryStream(socketFD: fd, wakeFD: mine, peerWakeFD: theirs, base: base, size: size, ringCapacity: ringCapacity, isCreator: false, peerDescription: socket.peerDescription + " (shared memory)")
+        return SharedMemoryStream(socketFD: fd, wakeFD: mine, peerWakeFD: theirs, base: base, size: SharedLayout.mappedSize(ringCapacity: ringCapacity), ringCapacity: ringCapacity, isCreator: false, peerDescription: socket.peerDescription + " (shared memory)")
     }
 
-    private static func map(_ fd: Int32, size: Int) throws(IPCError) -> UnsafeMutableRawPointer {
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            throw errnoError("mapping the shared memory", errno)
+    /// Maps the header page once and each ring's data twice in a row (see ``SharedLayout/mappedSize(ringCapacity:)``):
+    /// address space is reserved first, then the file's pages are mapped over it at fixed places.
+    private static func map(_ fd: Int32, ringCapacity: Int) throws(IPCError) -> UnsafeMutableRawPointer {
+        let total = SharedLayout.mappedSize(ringCapacity: ringCapacity)
+        guard let base = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), base != MAP_FAILED else {
+            throw errnoError("reserving address space for the shared memory", errno)
         }
-        return p
+        var pieces: [(at: Int, length: Int, fileOffset: Int)] = [(0, SharedLayout.headerSize, 0)]
+        for ring in 0..<2 {
+            let fileOffset = SharedLayout.headerSize + ring * ringCapacity
+            let at = SharedLayout.headerSize + ring * 2 * ringCapacity
+            pieces += [(at, ringCapacity, fileOffset), (at + ringCapacity, ringCapacity, fileOffset)]
+        }
+        for piece in pieces {
+            let p = mmap(base + piece.at, piece.length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, off_t(piece.fileOffset))
+            guard p == base + piece.at else {
+                let err = errno
+                munmap(base, total)
+                throw errnoError("mapping the shared memory", err)
+            }
+        }
+        return base
     }
 }

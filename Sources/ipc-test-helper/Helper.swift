@@ -68,6 +68,11 @@ struct Helper {
                     count += 1
                 }
                 report("received \(count)")
+            case "in-place-echo":
+                // Like echo, through the zero-copy calls: reads each message in place, sends it back through a
+                // loan. `number` is the shared-memory ring size (0: the default).
+                if number > 0 { options.sharedMemoryRingSize = number }
+                try await inPlaceEcho(try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options))
             case "child-echo":
                 // Started by IPC.spawn: echoes every raw message back to the parent until the end.
                 try await echo(try await IPC.connectToParent(sending: .raw, receiving: .raw, options: options))
@@ -152,6 +157,22 @@ struct Helper {
         while let m = try await c.receiver.receive() {
             try await c.sender.send(m)
             count += 1
+        }
+        try await c.sender.closeAndWait()
+        report("echoed \(count)")
+    }
+
+    static func inPlaceEcho(_ c: Connection<[UInt8], [UInt8]>) async throws(IPCError) {
+        var count = 0
+        do {
+            while let copy = try await c.receiver.receive({ [UInt8]($0) }) {
+                try await c.sender.send(byteCount: copy.count) { $0.copyBytes(from: copy) }
+                count += 1
+            }
+        } catch let error as IPCError {
+            throw error
+        } catch {
+            throw IPCError(.protocolViolation, "unexpected error \(error)")
         }
         try await c.sender.closeAndWait()
         report("echoed \(count)")

@@ -13,8 +13,12 @@ struct BenchSample: Codable, Sendable {
 }
 
 enum Workload: String, CaseIterable, ExpressibleByArgument {
-    case w1, w2, w3
+    case w1, w2, w3, w4
 }
+
+/// W4's payload sizes, and how many timed round trips each gets (after a tenth as many warm-up ones).
+let w4Sizes = [64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20]
+func w4Iterations(_ size: Int, quick: Bool) -> Int { (size >= 1 << 20 ? 100 : 1000) / (quick ? 10 : 1) }
 
 /// What one bench line runs over.
 enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
@@ -25,6 +29,8 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
     /// The C shared-memory ring of ../shared/baseline (built with gcc, when that folder is found): the limit.
     case cRing = "c-shm-ring"
     case shmRaw = "shm-raw"
+    /// Shared memory through the zero-copy calls: loans (`send(byteCount:)`) and in-place reads (`receive { }`).
+    case shmZeroCopy = "shm-zero-copy"
     case unixBinary = "unix-binary"
     case unixJSON = "unix-json"
 
@@ -35,6 +41,7 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
         case .tcpRaw: "Interprocess tcp, raw bytes"
         case .cRing: "C shm ring (baseline/shm_ring.c)"
         case .shmRaw: "Interprocess shm, raw bytes"
+        case .shmZeroCopy: "Interprocess shm, zero-copy calls"
         case .unixBinary: "Interprocess unix, binary Codable"
         case .unixJSON: "Interprocess unix, JSON Codable"
         }
@@ -42,7 +49,8 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
 
     func applies(to workload: Workload) -> Bool {
         switch self {
-        case .baseline, .unixRaw, .tcpRaw, .cRing, .shmRaw: true
+        case .baseline, .unixRaw, .shmRaw, .shmZeroCopy: true
+        case .tcpRaw, .cRing: workload != .w4
         case .unixBinary, .unixJSON: workload == .w2
         }
     }
@@ -53,11 +61,12 @@ struct BenchCounts: Codable {
     var w1Iterations = 20000
     var w2Count = 1_000_000
     var w3Count = 1000
+    var quick = false
 }
 
 /// One run's measurements.
 struct BenchResult {
-    var values: [Double]  // W1: p50, p99, max (us); W2: M msg/s; W3: GB/s
+    var values: [Double]  // W1: p50, p99, max (us); W2: M msg/s; W3: GB/s; W4: p50 (us) per size
     var parentRSSKiB: Int
     var childRSSKiB: Int
 
@@ -86,7 +95,7 @@ struct Bench: AsyncParsableCommand {
 
     func run() async throws {
         var counts = BenchCounts()
-        if quick { counts = BenchCounts(w1Warmup: 200, w1Iterations: 2000, w2Count: 100_000, w3Count: 100) }
+        if quick { counts = BenchCounts(w1Warmup: 200, w1Iterations: 2000, w2Count: 100_000, w3Count: 100, quick: true) }
         let childCPU: Int?
         switch placement {
         case "split": childCPU = 1
@@ -122,6 +131,9 @@ struct Bench: AsyncParsableCommand {
             case .w1: header = "W1 ping-pong 64 B, round trip us: p50 / p99 / max"
             case .w2: header = "W2 \(counts.w2Count) x 64 B one way, M msg/s"
             case .w3: header = "W3 \(counts.w3Count) x 1 MiB one way, GB/s"
+            case .w4:
+                header = "W4 ping-pong by size, round trip p50 us: " + w4Sizes.map(sizeLabel).joined(separator: " / ")
+                    + " (shm ring \(ringSize.map(sizeLabel) ?? sizeLabel(Self.w4RingSize)))"
             }
             say("\n" + header)
             for transport in transports where transport.applies(to: workload) {
@@ -130,31 +142,43 @@ struct Bench: AsyncParsableCommand {
                     results.append(try await runOne(workload, transport, counts: counts, options: options, childCPU: childCPU, directory: directory, cRing: cRing))
                 }
                 results.sort { $0.values[0] < $1.values[0] }
-                let median = results[results.count / 2]
+                var median = results[results.count / 2]
+                if workload == .w4 {
+                    // Each size's median over the runs.
+                    median.values = median.values.indices.map { i in results.map { $0.values[i] }.sorted()[results.count / 2] }
+                }
                 let main = median.values[0]
                 if transport == .baseline { baseline = main }
                 if transport == .cRing { ringBaseline = main }
                 var line = transport.label.padding(toLength: 36, withPad: " ", startingAt: 0)
                 switch workload {
-                case .w1: line += median.values.map { format($0) }.joined(separator: " / ")
+                case .w1, .w4: line += median.values.map { format($0) }.joined(separator: " / ")
                 case .w2, .w3: line += format(main, 2)
                 }
                 // Shared memory is compared with the C ring, sockets with the socketpair. For W1 lower is better: the
                 // ratio is time over baseline time; for W2/W3 rate over baseline rate.
-                if transport == .shmRaw, let ringBaseline {
+                if workload == .w4 {
+                    line += "   4 MiB / 64 B: \(format(median.values[median.values.count - 1] / main, 1))x"
+                } else if transport == .shmRaw || transport == .shmZeroCopy, let ringBaseline {
                     line += "   ratio \(format(main / ringBaseline, 2))x (to the C ring)"
                 } else if let baseline, transport != .baseline, transport != .cRing {
                     line += "   ratio \(format(main / baseline, 2))x"
                 }
-                if workload != .w1 && transport != .cRing { line += "   peak RSS \(median.parentRSSKiB / 1024) / \(median.childRSSKiB / 1024) MiB" }
+                if workload != .w1 && workload != .w4 && transport != .cRing { line += "   peak RSS \(median.parentRSSKiB / 1024) / \(median.childRSSKiB / 1024) MiB" }
                 say(line)
                 say("RESULT \(workload.rawValue) \(transport.rawValue) \(median.values.map { format($0, 2) }.joined(separator: " ")) rss=\(median.parentRSSKiB),\(median.childRSSKiB)")
             }
         }
     }
 
+    /// The shared-memory ring of the W4 lines unless --ring-size says otherwise: a 4 MiB message must fit whole
+    /// for the zero-copy calls to work in place.
+    static let w4RingSize = 16 << 20
+
     private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, cRing: CRingBaseline?) async throws -> BenchResult {
         let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
+        var options = options
+        if workload == .w4 && ringSize == nil { options.sharedMemoryRingSize = Self.w4RingSize }
         if transport == .baseline {
             var fds: [Int32] = [0, 0]
             guard cipc_socketpair(&fds) == 0 else { throw ChildError(message: "socketpair failed") }
@@ -175,7 +199,7 @@ struct Bench: AsyncParsableCommand {
         let endpoint: Endpoint
         switch transport {
         case .tcpRaw: endpoint = .tcp(host: "127.0.0.1", port: 0)
-        case .shmRaw: endpoint = .sharedMemory(name: "bench-\(getpid())")
+        case .shmRaw, .shmZeroCopy: endpoint = .sharedMemory(name: "bench-\(getpid())")
         default: endpoint = .unix(path: directory + "/bench.sock")
         }
         if transport == .unixBinary || transport == .unixJSON {
@@ -186,7 +210,7 @@ struct Bench: AsyncParsableCommand {
         defer { listener.close() }
         let child = try ChildProcess.spawnSelf(args + ["--endpoint", listener.endpoint.description], pinCPU: childCPU)
         let connection = try await listener.accept()
-        let result = try await runChannel(workload, connection, counts: counts)
+        let result = try await runChannel(workload, connection, counts: counts, zeroCopy: transport == .shmZeroCopy)
         try await finish(connection, child)
         return result
     }
@@ -216,7 +240,25 @@ struct Bench: AsyncParsableCommand {
         guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
     }
 
-    private func runChannel(_ workload: Workload, _ connection: Connection<[UInt8], [UInt8]>, counts: BenchCounts) async throws -> BenchResult {
+    /// The Interprocess lines. With `zeroCopy`, messages are written into loans (`send(byteCount:)`, the whole
+    /// payload copied in from the sender's array, except in W4) and read in place (`receive { }`, the checked
+    /// bytes only, as the raw lines' receivers check them).
+    private func runChannel(_ workload: Workload, _ connection: Connection<[UInt8], [UInt8]>, counts: BenchCounts, zeroCopy: Bool) async throws -> BenchResult {
+        /// Sends `payload`, through a loan when `zeroCopy`.
+        func send(_ payload: [UInt8]) async throws {
+            if zeroCopy {
+                try await connection.sender.send(byteCount: payload.count) { $0.copyBytes(from: payload) }
+            } else {
+                try await connection.sender.send(payload)
+            }
+        }
+        /// Receives a message: its size, first and last byte (read in place when `zeroCopy`).
+        func receive() async throws -> (count: Int, first: UInt8, last: UInt8)? {
+            if zeroCopy {
+                return try await connection.receiver.receive { bytes in (bytes.count, bytes.first ?? 0, bytes.last ?? 0) }
+            }
+            return try await connection.receiver.receive().map { ($0.count, $0.first ?? 0, $0.last ?? 0) }
+        }
         switch workload {
         case .w1:
             var payload = [UInt8](repeating: 1, count: 64)
@@ -225,8 +267,8 @@ struct Bench: AsyncParsableCommand {
             for i in 0..<(counts.w1Warmup + counts.w1Iterations) {
                 payload[0] = UInt8(truncatingIfNeeded: i)
                 let t0 = monotonicNanos()
-                try await connection.sender.send(payload)
-                guard let echo = try await connection.receiver.receive(), echo.count == 64, echo[0] == payload[0] else {
+                try await send(payload)
+                guard let echo = try await receive(), echo.count == 64, echo.first == payload[0] else {
                     throw ChildError(message: "W1: bad echo at \(i)")
                 }
                 if i >= counts.w1Warmup { samples.append(monotonicNanos() - t0) }
@@ -234,6 +276,44 @@ struct Bench: AsyncParsableCommand {
             try await connection.sender.send(Array("end".utf8))
             _ = try await connection.receiver.receive()
             return BenchResult(values: latencySummary(samples), parentRSSKiB: 0, childRSSKiB: 0)
+        case .w4:
+            var medians: [Double] = []
+            for size in w4Sizes {
+                let timed = w4Iterations(size, quick: counts.quick)
+                var samples: [UInt64] = []
+                var payload = [UInt8](repeating: 1, count: size)
+                for i in 0..<(timed + timed / 10) {
+                    let tag = UInt64(i) &* 0x9E37_79B9_7F4A_7C15
+                    let t0 = monotonicNanos()
+                    if zeroCopy {
+                        // Built in place: only the two tags are written (the payload's other bytes are whatever the
+                        // ring holds); the receiver checks them in place.
+                        try await connection.sender.send(byteCount: size) { buffer in
+                            buffer.storeBytes(of: tag, as: UInt64.self)
+                            buffer.storeBytes(of: tag, toByteOffset: size - 8, as: UInt64.self)
+                        }
+                        let ok = try await connection.receiver.receive { bytes in
+                            bytes.count == size && bytes.loadUnaligned(as: UInt64.self) == tag
+                                && bytes.loadUnaligned(fromByteOffset: size - 8, as: UInt64.self) == tag
+                        }
+                        guard ok == true else { throw ChildError(message: "W4: bad echo of \(size) bytes at \(i)") }
+                    } else {
+                        payload.withUnsafeMutableBytes { buffer in
+                            buffer.storeBytes(of: tag, as: UInt64.self)
+                            buffer.storeBytes(of: tag, toByteOffset: size - 8, as: UInt64.self)
+                        }
+                        try await connection.sender.send(payload)
+                        guard let echo = try await connection.receiver.receive(), echo == payload else {
+                            throw ChildError(message: "W4: bad echo of \(size) bytes at \(i)")
+                        }
+                    }
+                    if i >= timed / 10 { samples.append(monotonicNanos() - t0) }
+                }
+                medians.append(latencySummary(samples)[0])
+            }
+            try await connection.sender.send(Array("end".utf8))
+            _ = try await connection.receiver.receive()
+            return BenchResult(values: medians, parentRSSKiB: 0, childRSSKiB: 0)
         case .w2, .w3:
             let count = workload == .w2 ? counts.w2Count : counts.w3Count
             var payload = [UInt8](repeating: 1, count: workload == .w2 ? 64 : 1 << 20)
@@ -241,7 +321,7 @@ struct Bench: AsyncParsableCommand {
             for i in 0..<count {
                 payload[0] = UInt8(truncatingIfNeeded: i)
                 payload[payload.count - 1] = UInt8(truncatingIfNeeded: i)
-                try await connection.sender.send(payload)
+                try await send(payload)
             }
             guard let done = try await connection.receiver.receive() else { throw ChildError(message: "no done") }
             return .throughput(workload, count: count, since: start, done: String(decoding: done, as: UTF8.self))
@@ -263,6 +343,24 @@ struct Bench: AsyncParsableCommand {
                 if i >= counts.w1Warmup { samples.append(monotonicNanos() - t0) }
             }
             return BenchResult(values: latencySummary(samples), parentRSSKiB: 0, childRSSKiB: 0)
+        case .w4:
+            var medians: [Double] = []
+            for size in w4Sizes {
+                let timed = w4Iterations(size, quick: counts.quick)
+                var samples: [UInt64] = []
+                var payload = [UInt8](repeating: 1, count: size)
+                for i in 0..<(timed + timed / 10) {
+                    payload[0] = UInt8(truncatingIfNeeded: i)
+                    let t0 = monotonicNanos()
+                    payload.withUnsafeBytes { stream.send($0) }
+                    let echo = stream.receive()
+                    precondition(echo.count == size && echo[0] == payload[0], "baseline W4: bad echo")
+                    if i >= timed / 10 { samples.append(monotonicNanos() - t0) }
+                }
+                medians.append(latencySummary(samples)[0])
+            }
+            Array("end".utf8).withUnsafeBytes { stream.send($0) }
+            return BenchResult(values: medians, parentRSSKiB: 0, childRSSKiB: 0)
         case .w2, .w3:
             let count = workload == .w2 ? counts.w2Count : counts.w3Count
             var payload = [UInt8](repeating: 1, count: workload == .w2 ? 64 : 1 << 20)
@@ -328,7 +426,30 @@ struct BenchPeer: AsyncParsableCommand {
         }
         let connection = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options)
         switch workload {
-        case .w1:
+        case .w1 where transport == .shmZeroCopy, .w4 where transport == .shmZeroCopy:
+            // Echo through the zero-copy calls: in W1 the whole message is copied from its place in one ring into
+            // a loan in the other; in W4 only its two tags are.
+            while true {
+                var copy: [UInt8] = []
+                let echo = try await connection.receiver.receive { bytes -> (Int, UInt64, UInt64) in
+                    if workload == .w1 || bytes.count < 16 {
+                        copy = [UInt8](bytes)
+                        return (bytes.count, 0, 0)
+                    }
+                    return (bytes.count, bytes.loadUnaligned(as: UInt64.self), bytes.loadUnaligned(fromByteOffset: bytes.count - 8, as: UInt64.self))
+                }
+                guard let (count, head, tail) = echo else { break }
+                try await connection.sender.send(byteCount: count) { buffer in
+                    if copy.count == count {
+                        buffer.copyBytes(from: copy)
+                    } else {
+                        buffer.storeBytes(of: head, as: UInt64.self)
+                        buffer.storeBytes(of: tail, toByteOffset: count - 8, as: UInt64.self)
+                    }
+                }
+                if count == 3 { break }
+            }
+        case .w1, .w4:
             while let message = try await connection.receiver.receive() {
                 try await connection.sender.send(message)
                 if message.count == 3 { break }
@@ -336,9 +457,15 @@ struct BenchPeer: AsyncParsableCommand {
         case .w2, .w3:
             let count = workload == .w2 ? w2 : w3
             for i in 0..<count {
-                guard let message = try await connection.receiver.receive() else { throw ChildError(message: "stream ended at \(i)") }
                 let tag = UInt8(truncatingIfNeeded: i)
-                guard message[0] == tag, message[message.count - 1] == tag else { throw ChildError(message: "message \(i) corrupt or out of order") }
+                let ok: Bool?
+                if transport == .shmZeroCopy {
+                    ok = try await connection.receiver.receive { $0.first == tag && $0.last == tag }
+                } else {
+                    ok = try await connection.receiver.receive().map { $0.first == tag && $0.last == tag }
+                }
+                guard let ok else { throw ChildError(message: "stream ended at \(i)") }
+                guard ok else { throw ChildError(message: "message \(i) corrupt or out of order") }
             }
             try await connection.sender.send(Array("done \(cipc_peak_rss_kib())".utf8))
         }
@@ -365,6 +492,12 @@ struct BenchPeer: AsyncParsableCommand {
                 let message = stream.receive()
                 stream.send(message)
             }
+        case .w4:
+            while true {
+                let message = stream.receive()
+                if message.count == 3 { break }
+                stream.send(message)
+            }
         case .w2, .w3:
             let count = workload == .w2 ? w2 : w3
             for i in 0..<count {
@@ -375,4 +508,11 @@ struct BenchPeer: AsyncParsableCommand {
             Array("done \(cipc_peak_rss_kib())".utf8).withUnsafeBytes { stream.send($0) }
         }
     }
+}
+
+/// `64 B`, `16 KiB`, `4 MiB`.
+func sizeLabel(_ bytes: Int) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 { return "\(bytes >> 20) MiB" }
+    if bytes >= 1 << 10 && bytes % (1 << 10) == 0 { return "\(bytes >> 10) KiB" }
+    return "\(bytes) B"
 }

@@ -55,6 +55,7 @@ struct CRingBaseline {
         case .w1: values = [metrics["W1_p50"], metrics["W1_p99"]].compactMap { $0 }
         case .w2: values = metrics["W2"].map { [$0] } ?? []
         case .w3: values = metrics["W3"].map { [$0] } ?? []
+        case .w4: throw ChildError(message: "the C ring baseline has no W4")
         }
         guard !values.isEmpty else { throw ChildError(message: "the C ring baseline printed no result") }
         // The C program reports no memory figures.
