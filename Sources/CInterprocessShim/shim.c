@@ -249,3 +249,11 @@ int cipc_set_nonblocking_cloexec(int fd) {
 }
 
 void cipc_yield(void) { sched_yield(); }
+
+int cipc_populate_write(void *address, size_t length) {
+#ifdef MADV_POPULATE_WRITE
+    return madvise(address, length, MADV_POPULATE_WRITE);
+#else
+    return madvise(address, length, 23 /* MADV_POPULATE_WRITE */);
+#endif
+}

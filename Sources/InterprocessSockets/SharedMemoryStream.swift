@@ -475,6 +475,9 @@ package enum SharedMemorySetup {
                 throw errnoError("mapping the shared memory", err)
             }
         }
+        // Fault every page in now (best effort: older kernels lack it), rather than one fault per page while
+        // the first messages go through.
+        _ = cipc_populate_write(base, total)
         return base
     }
 }

@@ -153,8 +153,8 @@ struct SharedMemoryTests {
         #expect(status == 0, "helper said: \(output)")
     }
 
-    @Test("a peer that scribbles over the shared memory gets a clear error; the listener keeps serving", arguments: Scribble.allCases)
-    func hostilePeer(_ scribble: Scribble) async throws {
+    @Test("a peer that scribbles over the shared memory gets a clear error, whether the receiver copies or reads in place; the listener keeps serving", arguments: Scribble.allCases, [false, true])
+    func hostilePeer(_ scribble: Scribble, inPlace: Bool) async throws {
         let endpoint = Endpoint.sharedMemory(name: uniqueName())
         let listener = try IPC.listen(on: endpoint, receiving: .raw)
         defer { listener.close() }
@@ -177,7 +177,13 @@ struct SharedMemoryTests {
         }
         hostile.wake()
         let error = await #expect(throws: IPCError.self) {
-            try await within(20) { while try await rx.receive() != nil {} }
+            try await within(20) {
+                if inPlace {
+                    while try await rx.receive({ $0.count }) != nil {}
+                } else {
+                    while try await rx.receive() != nil {}
+                }
+            }
         }
         #expect(error?.code == .protocolViolation || error?.code == .frameTooLarge || error?.code == .peerClosed, "got \(String(describing: error))")
         #expect(error?.message.isEmpty == false)

@@ -187,13 +187,19 @@ struct ZeroCopyTests {
 final class Box: @unchecked Sendable { var value: UInt = 0 }
 
 /// Whether `address` lies in a mapping of this process's shared-memory segments (the memfd named
-/// `interprocess`), from /proc/self/maps.
+/// `interprocess`), from /proc/self/maps. The kernel produces the file in pieces, and a mapping can be missing
+/// from one reading while other tests map and unmap memory, so it is read up to five times.
 func isSharedMemory(_ address: UInt) throws -> Bool {
-    let maps = try String(contentsOfFile: "/proc/self/maps", encoding: .utf8)
-    for line in maps.split(separator: "\n") where line.contains("memfd:interprocess") {
-        let range = line.split(separator: " ")[0].split(separator: "-")
-        guard range.count == 2, let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16) else { continue }
-        if address >= start && address < end { return true }
+    for _ in 0..<5 {
+        // Read to the end with plain reads (the file has no size to go by).
+        let file = try #require(FileHandle(forReadingAtPath: "/proc/self/maps"))
+        let maps = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
+        try file.close()
+        for line in maps.split(separator: "\n") where line.contains("memfd:interprocess") {
+            let range = line.split(separator: " ")[0].split(separator: "-")
+            guard range.count == 2, let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16) else { continue }
+            if address >= start && address < end { return true }
+        }
     }
     return false
 }

@@ -88,6 +88,9 @@ long cipc_peak_rss_kib(void);
 int cipc_memfd_sealed(const char *name, uint64_t size);
 /// Whether `fd` is sealed against shrinking and growing (1), not (0), or cannot be asked (-1).
 int cipc_memfd_is_sealed(int fd);
+/// Faults in the pages of a shared mapping for writing now (MADV_POPULATE_WRITE, Linux 5.14+), so the first
+/// messages through it do not pay a page fault per page. Returns 0, or -1 with errno where not supported.
+int cipc_populate_write(void *address, size_t length);
 /// Sends `count` descriptors and `length` bytes of data in one message (SCM_RIGHTS). Returns bytes sent or -1.
 ssize_t cipc_send_fds(int socket, const int *fds, int count, const void *data, size_t length);
 /// Receives up to `capacity` descriptors (close-on-exec) and up to `length` bytes. Returns bytes received
