@@ -1008,12 +1008,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 state.channel.outbox.consume(written)
                 if written == 0 {
                     state.writeArmed = true
+                    // A loan waiting for this write must not wait for the peer to make room: it copies instead.
+                    wakeLoan = state.loanWaiting
+                    state.loanWaiting = false
                     return true
                 }
                 return false
             }
             if blocked {
                 stream.arm(read: false, write: true)
+                if wakeLoan { wakeAll() }
                 return
             }
             wakeAll()
