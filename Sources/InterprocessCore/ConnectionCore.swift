@@ -653,13 +653,17 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// A loan ended (published or not): other sends may go on, and what was appended meanwhile is written.
     private func endLoan() {
-        locked.withLock { state in
+        let (flush, wake) = locked.withLock { state -> (Bool, Bool) in
             state.loanActive = false
-            state.writerBusy = false
             state.waitedForInput = false
+            // Keep the writer role if output was appended meanwhile: it is written now.
+            state.writerBusy = state.hasPendingOutput
+            // A task that decided to park before this sees the change (and does not park); parked ones are woken.
+            state.generation &+= 1
+            return (state.writerBusy, !state.waiters.isEmpty || !state.watchers.isEmpty)
         }
-        flushNow()
-        wakeAll()
+        if flush { writeOutbox() }
+        if wake { wakeAll() }
     }
 
     private nonisolated(nonsending) func sendCopy(byteCount: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Void) async throws {

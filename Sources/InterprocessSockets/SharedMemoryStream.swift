@@ -74,9 +74,14 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     private let rxTail = Atomic<UInt64>(0)
     private let peerGone = Atomic<Bool>(false)
 
+    /// Who uses the mapping and descriptors (the rules of ``DescriptorUse``, without a lock, because every read
+    /// and write takes part): bits 0-61 count the users, bit 62 says closed, bit 63 released.
+    private let use = Atomic<UInt64>(0)
+    private static let closedBit: UInt64 = 1 << 62
+    private static let releasedBit: UInt64 = 1 << 63
+
     private struct State {
-        var use = DescriptorUse()
-        var closed: Bool { use.closed }
+        var closed = false
         var wakeToken: UInt64 = 0
         var socketToken: UInt64 = 0
         var interest: UInt32 = 0
@@ -98,23 +103,31 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     }
 
     deinit {
-        let released = state.withLock { $0.use.released }
-        if !released { release(state.withLock { ($0.wakeToken, $0.socketToken) }) }
+        if use.load(ordering: .acquiring) & Self.releasedBit == 0 {
+            release(state.withLock { ($0.wakeToken, $0.socketToken) })
+        }
     }
 
+    /// A read or write begins; throws once the stream is closed.
     private func enter() throws(IPCError) {
-        let ok = state.withLock { s -> Bool in
-            s.use.enter()
+        var current = use.load(ordering: .relaxed)
+        while true {
+            if current & Self.closedBit != 0 { throw IPCError(.alreadyClosed, "the connection is closed") }
+            let (exchanged, original) = use.compareExchange(expected: current, desired: current + 1, ordering: .acquiring)
+            if exchanged { return }
+            current = original
         }
-        if !ok { throw IPCError(.alreadyClosed, "the connection is closed") }
     }
 
+    /// A read or write ended; the last user after a close releases everything.
     private func leave() {
-        let tokens = state.withLock { s -> (UInt64, UInt64)? in
-            guard s.use.leave() else { return nil }
-            return (s.wakeToken, s.socketToken)
-        }
-        if let tokens { release(tokens) }
+        if use.subtract(1, ordering: .acquiringAndReleasing).newValue == Self.closedBit { releaseOnce() }
+    }
+
+    /// Releases the descriptors and the mapping, exactly once, when closed and unused.
+    private func releaseOnce() {
+        let (won, _) = use.compareExchange(expected: Self.closedBit, desired: Self.closedBit | Self.releasedBit, ordering: .acquiringAndReleasing)
+        if won { release(state.withLock { ($0.wakeToken, $0.socketToken) }) }
     }
 
     private func release(_ tokens: (UInt64, UInt64)) {
@@ -327,12 +340,12 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     }
 
     package func close() {
-        let tokens = state.withLock { s -> (UInt64, UInt64)? in
+        state.withLock { s in
             s.handler = nil
-            guard s.use.close() else { return nil }
-            return (s.wakeToken, s.socketToken)
+            s.closed = true
         }
-        if let tokens { release(tokens) }
+        let before = use.bitwiseOr(Self.closedBit, ordering: .acquiringAndReleasing).oldValue
+        if before == 0 { releaseOnce() }
     }
 }
 
