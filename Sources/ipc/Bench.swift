@@ -187,7 +187,7 @@ struct Bench: AsyncParsableCommand {
             let stream = RawStream(fd: fds[0])
             // Like the Interprocess lines, whose timing starts after the handshake: wait until the peer runs.
             _ = stream.receive()
-            let result = runBaseline(workload, stream, counts: counts)
+            let result = try await runBaseline(workload, stream, counts: counts)
             close(fds[0])
             guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
             return result
@@ -277,14 +277,10 @@ struct Bench: AsyncParsableCommand {
             _ = try await connection.receiver.receive()
             return BenchResult(values: latencySummary(samples), parentRSSKiB: 0, childRSSKiB: 0)
         case .w4:
-            var medians: [Double] = []
-            for size in w4Sizes {
-                let timed = w4Iterations(size, quick: counts.quick)
-                var samples: [UInt64] = []
-                var payload = [UInt8](repeating: 1, count: size)
-                for i in 0..<(timed + timed / 10) {
+            var payload: [UInt8] = []
+            let medians = try await measureW4(quick: counts.quick) { size, i in
                     let tag = UInt64(i) &* 0x9E37_79B9_7F4A_7C15
-                    let t0 = monotonicNanos()
+                    if payload.count != size { payload = [UInt8](repeating: 1, count: size) }
                     if zeroCopy {
                         // Built in place: only the two tags are written (the payload's other bytes are whatever the
                         // ring holds); the receiver checks them in place.
@@ -307,9 +303,6 @@ struct Bench: AsyncParsableCommand {
                             throw ChildError(message: "W4: bad echo of \(size) bytes at \(i)")
                         }
                     }
-                    if i >= timed / 10 { samples.append(monotonicNanos() - t0) }
-                }
-                medians.append(latencySummary(samples)[0])
             }
             try await connection.sender.send(Array("end".utf8))
             _ = try await connection.receiver.receive()
@@ -328,7 +321,7 @@ struct Bench: AsyncParsableCommand {
         }
     }
 
-    private func runBaseline(_ workload: Workload, _ stream: RawStream, counts: BenchCounts) -> BenchResult {
+    private func runBaseline(_ workload: Workload, _ stream: RawStream, counts: BenchCounts) async throws -> BenchResult {
         switch workload {
         case .w1:
             var payload = [UInt8](repeating: 1, count: 64)
@@ -344,20 +337,13 @@ struct Bench: AsyncParsableCommand {
             }
             return BenchResult(values: latencySummary(samples), parentRSSKiB: 0, childRSSKiB: 0)
         case .w4:
-            var medians: [Double] = []
-            for size in w4Sizes {
-                let timed = w4Iterations(size, quick: counts.quick)
-                var samples: [UInt64] = []
-                var payload = [UInt8](repeating: 1, count: size)
-                for i in 0..<(timed + timed / 10) {
-                    payload[0] = UInt8(truncatingIfNeeded: i)
-                    let t0 = monotonicNanos()
-                    payload.withUnsafeBytes { stream.send($0) }
-                    let echo = stream.receive()
-                    precondition(echo.count == size && echo[0] == payload[0], "baseline W4: bad echo")
-                    if i >= timed / 10 { samples.append(monotonicNanos() - t0) }
-                }
-                medians.append(latencySummary(samples)[0])
+            var payload: [UInt8] = []
+            let medians = try await measureW4(quick: counts.quick) { size, i in
+                if payload.count != size { payload = [UInt8](repeating: 1, count: size) }
+                payload[0] = UInt8(truncatingIfNeeded: i)
+                payload.withUnsafeBytes { stream.send($0) }
+                let echo = stream.receive()
+                precondition(echo.count == size && echo[0] == payload[0], "baseline W4: bad echo")
             }
             Array("end".utf8).withUnsafeBytes { stream.send($0) }
             return BenchResult(values: medians, parentRSSKiB: 0, childRSSKiB: 0)
@@ -373,6 +359,23 @@ struct Bench: AsyncParsableCommand {
             return .throughput(workload, count: count, since: start, done: String(decoding: stream.receive(), as: UTF8.self))
         }
     }
+}
+
+/// W4: `roundTrip(size, i)` for each size, timed after a tenth as many warm-up ones (the first of which
+/// allocates the size's buffers); the p50 of each size, in microseconds.
+func measureW4(quick: Bool, _ roundTrip: (Int, Int) async throws -> Void) async throws -> [Double] {
+    var medians: [Double] = []
+    for size in w4Sizes {
+        let timed = w4Iterations(size, quick: quick)
+        var samples: [UInt64] = []
+        for i in 0..<(timed + timed / 10) {
+            let t0 = monotonicNanos()
+            try await roundTrip(size, i)
+            if i >= timed / 10 { samples.append(monotonicNanos() - t0) }
+        }
+        medians.append(latencySummary(samples)[0])
+    }
+    return medians
 }
 
 func latencySummary(_ samples: [UInt64]) -> [Double] {

@@ -159,4 +159,17 @@ struct CLITests {
         #expect(output.contains("shm:demo-"))
         #expect(output.contains("everything arrived"))
     }
+
+    @Test("bench: W4 by size over the raw baseline, shared memory and the zero-copy calls, every echo checked")
+    func benchW4() async throws {
+        let cli = try ChildProcess("ipc", ["bench", "--quick", "--runs", "1", "--placement", "free", "--workloads", "w4",
+                                           "--transports", "baseline", "shm-raw", "shm-zero-copy"])
+        let (status, output) = await cli.finish(within: 90)
+        #expect(status == 0, "bench said: \(output)")
+        for transport in ["baseline", "shm-raw", "shm-zero-copy"] {
+            let line = output.split(separator: "\n").first { $0.hasPrefix("RESULT w4 \(transport) ") }
+            let values = line.map { $0.split(separator: " ").dropFirst(3).prefix(6).compactMap { Double($0) } } ?? []
+            #expect(values.count == 6 && values.allSatisfy { $0 > 0 }, "no W4 result for \(transport): \(output)")
+        }
+    }
 }
