@@ -80,8 +80,8 @@ struct BenchResult {
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the standard workloads W1-W3 over each transport, beside a raw-syscall baseline.",
-        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. Two real processes; each line is the median of --runs runs, with its ratio to the raw socketpair baseline measured in the same invocation. Build with -c release.")
+        abstract: "Run the standard workloads W1-W4 over each transport, beside raw-syscall and C shared-memory baselines.",
+        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB; shared-memory lines use a 16 MiB ring unless --ring-size is given). Two real processes; each line is the median of --runs runs, with its ratio to the baseline measured in the same invocation (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory). The shm-zero-copy line uses Sender.send(byteCount:) and Receiver.receive { }; in W4 it writes and checks only an 8-byte tag at each end of the payload. Build with -c release.")
 
     @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement = "split"
     @Option(help: "Runs per line; the median is reported.") var runs = 3
