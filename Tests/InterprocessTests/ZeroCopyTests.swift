@@ -102,6 +102,33 @@ struct ZeroCopyTests {
         #expect(status == 0, "helper said: \(output)")
     }
 
+    @Test("a spawned child over shared memory: loans and in-place reads work in its rings too")
+    func spawnedChild() async throws {
+        let (connection, child) = try await within(20) {
+            try await IPC.spawn(buildDirectory + "/ipc-test-helper", arguments: ["child-echo", "shm:unused"], sharedMemory: true, sending: .raw, receiving: .raw)
+        }
+        for i in 0..<200 {
+            let loanedAt = Box()
+            try await connection.sender.send(byteCount: 1000 + i) { buffer in
+                loanedAt.value = UInt(bitPattern: buffer.baseAddress)
+                buffer.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: i))
+            }
+            let echo = try await within(20) {
+                try await connection.receiver.receive { bytes in
+                    (UInt(bitPattern: bytes.baseAddress), bytes.count == 1000 + i && bytes.allSatisfy { $0 == UInt8(truncatingIfNeeded: i) })
+                }
+            }
+            let (readAt, same) = try #require(echo)
+            #expect(same, "echo \(i) differs")
+            if i == 0 {
+                #expect(try isSharedMemory(loanedAt.value) && isSharedMemory(readAt), "not in the shared memory mapping")
+            }
+        }
+        try await connection.sender.close()
+        #expect(try await within(20) { try await connection.receiver.receive() } == nil)
+        #expect(await child.wait() == .exited(0))
+    }
+
     struct Quote: BitwiseCopyable, Equatable {
         var id: UInt64
         var price: Double
