@@ -81,7 +81,7 @@ struct BenchResult {
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the standard workloads W1-W4 over each transport, beside raw-syscall and C shared-memory baselines.",
-        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB; shared-memory lines use a 16 MiB ring unless --ring-size is given). Two real processes; each line is the median of --runs runs, with its ratio to the baseline measured in the same invocation (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory). The shm-zero-copy line uses Sender.send(byteCount:) and Receiver.receive { }; in W4 it writes and checks only an 8-byte tag at each end of the payload. Build with -c release.")
+        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs, with its ratio to the baseline measured in the same invocation (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory). The shm-zero-copy line uses Sender.send(byteCount:) and Receiver.receive { }; in W4 it writes and checks only an 8-byte tag at each end of the payload. Build with -c release.")
 
     @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement = "split"
     @Option(help: "Runs per line; the median is reported.") var runs = 3
@@ -126,15 +126,14 @@ struct Bench: AsyncParsableCommand {
         for workload in workloads {
             var baseline: Double?
             var ringBaseline: Double?
-            let header: String
+            var header: String
             switch workload {
             case .w1: header = "W1 ping-pong 64 B, round trip us: p50 / p99 / max"
             case .w2: header = "W2 \(counts.w2Count) x 64 B one way, M msg/s"
             case .w3: header = "W3 \(counts.w3Count) x 1 MiB one way, GB/s"
-            case .w4:
-                header = "W4 ping-pong by size, round trip p50 us: " + w4Sizes.map(sizeLabel).joined(separator: " / ")
-                    + " (shm ring \(ringSize.map(sizeLabel) ?? sizeLabel(Self.w4RingSize)))"
+            case .w4: header = "W4 ping-pong by size, round trip p50 us: " + w4Sizes.map(sizeLabel).joined(separator: " / ")
             }
+            header += " (shm ring \(sizeLabel(ringSize ?? Self.ringSize(for: workload) ?? options.sharedMemoryRingSize)))"
             say("\n" + header)
             for transport in transports where transport.applies(to: workload) {
                 var results: [BenchResult] = []
@@ -171,14 +170,21 @@ struct Bench: AsyncParsableCommand {
         }
     }
 
-    /// The shared-memory ring of the W4 lines unless --ring-size says otherwise: a 4 MiB message must fit whole
-    /// for the zero-copy calls to work in place.
-    static let w4RingSize = 16 << 20
+    /// The shared-memory ring of the W3 and W4 lines unless --ring-size says otherwise: in W3 the C ring's
+    /// (its byte ring is 4 MiB), in W4 the smallest that holds a 4 MiB message whole, so the zero-copy calls work
+    /// in place. W1 and W2 use the library's default.
+    static func ringSize(for workload: Workload) -> Int? {
+        switch workload {
+        case .w1, .w2: nil
+        case .w3: 4 << 20
+        case .w4: 8 << 20
+        }
+    }
 
     private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, cRing: CRingBaseline?) async throws -> BenchResult {
         let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
         var options = options
-        if workload == .w4 && ringSize == nil { options.sharedMemoryRingSize = Self.w4RingSize }
+        if ringSize == nil, let size = Self.ringSize(for: workload) { options.sharedMemoryRingSize = size }
         if transport == .baseline {
             var fds: [Int32] = [0, 0]
             guard cipc_socketpair(&fds) == 0 else { throw ChildError(message: "socketpair failed") }
