@@ -133,11 +133,11 @@ public final class Sender<Value: Sendable>: Sendable {
 extension Sender where Value == [UInt8] {
     /// Sends a message of `byteCount` bytes that `body` writes where the receiver will read them: zero-copy.
     ///
-    /// Over shared memory (`shm:` endpoints and ``IPC`` spawn pairs), `body` gets the message's place in the
-    /// ring itself; when the ring has no room for it now (the receiver is behind), or the message is larger
-    /// than the ring, `body` writes into a private buffer instead, which is sent as usual, so this never waits
-    /// for room: like ``send(_:)`` it waits only while the channel is at its capacity. Other transports always
-    /// use the private buffer. The buffer is only valid inside `body`; write every byte you mean to send (in
+    /// Over shared memory (`shm:` endpoints, and a child spawned with `sharedMemory: true`), `body` gets the
+    /// message's place in the ring itself; when the ring has no room for it now (the receiver is behind), or
+    /// the message is larger than the ring, `body` writes into a private buffer instead, which is sent as
+    /// usual, so this never waits for room: like ``send(_:)`` it waits only while the channel is at its
+    /// capacity. Other transports always use the private buffer. The buffer is only valid inside `body`; write every byte you mean to send (in
     /// the ring, unwritten bytes hold what an earlier message left there).
     ///
     /// If `body` throws, nothing is sent and its error is rethrown. Other sends on this sender wait while
