@@ -213,6 +213,23 @@ struct ZeroCopyTests {
 
 final class Box: @unchecked Sendable { var value: UInt = 0 }
 
+extension ZeroCopyTests {
+    @Test("capacity 0: a loan returns only once the receiver took the message", arguments: [ChannelKind.sharedMemory, .inProcess])
+    func rendezvousLoan(_ kind: ChannelKind) async throws {
+        let (tx, rx) = try await makeChannel(kind, .raw, capacity: 0)
+        let sent = Flag()
+        let sender = Task {
+            try await tx.send(byteCount: 16) { $0.storeBytes(of: UInt64(42), as: UInt64.self) }
+            sent.set()
+        }
+        #expect(await staysUnset(sent), "a capacity-0 loan returned before anyone received")
+        let got = try await within(20) { try await rx.receive { $0.loadUnaligned(as: UInt64.self) } }
+        #expect(got == 42)
+        try await within(20) { try await sender.value }
+        #expect(sent.isSet)
+    }
+}
+
 /// Whether `address` lies in a mapping of this process's shared-memory segments (the memfd named
 /// `interprocess`), from /proc/self/maps. The kernel produces the file in pieces, and a mapping can be missing
 /// from one reading while other tests map and unmap memory, so it is read up to five times.
