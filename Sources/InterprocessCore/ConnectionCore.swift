@@ -56,8 +56,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         /// A message is being written in place (``ConnectionCore/send(byteCount:inPlace:)``): other sends wait,
         /// so that sequence numbers stay in the order the frames are published.
         var loanActive = false
-        /// A loan waits for the write in progress to end: wake everyone when it does.
-        var loanWaiting = false
+        /// A task waits for the writer to give up its role (a loan, or a wait for everything to be written): the
+        /// writer wakes everyone when it does, or when its write blocks for room.
+        var writerWaited = false
         /// Tasks parked in ``ConnectionCore/receive(inPlace:)``: the I/O thread then wakes them instead of
         /// reading, so the next message stays where it lies.
         var inPlaceWaiting = 0
@@ -304,6 +305,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         _ = try await waitFor { state throws(IPCError) -> Bool? in
             if !state.hasPendingOutput && !state.writerBusy { return true }
             if let failure = state.channel.failure { throw failure }
+            state.writerWaited = true
             return nil
         }
     }
@@ -366,6 +368,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 _ = try await self.waitFor(spin: false) { state throws(IPCError) -> Bool? in
                     let progressed = state.channel.endOfStream
                         || (!state.hasPendingOutput && !state.writerBusy && !drained)
+                    if !progressed && !drained { state.writerWaited = true }
                     return progressed ? true : nil
                 }
             }
@@ -437,80 +440,24 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             bytes.withUnsafeBytes(body)
             return true
         }
-        var spinner: SpinWait?
-        var holdingReader = false
-        defer { if holdingReader { releaseReader(armIfWaiters: true) } }
-        while true {
-            var generation: UInt64 = 0
-            let (step, flush): (InPlaceStep, Bool) = try locked.withLock { state throws(IPCError) in
-                generation = state.generation
-                if let (message, credit) = try Self.receiveStep(&state) { return (.message(message, credit), false) }
-                var flush = false
-                if state.hasPendingOutput && !state.writerBusy {
-                    state.writerBusy = true
-                    flush = true
-                }
-                state.waitedForInput = true
-                if holdingReader { return (.read, flush) }
-                if !state.readerBusy && !state.closed {
-                    state.readerBusy = true
-                    return (.read, flush)
-                }
-                return (.park, flush)
-            }
-            if flush { writeOutbox() }
-            switch step {
-            case .message(let message, let flag):
-                if holdingReader {
-                    holdingReader = false
-                    releaseReader(armIfWaiters: true)
-                }
-                afterTaken(message, flag)
-                guard let message else { return false }
-                message.withUnsafeBytes(body)
-                return true
-            case .read:
-                holdingReader = true
-                let needed: Int
-                switch try readInPlace(ring, body) {
-                case .delivered(let credit):
-                    holdingReader = false
-                    releaseReader(armIfWaiters: true)
-                    if credit { afterAppend(data: false) }
-                    return true
-                case .progressed:
-                    spinner = nil
-                    continue
-                case .waiting(let count):
-                    needed = count
-                }
-                if spinner == nil { spinner = SpinWait(budgetNanoseconds: configuration.spinNanoseconds) }
-                if spinner!.poll(until: { ring.hasReadable(atLeast: needed) }) { continue }
-                spinner = nil
-                holdingReader = false
-                try await park(handingOverReader: true, seen: generation, inPlace: needed)
-            case .park:
-                try await park(handingOverReader: false, seen: generation)
-            }
-            if Task.isCancelled {
-                throw IPCError(.cancelled, "the operation was cancelled; no message was taken")
-            }
+        // Set once a message was read in place (whether a credit frame was appended): the wait is over.
+        var readInPlaceWithCredit: Bool?
+        let (message, flag): ([UInt8]?, Bool) = try await waitFor(spin: true, inPlace: true, read: {
+            readInPlace(ring, body, delivered: &readInPlaceWithCredit)
+        }) { state throws(IPCError) -> ([UInt8]?, Bool)? in
+            if let credit = readInPlaceWithCredit { return ([], credit) }
+            let step = try Self.receiveStep(&state)
+            if step == nil { state.waitedForInput = true }
+            return step
         }
-    }
-
-    private enum InPlaceStep {
-        case message([UInt8]?, Bool)
-        case read
-        case park
-    }
-
-    private enum InPlaceRead {
-        /// A message was taken and `body` ran; whether a credit frame was appended.
-        case delivered(credit: Bool)
-        /// Frames were read or decoded: look at the state again.
-        case progressed
-        /// Nothing to do until this many bytes are readable.
-        case waiting(Int)
+        if readInPlaceWithCredit != nil {
+            if flag { afterAppend(data: false) }
+            return true
+        }
+        afterTaken(message, flag)
+        guard let message else { return false }
+        message.withUnsafeBytes(body)
+        return true
     }
 
     private enum InPlaceNext { case inPlace(credit: Bool), frame(Int), end, waiting(Int), violation(IPCError) }
@@ -519,18 +466,18 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// frame that lies whole in the stream goes to `body` where it is; anything else (control frames, a frame
     /// larger than the ring, the rest of a frame the frame reader started) goes through the frame reader, which
     /// reads exactly up to the end of that frame, so the next data frame is again read in place.
-    private func readInPlace(_ ring: any InPlaceStream, _ body: (UnsafeRawBufferPointer) -> Void) throws(IPCError) -> InPlaceRead {
+    /// When a message was read in place, `delivered` says whether a credit frame was appended.
+    private func readInPlace(_ ring: any InPlaceStream, _ body: (UnsafeRawBufferPointer) -> Void, delivered: inout Bool?) -> ReadStep {
         if reader.pendingBytes > 0 {
             var read = 0
             let woke = pump(limit: reader.bytesToFrameEnd, bytesRead: &read)
             // The frame reader takes any amount (a frame larger than the ring arrives in pieces): wait for a byte.
             return woke || read > 0 || reader.pendingBytes == 0 ? .progressed : .waiting(1)
         }
-        typealias Next = InPlaceNext
         let headerSize = Wire.frameHeaderSize + Wire.dataPrefixSize
-        let next: Next
+        let next: InPlaceNext
         do {
-            next = try ring.withReadableBytes { bytes -> Next in
+            next = try ring.withReadableBytes { bytes -> InPlaceNext in
                 guard let bytes else { return .end }
                 guard bytes.count >= Wire.frameHeaderSize else { return .waiting(Wire.frameHeaderSize) }
                 // Each field is read from shared memory once, into a local, and checked before use.
@@ -560,7 +507,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         switch next {
         case .inPlace(let credit):
-            return .delivered(credit: credit)
+            delivered = credit
+            return .progressed
         case .frame(let size):
             // Not a data frame to read in place: the frame reader takes exactly this frame (and checks it).
             var read = 0
@@ -594,7 +542,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 if state.writerBusy {
                     // A write in progress ends soon, unless it waits for the peer to make room: never wait for that.
                     if state.writeArmed { return .copy }
-                    state.loanWaiting = true
+                    state.writerWaited = true
                     return nil
                 }
                 // Frames appended before (a credit, say) go first: write them, then try again.
@@ -680,6 +628,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Runs `check` under the lock until it returns a value. In between, this task reads input itself
     /// (spinning for a bounded time) or parks until another reader or the I/O thread has news.
     private func waitFor<T: Sendable>(spin: Bool = true, _ check: (inout Locked) throws(IPCError) -> T?) async throws(IPCError) -> T {
+        try await waitFor(spin: spin, inPlace: false, read: { pump() ? .progressed : .waiting(1) }, check)
+    }
+
+    /// ``waitFor(spin:_:)`` with the reader's step given: `read` (holding the reader role) reads what it can and
+    /// says how many bytes it waits for. With `inPlace` (shared memory, reading where the bytes lie), a parked
+    /// task is woken once that many are readable, and the I/O thread does not read for it.
+    private nonisolated(nonsending) func waitFor<T: Sendable>(spin: Bool, inPlace: Bool, read: () -> ReadStep, _ check: (inout Locked) throws(IPCError) -> T?) async throws(IPCError) -> T {
         var spinner: SpinWait?
         var holdingReader = false
         while true {
@@ -721,13 +676,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .read:
                 holdingReader = true
                 if spinner == nil { spinner = SpinWait(budgetNanoseconds: spin ? configuration.spinNanoseconds : 0) }
-                if pump() { continue }
+                guard case .waiting(let needed) = read() else { continue }
                 // Poll the stream's cheap hint until it may have input, so that a spinning reader notices the
                 // peer's bytes at once and takes no lock meanwhile; then read again.
-                if spinner!.poll(until: { stream.mayHaveInput }) { continue }
+                if spinner!.poll(until: { ring?.hasReadable(atLeast: needed) ?? stream.mayHaveInput }) { continue }
                 holdingReader = false
                 spinner = nil
-                try await park(handingOverReader: true, seen: generation)
+                try await park(handingOverReader: true, seen: generation, inPlace: inPlace ? needed : nil)
             case .park:
                 try await park(handingOverReader: false, seen: generation)
             }
@@ -973,19 +928,19 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// writable). Caller holds the writer role.
     private func writeOutbox() {
         while true {
-            var wakeLoan = false
+            var wakeWaiters = false
             let next = locked.withLock { state -> (segments: [[UInt8]], offset: Int)? in
                 guard !state.channel.outbox.isEmpty, !state.closed, !state.writeFailed else {
                     state.writerBusy = false
-                    wakeLoan = state.loanWaiting
-                    state.loanWaiting = false
+                    wakeWaiters = state.writerWaited
+                    state.writerWaited = false
                     return nil
                 }
                 state.unflushedFrames = 0
                 return state.channel.outbox.snapshot()
             }
             guard let (segments, offset) = next else {
-                if wakeLoan { wakeAll() }
+                if wakeWaiters { wakeAll() }
                 return
             }
             let written: Int
@@ -1013,15 +968,15 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 if written == 0 {
                     state.writeArmed = true
                     // A loan waiting for this write must not wait for the peer to make room: it copies instead.
-                    wakeLoan = state.loanWaiting
-                    state.loanWaiting = false
+                    wakeWaiters = state.writerWaited
+                    state.writerWaited = false
                     return true
                 }
                 return false
             }
             if blocked {
                 stream.arm(read: false, write: true)
-                if wakeLoan { wakeAll() }
+                if wakeWaiters { wakeAll() }
                 return
             }
             wakeAll()
@@ -1041,16 +996,22 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             wakeAll()
         }
         if readable {
-            let (holdsRole, wants, inPlace) = locked.withLock { ($0.readerBusy, $0.channel.wantsMoreInput, $0.inPlaceWaiting > 0) }
-            guard holdsRole else { return }
-            if inPlace {
-                // A task waits to read the next message in place: wake it (and everyone) rather than copy it out.
-                locked.withLock { $0.readerBusy = false }
-                wakeAll()
-            } else if !wants {
-                releaseReader(armIfWaiters: false)
-            } else if !pump(releasingReader: true) {
-                stream.arm(read: true, write: false)
+            enum Next { case nothing, wake, pump }
+            let next = locked.withLock { state -> Next in
+                guard state.readerBusy else { return .nothing }
+                // A task waits to read the next message in place: give the role back and wake it (and everyone)
+                // rather than copy the message out.
+                let inPlace = state.inPlaceWaiting > 0
+                guard !inPlace && state.channel.wantsMoreInput else {
+                    state.readerBusy = false
+                    return inPlace ? .wake : .nothing
+                }
+                return .pump
+            }
+            switch next {
+            case .nothing: break
+            case .wake: wakeAll()
+            case .pump: if !pump(releasingReader: true) { stream.arm(read: true, write: false) }
             }
         }
     }
@@ -1073,6 +1034,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 }
 
 private enum WaitStep<T> { case done(T), read, park }
+
+/// What one read in place did: read or decoded something (look at the state again), or nothing until this many
+/// bytes are readable.
+private enum ReadStep { case progressed, waiting(Int) }
 
 /// Runs `body`, failing with a timeout error at `deadline`.
 package func withDeadline<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async throws(IPCError) -> T) async throws(IPCError) -> T {

@@ -1,38 +1,49 @@
-/// Who is using a stream's descriptors, so that they are released only once no read or write is in progress on
-/// another thread (a descriptor number reused by the kernel must never be read or written by mistake).
-/// A plain state machine; each stream keeps one inside its own locked state.
-struct DescriptorUse {
-    private(set) var users = 0
-    private(set) var closed = false
-    private(set) var released = false
+import Synchronization
+
+/// Who is using a stream's descriptors (and, for shared memory, its mapping), so that they are released only
+/// once no read or write is in progress on another thread: a descriptor number reused by the kernel must never
+/// be read or written by mistake, and unmapped memory never touched.
+///
+/// Lock-free, because every read and write takes part: one word holds the number of users (bits 0-61), whether
+/// the stream is closed (bit 62) and whether it was released (bit 63). Exactly one caller is told to release.
+struct DescriptorUse: ~Copyable {
+    private let word = Atomic<UInt64>(0)
+    private static let closedBit: UInt64 = 1 << 62
+    private static let releasedBit: UInt64 = 1 << 63
+
+    init() {}
 
     /// A read or write begins; false once the stream is closed.
-    mutating func enter() -> Bool {
-        if closed { return false }
-        users += 1
-        return true
+    func enter() -> Bool {
+        var current = word.load(ordering: .relaxed)
+        while true {
+            if current & Self.closedBit != 0 { return false }
+            let (exchanged, original) = word.compareExchange(expected: current, desired: current + 1, ordering: .acquiring)
+            if exchanged { return true }
+            current = original
+        }
     }
 
-    /// A read or write ended; true when the caller must release the descriptors now.
-    mutating func leave() -> Bool {
-        users -= 1
-        guard closed && users == 0 && !released else { return false }
-        released = true
-        return true
+    /// A read or write ended; true when the caller must release the descriptors now (the last user after a close).
+    func leave() -> Bool {
+        word.subtract(1, ordering: .acquiringAndReleasing).newValue == Self.closedBit && claimRelease()
     }
 
     /// The stream is closed; true when the caller must release the descriptors now (nobody is using them).
-    mutating func close() -> Bool {
-        if closed { return false }
-        closed = true
-        guard users == 0 else { return false }
-        released = true
-        return true
+    func close() -> Bool {
+        let before = word.bitwiseOr(Self.closedBit, ordering: .acquiringAndReleasing).oldValue
+        return before == 0 && claimRelease()
     }
 
     /// The descriptors were handed to another owner: never release them here.
-    mutating func detach() {
-        closed = true
-        released = true
+    func detach() {
+        word.store(Self.closedBit | Self.releasedBit, ordering: .releasing)
+    }
+
+    var released: Bool { word.load(ordering: .acquiring) & Self.releasedBit != 0 }
+
+    /// Closed and unused: whoever sets the released bit first releases.
+    private func claimRelease() -> Bool {
+        word.compareExchange(expected: Self.closedBit, desired: Self.closedBit | Self.releasedBit, ordering: .acquiringAndReleasing).exchanged
     }
 }

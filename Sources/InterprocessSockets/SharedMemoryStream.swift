@@ -74,11 +74,8 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     private let rxTail = Atomic<UInt64>(0)
     private let peerGone = Atomic<Bool>(false)
 
-    /// Who uses the mapping and descriptors (the rules of ``DescriptorUse``, without a lock, because every read
-    /// and write takes part): bits 0-61 count the users, bit 62 says closed, bit 63 released.
-    private let use = Atomic<UInt64>(0)
-    private static let closedBit: UInt64 = 1 << 62
-    private static let releasedBit: UInt64 = 1 << 63
+    /// Who uses the mapping and descriptors: they are released once closed and unused.
+    private let use = DescriptorUse()
 
     private struct State {
         var closed = false
@@ -103,34 +100,20 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     }
 
     deinit {
-        if use.load(ordering: .acquiring) & Self.releasedBit == 0 {
-            release(state.withLock { ($0.wakeToken, $0.socketToken) })
-        }
+        if !use.released { release() }
     }
 
-    /// A read or write begins; throws once the stream is closed.
     private func enter() throws(IPCError) {
-        var current = use.load(ordering: .relaxed)
-        while true {
-            if current & Self.closedBit != 0 { throw IPCError(.alreadyClosed, "the connection is closed") }
-            let (exchanged, original) = use.compareExchange(expected: current, desired: current + 1, ordering: .acquiring)
-            if exchanged { return }
-            current = original
-        }
+        if !use.enter() { throw IPCError(.alreadyClosed, "the connection is closed") }
     }
 
-    /// A read or write ended; the last user after a close releases everything.
     private func leave() {
-        if use.subtract(1, ordering: .acquiringAndReleasing).newValue == Self.closedBit { releaseOnce() }
+        if use.leave() { release() }
     }
 
-    /// Releases the descriptors and the mapping, exactly once, when closed and unused.
-    private func releaseOnce() {
-        let (won, _) = use.compareExchange(expected: Self.closedBit, desired: Self.closedBit | Self.releasedBit, ordering: .acquiringAndReleasing)
-        if won { release(state.withLock { ($0.wakeToken, $0.socketToken) }) }
-    }
-
-    private func release(_ tokens: (UInt64, UInt64)) {
+    /// Releases the descriptors and the mapping (once: ``DescriptorUse`` says who).
+    private func release() {
+        let tokens = state.withLock { ($0.wakeToken, $0.socketToken) }
         if tokens.0 != 0 { Poller.shared.unregister(fd: wakeFD, token: tokens.0) }
         if tokens.1 != 0 { Poller.shared.unregister(fd: socketFD, token: tokens.1) }
         Glibc.close(wakeFD)
@@ -158,10 +141,7 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     }
 
     /// No lock, no system call: the peer's published position against this side's, and the end flags.
-    package var mayHaveInput: Bool {
-        cipc_load_acquire_u64(rx.head) != rxTail.load(ordering: .relaxed)
-            || cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring)
-    }
+    package var mayHaveInput: Bool { hasReadable(atLeast: 1) }
 
     /// The readable bytes (contiguous: the ring is mapped twice in a row), or nil at the end. Caller has entered.
     private func readable() throws(IPCError) -> UnsafeRawBufferPointer? {
@@ -344,8 +324,7 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
             s.handler = nil
             s.closed = true
         }
-        let before = use.bitwiseOr(Self.closedBit, ordering: .acquiringAndReleasing).oldValue
-        if before == 0 { releaseOnce() }
+        if use.close() { release() }
     }
 }
 

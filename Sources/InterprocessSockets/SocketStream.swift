@@ -12,9 +12,9 @@ import Synchronization
 package final class SocketStream: ByteStream, @unchecked Sendable {
     private let fd: Int32
     package let peerDescription: String
+    private let use = DescriptorUse()
     private struct State {
-        var use = DescriptorUse()
-        var closed: Bool { use.closed }
+        var closed = false
         var token: UInt64 = 0
         /// Events armed and not yet delivered.
         var interest: UInt32 = 0
@@ -29,29 +29,23 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
     }
 
     deinit {
-        let (released, token) = state.withLock { ($0.use.released, $0.token) }
-        if !released {
+        let token = state.withLock { $0.token }
+        if !use.released {
             if token != 0 { Poller.shared.unregister(fd: fd, token: token) }
             Glibc.close(fd)
         }
     }
 
     private func enter() throws(IPCError) {
-        let ok = state.withLock { s -> Bool in
-            s.use.enter()
-        }
-        if !ok { throw IPCError(.alreadyClosed, "the connection is closed") }
+        if !use.enter() { throw IPCError(.alreadyClosed, "the connection is closed") }
     }
 
     private func leave() {
-        let release = state.withLock { s -> UInt64? in
-            guard s.use.leave() else { return nil }
-            return s.token
-        }
-        if let token = release { releaseDescriptor(token) }
+        if use.leave() { releaseDescriptor() }
     }
 
-    private func releaseDescriptor(_ token: UInt64) {
+    private func releaseDescriptor() {
+        let token = state.withLock { $0.token }
         if token != 0 { Poller.shared.unregister(fd: fd, token: token) }
         Glibc.close(fd)
     }
@@ -59,8 +53,9 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
     /// Hands the descriptor over to a new owner (before ``start(handler:)``): this stream forgets it.
     package func detachDescriptor() -> Int32 {
         state.withLock { s in
-            precondition(s.token == 0 && !s.use.released, "a started or released stream cannot be detached")
-            s.use.detach()
+            precondition(s.token == 0 && !use.released, "a started or released stream cannot be detached")
+            s.closed = true
+            use.detach()
         }
         return fd
     }
@@ -147,11 +142,10 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
     }
 
     package func close() {
-        let release = state.withLock { s -> UInt64? in
+        state.withLock { s in
             s.handler = nil
-            guard s.use.close() else { return nil }
-            return s.token
+            s.closed = true
         }
-        if let token = release { releaseDescriptor(token) }
+        if use.close() { releaseDescriptor() }
     }
 }

@@ -69,10 +69,8 @@ struct Helper {
                 }
                 report("received \(count)")
             case "in-place-echo":
-                // Like echo, through the zero-copy calls: reads each message in place, sends it back through a
-                // loan. `number` is the shared-memory ring size (0: the default).
-                if number > 0 { options.sharedMemoryRingSize = number }
-                try await inPlaceEcho(try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options))
+                // Like echo, through the zero-copy calls: reads each message in place, sends it back through a loan.
+                try await echo(try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options), zeroCopy: true)
             case "child-echo":
                 // Started by IPC.spawn: echoes every raw message back to the parent until the end.
                 try await echo(try await IPC.connectToParent(sending: .raw, receiving: .raw, options: options))
@@ -151,22 +149,17 @@ struct Helper {
         }
     }
 
-    /// Echoes every message back until the end, then closes and reports the count.
-    static func echo(_ c: Connection<[UInt8], [UInt8]>) async throws(IPCError) {
-        var count = 0
-        while let m = try await c.receiver.receive() {
-            try await c.sender.send(m)
-            count += 1
-        }
-        try await c.sender.closeAndWait()
-        report("echoed \(count)")
-    }
-
-    static func inPlaceEcho(_ c: Connection<[UInt8], [UInt8]>) async throws(IPCError) {
+    /// Echoes every message back until the end, then closes and reports the count. With `zeroCopy`, each
+    /// message is read in place and sent back through a loan.
+    static func echo(_ c: Connection<[UInt8], [UInt8]>, zeroCopy: Bool = false) async throws(IPCError) {
         var count = 0
         do {
-            while let copy = try await c.receiver.receive({ [UInt8]($0) }) {
-                try await c.sender.send(byteCount: copy.count) { $0.copyBytes(from: copy) }
+            while let m = try await (zeroCopy ? c.receiver.receive({ [UInt8]($0) }) : c.receiver.receive()) {
+                if zeroCopy {
+                    try await c.sender.send(byteCount: m.count) { $0.copyBytes(from: m) }
+                } else {
+                    try await c.sender.send(m)
+                }
                 count += 1
             }
         } catch let error as IPCError {
