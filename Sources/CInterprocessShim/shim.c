@@ -81,6 +81,11 @@ int cipc_timerfd_arm(int fd, uint64_t nanoseconds) {
     return timerfd_settime(fd, 0, &spec, NULL);
 }
 
+int cipc_timerfd_disarm(int fd) {
+    struct itimerspec spec = {0};
+    return timerfd_settime(fd, 0, &spec, NULL);
+}
+
 ssize_t cipc_writev(int fd, const void *const *bases, const size_t *lengths, int count) {
     struct iovec iov[64];
     if (count > 64) count = 64;

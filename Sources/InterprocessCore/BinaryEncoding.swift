@@ -19,36 +19,57 @@ package enum BinaryEncoding {
         let storage = EncodingStorage()
         swap(&storage.bytes, &buffer)
         defer { swap(&storage.bytes, &buffer) }
-        try storage.encodeValue(value, codingPath: [])
+        try storage.encodeValue(value, path: .root)
     }
 
     package static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
         let input = DecodingInput(bytes: bytes)
-        guard let region = try input.valueRegion(at: 0, end: bytes.count, codingPath: []) else {
+        guard let region = try input.valueRegion(at: 0, end: bytes.count, path: .root) else {
             if let optional = T.self as? any _OptionalType.Type { return optional.makeNil() as! T }
             throw BinaryCodingError(description: "the message is nil but \(T.self) is not optional")
         }
         guard region.upperBound == bytes.count else {
             throw BinaryCodingError(description: "\(bytes.count - region.upperBound) trailing bytes after the value")
         }
-        return try input.decodeValue(T.self, region: region, codingPath: [])
+        return try input.decodeValue(T.self, region: region, path: .root)
     }
 }
 
 package protocol _OptionalType { static func makeNil() -> Self }
 extension Optional: _OptionalType { package static func makeNil() -> Self { nil } }
 
+// MARK: - Coding paths
+
+/// A coding path, turned into an array only when asked for (an error, or a type reading `codingPath`), so that
+/// coding a field allocates nothing for its path.
+indirect enum CodingPath {
+    case root
+    case key(any CodingKey, CodingPath)
+
+    var keys: [any CodingKey] {
+        var keys: [any CodingKey] = []
+        var node = self
+        while case .key(let key, let parent) = node {
+            keys.append(key)
+            node = parent
+        }
+        return keys.reversed()
+    }
+}
+
 // MARK: - Encoding
 
 final class EncodingStorage {
-    var bytes: [UInt8] = []
+    /// Only one encoder writes at a time (the containers of one value, in turn), so the dynamic exclusivity
+    /// check on each access (a fifth of a typed send's time) buys nothing here.
+    @exclusivity(unchecked) var bytes: [UInt8] = []
 
     /// Appends a length slot, encodes the value's region after it, then fills the slot.
-    func encodeValue<T: Encodable>(_ value: T, codingPath: [any CodingKey]) throws {
+    func encodeValue<T: Encodable>(_ value: T, path: @autoclosure () -> CodingPath) throws {
         let slot = bytes.count
         bytes.appendLE(UInt32(0))
         if try !encodePrimitive(value) {
-            let encoder = BinaryEncoderImpl(storage: self, slot: slot, codingPath: codingPath)
+            let encoder = BinaryEncoderImpl(storage: self, slot: slot, path: path())
             try value.encode(to: encoder)
             if encoder.isNil { return }
         }
@@ -62,39 +83,56 @@ final class EncodingStorage {
         bytes.storeLE(UInt32(truncatingIfNeeded: length), at: slot)
     }
 
+    /// A fixed-width value with its length slot.
+    @inline(__always)
+    func appendFixedValue<I: FixedWidthInteger>(_ value: I) {
+        bytes.appendLE(UInt32(MemoryLayout<I>.size))
+        bytes.appendLE(value)
+    }
+
+    /// A string value with its length slot.
+    func appendStringValue(_ value: String) {
+        let slot = bytes.count
+        bytes.appendLE(UInt32(0))
+        bytes.append(contentsOf: value.utf8)
+        closeSlot(slot)
+    }
+
     /// Fast paths for types whose region is their raw bytes. Returns false for anything else.
-    /// The type is found by one dictionary lookup on its metadata, not by trying a cast per candidate.
     @inline(__always)
     func encodePrimitive<T>(_ value: T) throws -> Bool {
         guard let kind = PrimitiveKind.of(T.self) else { return false }
+        // `kind` names T exactly, so the bit casts below are between identical types (no dynamic cast).
         switch kind {
-        case .string: bytes.append(contentsOf: (value as! String).utf8)
-        case .bytes: bytes.append(contentsOf: value as! [UInt8])
-        case .data: bytes.append(contentsOf: value as! Data)
-        case .int: bytes.appendLE(Int64(value as! Int))
-        case .uint: bytes.appendLE(UInt64(value as! UInt))
-        case .int64: bytes.appendLE(value as! Int64)
-        case .uint64: bytes.appendLE(value as! UInt64)
-        case .int32: bytes.appendLE(value as! Int32)
-        case .uint32: bytes.appendLE(value as! UInt32)
-        case .int16: bytes.appendLE(value as! Int16)
-        case .uint16: bytes.appendLE(value as! UInt16)
-        case .int8: bytes.append(UInt8(bitPattern: value as! Int8))
-        case .uint8: bytes.append(value as! UInt8)
-        case .bool: bytes.append((value as! Bool) ? 1 : 0)
-        case .double: bytes.appendLE((value as! Double).bitPattern)
-        case .float: bytes.appendLE((value as! Float).bitPattern)
+        case .string: bytes.append(contentsOf: unsafeBitCast(value, to: String.self).utf8)
+        case .bytes: bytes.append(contentsOf: unsafeBitCast(value, to: [UInt8].self))
+        case .data: bytes.append(contentsOf: unsafeBitCast(value, to: Data.self))
+        case .int: bytes.appendLE(Int64(unsafeBitCast(value, to: Int.self)))
+        case .uint: bytes.appendLE(UInt64(unsafeBitCast(value, to: UInt.self)))
+        case .int64: bytes.appendLE(unsafeBitCast(value, to: Int64.self))
+        case .uint64: bytes.appendLE(unsafeBitCast(value, to: UInt64.self))
+        case .int32: bytes.appendLE(unsafeBitCast(value, to: Int32.self))
+        case .uint32: bytes.appendLE(unsafeBitCast(value, to: UInt32.self))
+        case .int16: bytes.appendLE(unsafeBitCast(value, to: Int16.self))
+        case .uint16: bytes.appendLE(unsafeBitCast(value, to: UInt16.self))
+        case .int8: bytes.append(UInt8(bitPattern: unsafeBitCast(value, to: Int8.self)))
+        case .uint8: bytes.append(unsafeBitCast(value, to: UInt8.self))
+        case .bool: bytes.append(unsafeBitCast(value, to: Bool.self) ? 1 : 0)
+        case .double: bytes.appendLE(unsafeBitCast(value, to: Double.self).bitPattern)
+        case .float: bytes.appendLE(unsafeBitCast(value, to: Float.self).bitPattern)
         }
         return true
     }
 
-    func appendKey(_ key: some CodingKey) throws {
-        let utf8 = key.stringValue.utf8
-        guard utf8.count <= 255 else {
-            throw EncodingError.invalidValue(key.stringValue, .init(codingPath: [key], debugDescription: "keys longer than 255 bytes are not supported by the binary codec"))
+    func appendKey(_ key: some CodingKey, path: @autoclosure () -> CodingPath) throws {
+        var name = key.stringValue
+        try name.withUTF8 { utf8 in
+            guard utf8.count <= 255 else {
+                throw EncodingError.invalidValue(key.stringValue, .init(codingPath: path().keys + [key], debugDescription: "keys longer than 255 bytes are not supported by the binary codec"))
+            }
+            bytes.append(UInt8(utf8.count))
+            bytes.append(contentsOf: utf8)
         }
-        bytes.append(UInt8(utf8.count))
-        bytes.append(contentsOf: utf8)
     }
 }
 
@@ -102,39 +140,51 @@ final class EncodingStorage {
 enum PrimitiveKind {
     case string, bytes, data, int, uint, int64, uint64, int32, uint32, int16, uint16, int8, uint8, bool, double, float
 
-    private static let table: [ObjectIdentifier: PrimitiveKind] = [
-        ObjectIdentifier(String.self): .string, ObjectIdentifier([UInt8].self): .bytes,
-        ObjectIdentifier(Data.self): .data, ObjectIdentifier(Int.self): .int, ObjectIdentifier(UInt.self): .uint,
-        ObjectIdentifier(Int64.self): .int64, ObjectIdentifier(UInt64.self): .uint64,
-        ObjectIdentifier(Int32.self): .int32, ObjectIdentifier(UInt32.self): .uint32,
-        ObjectIdentifier(Int16.self): .int16, ObjectIdentifier(UInt16.self): .uint16,
-        ObjectIdentifier(Int8.self): .int8, ObjectIdentifier(UInt8.self): .uint8, ObjectIdentifier(Bool.self): .bool,
-        ObjectIdentifier(Double.self): .double, ObjectIdentifier(Float.self): .float,
-    ]
-
+    /// A few pointer comparisons, most frequent first (cheaper than hashing the type for a dictionary).
     @inline(__always)
-    static func of(_ type: Any.Type) -> PrimitiveKind? { table[ObjectIdentifier(type)] }
+    static func of(_ type: Any.Type) -> PrimitiveKind? {
+        switch ObjectIdentifier(type) {
+        case ObjectIdentifier([UInt8].self): .bytes
+        case ObjectIdentifier(String.self): .string
+        case ObjectIdentifier(Int.self): .int
+        case ObjectIdentifier(Double.self): .double
+        case ObjectIdentifier(Bool.self): .bool
+        case ObjectIdentifier(UInt64.self): .uint64
+        case ObjectIdentifier(Int64.self): .int64
+        case ObjectIdentifier(UInt8.self): .uint8
+        case ObjectIdentifier(Data.self): .data
+        case ObjectIdentifier(UInt.self): .uint
+        case ObjectIdentifier(Int32.self): .int32
+        case ObjectIdentifier(UInt32.self): .uint32
+        case ObjectIdentifier(Int16.self): .int16
+        case ObjectIdentifier(UInt16.self): .uint16
+        case ObjectIdentifier(Int8.self): .int8
+        case ObjectIdentifier(Float.self): .float
+        default: nil
+        }
+    }
 }
 
 final class BinaryEncoderImpl: Encoder {
     let storage: EncodingStorage
     /// The length slot of the value this encoder writes.
     let slot: Int
-    let codingPath: [any CodingKey]
+    let path: CodingPath
+    var codingPath: [any CodingKey] { path.keys }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
     var isNil = false
 
-    init(storage: EncodingStorage, slot: Int, codingPath: [any CodingKey]) {
+    init(storage: EncodingStorage, slot: Int, path: CodingPath) {
         self.storage = storage
         self.slot = slot
-        self.codingPath = codingPath
+        self.path = path
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        KeyedEncodingContainer(KeyedEncoder<Key>(storage: storage, slot: slot, codingPath: codingPath))
+        KeyedEncodingContainer(KeyedEncoder<Key>(storage: storage, slot: slot, path: path))
     }
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
-        UnkeyedEncoder(storage: storage, slot: slot, codingPath: codingPath)
+        UnkeyedEncoder(storage: storage, slot: slot, path: path)
     }
     func singleValueContainer() -> any SingleValueEncodingContainer { SingleEncoder(encoder: self) }
 }
@@ -142,39 +192,66 @@ final class BinaryEncoderImpl: Encoder {
 struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     let storage: EncodingStorage
     let slot: Int
-    let codingPath: [any CodingKey]
+    let path: CodingPath
+    var codingPath: [any CodingKey] { path.keys }
 
     mutating func encodeNil(forKey key: Key) throws {
-        try storage.appendKey(key)
+        try storage.appendKey(key, path: path)
         storage.encodeNilValue()
         storage.closeSlot(slot)
     }
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        try storage.appendKey(key)
-        try storage.encodeValue(value, codingPath: codingPath + [key])
+        try storage.appendKey(key, path: path)
+        try storage.encodeValue(value, path: .key(key, path))
         storage.closeSlot(slot)
     }
+
+    // The primitives written directly: the same bytes as the generic path, without its type check.
+    private func fixed<I: FixedWidthInteger>(_ value: I, _ key: Key) throws {
+        try storage.appendKey(key, path: path)
+        storage.appendFixedValue(value)
+        storage.closeSlot(slot)
+    }
+    mutating func encode(_ value: Bool, forKey key: Key) throws { try fixed(UInt8(value ? 1 : 0), key) }
+    mutating func encode(_ value: String, forKey key: Key) throws {
+        try storage.appendKey(key, path: path)
+        storage.appendStringValue(value)
+        storage.closeSlot(slot)
+    }
+    mutating func encode(_ value: Double, forKey key: Key) throws { try fixed(value.bitPattern, key) }
+    mutating func encode(_ value: Float, forKey key: Key) throws { try fixed(value.bitPattern, key) }
+    mutating func encode(_ value: Int, forKey key: Key) throws { try fixed(Int64(value), key) }
+    mutating func encode(_ value: Int8, forKey key: Key) throws { try fixed(value, key) }
+    mutating func encode(_ value: Int16, forKey key: Key) throws { try fixed(value, key) }
+    mutating func encode(_ value: Int32, forKey key: Key) throws { try fixed(value, key) }
+    mutating func encode(_ value: Int64, forKey key: Key) throws { try fixed(value, key) }
+    mutating func encode(_ value: UInt, forKey key: Key) throws { try fixed(UInt64(value), key) }
+    mutating func encode(_ value: UInt8, forKey key: Key) throws { try fixed(value, key) }
+    mutating func encode(_ value: UInt16, forKey key: Key) throws { try fixed(value, key) }
+    mutating func encode(_ value: UInt32, forKey key: Key) throws { try fixed(value, key) }
+    mutating func encode(_ value: UInt64, forKey key: Key) throws { try fixed(value, key) }
+
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
-        try? storage.appendKey(key)
+        try? storage.appendKey(key, path: path)
         let child = storage.bytes.count
         storage.bytes.appendLE(UInt32(0))
         storage.closeSlot(slot)
-        return KeyedEncodingContainer(NestedKeyedEncoder<NestedKey>(inner: KeyedEncoder<NestedKey>(storage: storage, slot: child, codingPath: codingPath + [key]), parent: slot))
+        return KeyedEncodingContainer(NestedKeyedEncoder<NestedKey>(inner: KeyedEncoder<NestedKey>(storage: storage, slot: child, path: .key(key, path)), parent: slot))
     }
     mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
-        try? storage.appendKey(key)
+        try? storage.appendKey(key, path: path)
         let child = storage.bytes.count
         storage.bytes.appendLE(UInt32(0))
         storage.closeSlot(slot)
-        return UnkeyedEncoder(storage: storage, slot: child, codingPath: codingPath + [key], parents: [slot])
+        return UnkeyedEncoder(storage: storage, slot: child, path: .key(key, path), parents: [slot])
     }
     mutating func superEncoder() -> any Encoder { superEncoder(forKey: Key(stringValue: "super")!) }
     mutating func superEncoder(forKey key: Key) -> any Encoder {
-        try? storage.appendKey(key)
+        try? storage.appendKey(key, path: path)
         let child = storage.bytes.count
         storage.bytes.appendLE(UInt32(0))
         storage.closeSlot(slot)
-        return BinaryEncoderImpl(storage: storage, slot: child, codingPath: codingPath + [key])
+        return BinaryEncoderImpl(storage: storage, slot: child, path: .key(key, path))
     }
 }
 
@@ -202,9 +279,10 @@ struct NestedKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
 struct UnkeyedEncoder: UnkeyedEncodingContainer {
     let storage: EncodingStorage
     let slot: Int
-    let codingPath: [any CodingKey]
+    let path: CodingPath
     var parents: [Int] = []
     var count = 0
+    var codingPath: [any CodingKey] { path.keys }
 
     private func close() {
         storage.closeSlot(slot)
@@ -216,7 +294,7 @@ struct UnkeyedEncoder: UnkeyedEncodingContainer {
         close()
     }
     mutating func encode<T: Encodable>(_ value: T) throws {
-        try storage.encodeValue(value, codingPath: codingPath)
+        try storage.encodeValue(value, path: path)
         count += 1
         close()
     }
@@ -225,21 +303,21 @@ struct UnkeyedEncoder: UnkeyedEncodingContainer {
         storage.bytes.appendLE(UInt32(0))
         count += 1
         close()
-        return KeyedEncodingContainer(NestedKeyedEncoder<NestedKey>(inner: KeyedEncoder<NestedKey>(storage: storage, slot: child, codingPath: codingPath), parent: slot))
+        return KeyedEncodingContainer(NestedKeyedEncoder<NestedKey>(inner: KeyedEncoder<NestedKey>(storage: storage, slot: child, path: path), parent: slot))
     }
     mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
         let child = storage.bytes.count
         storage.bytes.appendLE(UInt32(0))
         count += 1
         close()
-        return UnkeyedEncoder(storage: storage, slot: child, codingPath: codingPath, parents: [slot] + parents)
+        return UnkeyedEncoder(storage: storage, slot: child, path: path, parents: [slot] + parents)
     }
     mutating func superEncoder() -> any Encoder {
         let child = storage.bytes.count
         storage.bytes.appendLE(UInt32(0))
         count += 1
         close()
-        return BinaryEncoderImpl(storage: storage, slot: child, codingPath: codingPath)
+        return BinaryEncoderImpl(storage: storage, slot: child, path: path)
     }
 }
 
@@ -265,113 +343,148 @@ final class DecodingInput {
     init(bytes: [UInt8]) { self.bytes = bytes }
 
     /// Reads the length slot at `offset`; nil for a nil value. The region is checked against `end`.
-    func valueRegion(at offset: Int, end: Int, codingPath: [any CodingKey]) throws -> Range<Int>? {
-        guard end - offset >= 4 else { throw corrupt("a value's length is cut off", codingPath) }
+    func valueRegion(at offset: Int, end: Int, path: @autoclosure () -> CodingPath) throws -> Range<Int>? {
+        guard end - offset >= 4 else { throw corrupt("a value's length is cut off", path()) }
         let length = bytes.withUnsafeBytes { $0.loadLE(UInt32.self, at: offset) }
         if length == BinaryEncoding.nilMarker { return nil }
         guard Int(length) <= end - offset - 4 else {
-            throw corrupt("a value claims \(length) bytes but only \(end - offset - 4) remain", codingPath)
+            throw corrupt("a value claims \(length) bytes but only \(end - offset - 4) remain", path())
         }
         return (offset + 4)..<(offset + 4 + Int(length))
     }
 
-    func corrupt(_ what: String, _ codingPath: [any CodingKey]) -> DecodingError {
-        DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: what))
+    func corrupt(_ what: String, _ path: CodingPath) -> DecodingError {
+        DecodingError.dataCorrupted(.init(codingPath: path.keys, debugDescription: what))
     }
 
-    func decodeValue<T: Decodable>(_ type: T.Type, region: Range<Int>, codingPath: [any CodingKey]) throws -> T {
-        if let value = try decodePrimitive(type, region: region, codingPath: codingPath) { return value }
-        return try T(from: BinaryDecoderImpl(input: self, region: region, codingPath: codingPath))
+    func decodeValue<T: Decodable>(_ type: T.Type, region: Range<Int>, path: @autoclosure () -> CodingPath) throws -> T {
+        if let value = try decodePrimitive(type, region: region, path: path()) { return value }
+        return try T(from: BinaryDecoderImpl(input: self, region: region, path: path()))
     }
 
     @inline(__always)
-    func fixed<I: FixedWidthInteger>(_: I.Type, _ region: Range<Int>, _ codingPath: [any CodingKey]) throws -> I {
+    func fixed<I: FixedWidthInteger>(_: I.Type, _ region: Range<Int>, _ path: @autoclosure () -> CodingPath) throws -> I {
         guard region.count == MemoryLayout<I>.size else {
-            throw corrupt("expected \(MemoryLayout<I>.size) bytes for \(I.self), found \(region.count)", codingPath)
+            throw corrupt("expected \(MemoryLayout<I>.size) bytes for \(I.self), found \(region.count)", path())
         }
         return bytes.withUnsafeBytes { $0.loadLE(I.self, at: region.lowerBound) }
     }
 
-    func decodePrimitive<T>(_ type: T.Type, region: Range<Int>, codingPath: [any CodingKey]) throws -> T? {
+    func bool(_ region: Range<Int>, _ path: @autoclosure () -> CodingPath) throws -> Bool {
+        let b = try fixed(UInt8.self, region, path())
+        guard b <= 1 else { throw corrupt("a Bool is \(b), not 0 or 1", path()) }
+        return b == 1
+    }
+
+    func string(_ region: Range<Int>, _ path: @autoclosure () -> CodingPath) throws -> String {
+        guard let s = String(validating: bytes[region], as: UTF8.self) else { throw corrupt("a string is not valid UTF-8", path()) }
+        return s
+    }
+
+    func decodePrimitive<T>(_ type: T.Type, region: Range<Int>, path: @autoclosure () -> CodingPath) throws -> T? {
         guard let kind = PrimitiveKind.of(T.self) else { return nil }
-        let value: Any
+        // `kind` names T exactly, so the bit casts below are between identical types (no boxing, no dynamic cast).
         switch kind {
-        case .string:
-            guard let s = String(validating: bytes[region], as: UTF8.self) else { throw corrupt("a string is not valid UTF-8", codingPath) }
-            value = s
-        case .bytes: value = Array(bytes[region])
-        case .data: value = Data(bytes[region])
-        case .int: value = Int(try fixed(Int64.self, region, codingPath))
-        case .uint: value = UInt(try fixed(UInt64.self, region, codingPath))
-        case .int64: value = try fixed(Int64.self, region, codingPath)
-        case .uint64: value = try fixed(UInt64.self, region, codingPath)
-        case .int32: value = try fixed(Int32.self, region, codingPath)
-        case .uint32: value = try fixed(UInt32.self, region, codingPath)
-        case .int16: value = try fixed(Int16.self, region, codingPath)
-        case .uint16: value = try fixed(UInt16.self, region, codingPath)
-        case .int8: value = try fixed(Int8.self, region, codingPath)
-        case .uint8: value = try fixed(UInt8.self, region, codingPath)
-        case .bool:
-            let b = try fixed(UInt8.self, region, codingPath)
-            guard b <= 1 else { throw corrupt("a Bool is \(b), not 0 or 1", codingPath) }
-            value = b == 1
-        case .double: value = Double(bitPattern: try fixed(UInt64.self, region, codingPath))
-        case .float: value = Float(bitPattern: try fixed(UInt32.self, region, codingPath))
+        case .string: return unsafeBitCast(try string(region, path()), to: T.self)
+        case .bytes: return unsafeBitCast(Array(bytes[region]), to: T.self)
+        case .data: return unsafeBitCast(Data(bytes[region]), to: T.self)
+        case .int: return unsafeBitCast(Int(try fixed(Int64.self, region, path())), to: T.self)
+        case .uint: return unsafeBitCast(UInt(try fixed(UInt64.self, region, path())), to: T.self)
+        case .int64: return unsafeBitCast(try fixed(Int64.self, region, path()), to: T.self)
+        case .uint64: return unsafeBitCast(try fixed(UInt64.self, region, path()), to: T.self)
+        case .int32: return unsafeBitCast(try fixed(Int32.self, region, path()), to: T.self)
+        case .uint32: return unsafeBitCast(try fixed(UInt32.self, region, path()), to: T.self)
+        case .int16: return unsafeBitCast(try fixed(Int16.self, region, path()), to: T.self)
+        case .uint16: return unsafeBitCast(try fixed(UInt16.self, region, path()), to: T.self)
+        case .int8: return unsafeBitCast(try fixed(Int8.self, region, path()), to: T.self)
+        case .uint8: return unsafeBitCast(try fixed(UInt8.self, region, path()), to: T.self)
+        case .bool: return unsafeBitCast(try bool(region, path()), to: T.self)
+        case .double: return unsafeBitCast(Double(bitPattern: try fixed(UInt64.self, region, path())), to: T.self)
+        case .float: return unsafeBitCast(Float(bitPattern: try fixed(UInt32.self, region, path())), to: T.self)
         }
-        return (value as! T)
     }
 }
 
 final class BinaryDecoderImpl: Decoder {
     let input: DecodingInput
     let region: Range<Int>
-    let codingPath: [any CodingKey]
+    let path: CodingPath
+    var codingPath: [any CodingKey] { path.keys }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
-    init(input: DecodingInput, region: Range<Int>, codingPath: [any CodingKey]) {
+    init(input: DecodingInput, region: Range<Int>, path: CodingPath) {
         self.input = input
         self.region = region
-        self.codingPath = codingPath
+        self.path = path
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
-        KeyedDecodingContainer(try KeyedDecoder<Key>(input: input, region: region, codingPath: codingPath))
+        KeyedDecodingContainer(try KeyedDecoder<Key>(input: input, region: region, path: path))
     }
     func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
-        UnkeyedDecoder(input: input, region: region, codingPath: codingPath)
+        UnkeyedDecoder(input: input, region: region, path: path)
     }
     func singleValueContainer() throws -> any SingleValueDecodingContainer { SingleDecoder(decoder: self) }
 }
 
 struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let input: DecodingInput
-    let codingPath: [any CodingKey]
-    /// (key bytes, value region or nil for nil), in stream order.
-    let entries: [(key: Range<Int>, value: Range<Int>?)]
+    let path: CodingPath
+    var codingPath: [any CodingKey] { path.keys }
+    /// The keyed entries, every one checked by `init`: (u8 key length, key, value)*.
+    let region: Range<Int>
 
-    init(input: DecodingInput, region: Range<Int>, codingPath: [any CodingKey]) throws {
+    init(input: DecodingInput, region: Range<Int>, path: CodingPath) throws {
         self.input = input
-        self.codingPath = codingPath
-        var entries: [(key: Range<Int>, value: Range<Int>?)] = []
+        self.path = path
+        self.region = region
+        // Check every entry now, so that a corrupt region fails here whatever the type reads; lookups then walk
+        // the checked entries (no table is built: a struct has few fields).
         var offset = region.lowerBound
         while offset < region.upperBound {
             let keyLength = Int(input.bytes[offset])
-            guard region.upperBound - offset - 1 >= keyLength else { throw input.corrupt("a key is cut off", codingPath) }
-            let key = (offset + 1)..<(offset + 1 + keyLength)
-            let value = try input.valueRegion(at: key.upperBound, end: region.upperBound, codingPath: codingPath)
-            entries.append((key, value))
-            offset = value?.upperBound ?? (key.upperBound + 4)
+            guard region.upperBound - offset - 1 >= keyLength else { throw input.corrupt("a key is cut off", path) }
+            let value = try input.valueRegion(at: offset + 1 + keyLength, end: region.upperBound, path: path)
+            offset = value?.upperBound ?? (offset + 1 + keyLength + 4)
         }
-        self.entries = entries
+    }
+
+    /// Calls `body` with each entry's key and value region (nil for nil) until it returns true.
+    private func walk(_ body: (_ key: Range<Int>, _ value: Range<Int>?) -> Bool) {
+        input.bytes.withUnsafeBytes { bytes in
+            var offset = region.lowerBound
+            while offset < region.upperBound {
+                let key = (offset + 1)..<(offset + 1 + Int(bytes[offset]))
+                let length = bytes.loadLE(UInt32.self, at: key.upperBound)
+                let value = length == BinaryEncoding.nilMarker ? nil : (key.upperBound + 4)..<(key.upperBound + 4 + Int(length))
+                if body(key, value) { return }
+                offset = value?.upperBound ?? (key.upperBound + 4)
+            }
+        }
     }
 
     var allKeys: [Key] {
-        entries.compactMap { Key(stringValue: String(decoding: input.bytes[$0.key], as: UTF8.self)) }
+        var keys: [Key] = []
+        walk { key, _ in
+            if let k = Key(stringValue: String(decoding: input.bytes[key], as: UTF8.self)) { keys.append(k) }
+            return false
+        }
+        return keys
     }
 
     private func find(_ key: Key) -> (key: Range<Int>, value: Range<Int>?)? {
-        let wanted = key.stringValue.utf8
-        return entries.first { input.bytes[$0.key].elementsEqual(wanted) }
+        var name = key.stringValue
+        return name.withUTF8 { wanted in
+            input.bytes.withUnsafeBufferPointer { bytes in
+                var found: (key: Range<Int>, value: Range<Int>?)?
+                walk { k, v in
+                    guard k.count == wanted.count, wanted.isEmpty || memcmp(bytes.baseAddress! + k.lowerBound, wanted.baseAddress!, wanted.count) == 0 else { return false }
+                    found = (k, v)
+                    return true
+                }
+                return found
+            }
+        }
     }
 
     func contains(_ key: Key) -> Bool { find(key) != nil }
@@ -383,6 +496,14 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return entry.value
     }
 
+    /// The region of a value that must not be nil.
+    private func present<T>(_ key: Key, _ type: T.Type) throws -> Range<Int> {
+        guard let r = try region(key) else {
+            throw DecodingError.valueNotFound(T.self, .init(codingPath: codingPath + [key], debugDescription: "value is nil"))
+        }
+        return r
+    }
+
     func decodeNil(forKey key: Key) throws -> Bool { try region(key) == nil }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
@@ -390,50 +511,70 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
             if let optional = T.self as? any _OptionalType.Type { return optional.makeNil() as! T }
             throw DecodingError.valueNotFound(T.self, .init(codingPath: codingPath + [key], debugDescription: "value is nil"))
         }
-        return try input.decodeValue(T.self, region: r, codingPath: codingPath + [key])
+        return try input.decodeValue(T.self, region: r, path: .key(key, path))
     }
 
+    // The primitives read directly: the same checks as the generic path, without its type check.
+    private func fixed<I: FixedWidthInteger>(_ type: I.Type, _ key: Key) throws -> I {
+        try input.fixed(I.self, try present(key, I.self), .key(key, path))
+    }
+    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try input.bool(try present(key, type), .key(key, path)) }
+    func decode(_ type: String.Type, forKey key: Key) throws -> String { try input.string(try present(key, type), .key(key, path)) }
+    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { Double(bitPattern: try fixed(UInt64.self, key)) }
+    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { Float(bitPattern: try fixed(UInt32.self, key)) }
+    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { Int(try fixed(Int64.self, key)) }
+    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try fixed(Int8.self, key) }
+    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try fixed(Int16.self, key) }
+    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try fixed(Int32.self, key) }
+    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try fixed(Int64.self, key) }
+    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { UInt(try fixed(UInt64.self, key)) }
+    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try fixed(UInt8.self, key) }
+    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try fixed(UInt16.self, key) }
+    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try fixed(UInt32.self, key) }
+    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try fixed(UInt64.self, key) }
+
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
-        guard let r = try region(key) else { throw input.corrupt("nested container is nil", codingPath + [key]) }
-        return KeyedDecodingContainer(try KeyedDecoder<NestedKey>(input: input, region: r, codingPath: codingPath + [key]))
+        guard let r = try region(key) else { throw input.corrupt("nested container is nil", .key(key, path)) }
+        return KeyedDecodingContainer(try KeyedDecoder<NestedKey>(input: input, region: r, path: .key(key, path)))
     }
     func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
-        guard let r = try region(key) else { throw input.corrupt("nested container is nil", codingPath + [key]) }
-        return UnkeyedDecoder(input: input, region: r, codingPath: codingPath + [key])
+        guard let r = try region(key) else { throw input.corrupt("nested container is nil", .key(key, path)) }
+        return UnkeyedDecoder(input: input, region: r, path: .key(key, path))
     }
     func superDecoder() throws -> any Decoder { try superDecoder(forKey: Key(stringValue: "super")!) }
     func superDecoder(forKey key: Key) throws -> any Decoder {
-        guard let r = try region(key) else { throw input.corrupt("super value is nil", codingPath + [key]) }
-        return BinaryDecoderImpl(input: input, region: r, codingPath: codingPath + [key])
+        guard let r = try region(key) else { throw input.corrupt("super value is nil", .key(key, path)) }
+        return BinaryDecoderImpl(input: input, region: r, path: .key(key, path))
     }
 }
 
 struct UnkeyedDecoder: UnkeyedDecodingContainer {
     let input: DecodingInput
     let region: Range<Int>
-    let codingPath: [any CodingKey]
+    let path: CodingPath
+    var codingPath: [any CodingKey] { path.keys }
     var offset: Int
     var currentIndex = 0
     var count: Int? { nil }
     var isAtEnd: Bool { offset >= region.upperBound }
 
-    init(input: DecodingInput, region: Range<Int>, codingPath: [any CodingKey]) {
+    init(input: DecodingInput, region: Range<Int>, path: CodingPath) {
         self.input = input
         self.region = region
-        self.codingPath = codingPath
+        self.path = path
         self.offset = region.lowerBound
     }
 
     private mutating func next() throws -> Range<Int>? {
-        guard !isAtEnd else { throw input.corrupt("no more elements (read \(currentIndex))", codingPath) }
-        let r = try input.valueRegion(at: offset, end: region.upperBound, codingPath: codingPath)
+        guard !isAtEnd else { throw input.corrupt("no more elements (read \(currentIndex))", path) }
+        let r = try input.valueRegion(at: offset, end: region.upperBound, path: path)
         offset = r?.upperBound ?? offset + 4
         currentIndex += 1
         return r
     }
 
     mutating func decodeNil() throws -> Bool {
-        guard !isAtEnd else { throw input.corrupt("no more elements", codingPath) }
+        guard !isAtEnd else { throw input.corrupt("no more elements", path) }
         let length = input.bytes.withUnsafeBytes { $0.loadLE(UInt32.self, at: offset) }
         if length == BinaryEncoding.nilMarker {
             offset += 4
@@ -447,19 +588,19 @@ struct UnkeyedDecoder: UnkeyedDecodingContainer {
             if let optional = T.self as? any _OptionalType.Type { return optional.makeNil() as! T }
             throw DecodingError.valueNotFound(T.self, .init(codingPath: codingPath, debugDescription: "element \(currentIndex - 1) is nil"))
         }
-        return try input.decodeValue(T.self, region: r, codingPath: codingPath)
+        return try input.decodeValue(T.self, region: r, path: path)
     }
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
-        guard let r = try next() else { throw input.corrupt("nested container is nil", codingPath) }
-        return KeyedDecodingContainer(try KeyedDecoder<NestedKey>(input: input, region: r, codingPath: codingPath))
+        guard let r = try next() else { throw input.corrupt("nested container is nil", path) }
+        return KeyedDecodingContainer(try KeyedDecoder<NestedKey>(input: input, region: r, path: path))
     }
     mutating func nestedUnkeyedContainer() throws -> any UnkeyedDecodingContainer {
-        guard let r = try next() else { throw input.corrupt("nested container is nil", codingPath) }
-        return UnkeyedDecoder(input: input, region: r, codingPath: codingPath)
+        guard let r = try next() else { throw input.corrupt("nested container is nil", path) }
+        return UnkeyedDecoder(input: input, region: r, path: path)
     }
     mutating func superDecoder() throws -> any Decoder {
-        guard let r = try next() else { throw input.corrupt("super value is nil", codingPath) }
-        return BinaryDecoderImpl(input: input, region: r, codingPath: codingPath)
+        guard let r = try next() else { throw input.corrupt("super value is nil", path) }
+        return BinaryDecoderImpl(input: input, region: r, path: path)
     }
 }
 
@@ -469,6 +610,6 @@ struct SingleDecoder: SingleValueDecodingContainer {
     // A nil single value never reaches a decoder: its slot holds the nil marker and the parent sees nil.
     func decodeNil() -> Bool { false }
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try decoder.input.decodeValue(T.self, region: decoder.region, codingPath: decoder.codingPath)
+        try decoder.input.decodeValue(T.self, region: decoder.region, path: decoder.path)
     }
 }

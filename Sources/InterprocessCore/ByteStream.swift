@@ -17,6 +17,9 @@ package protocol ByteStream: AnyObject, Sendable {
     /// Asks for one ``ByteStreamHandler/flushRequested()`` call on the transport's I/O thread after a short
     /// delay, so that a burst of sends is written with one system call.
     func requestFlush()
+    /// Withdraws a ``requestFlush()`` that is no longer needed (the output was written meanwhile), so that the
+    /// I/O thread need not wake for it.
+    func cancelFlush()
     /// Ends the sending direction (the peer reads end-of-stream after everything written).
     func shutdownWrite()
     /// Releases the stream. No callbacks follow.

@@ -191,7 +191,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Appends a data frame now if credit allows (under one lock, no suspension point). On a rendezvous (only
     /// when allowed, as a select does) the frame is then on its way and the caller waits with ``awaitTaken(_:)``.
     package func sendNow(_ append: (inout ConnectionState) throws(IPCError) -> UInt64, allowRendezvous: Bool = true) throws(IPCError) -> SendAttempt {
-        let step: (UInt64, Bool, FlushDecision)? = try locked.withLock { state throws(IPCError) in
+        let step: (UInt64, Bool, Bool)? = try locked.withLock { state throws(IPCError) in
             let rendezvous = state.channel.isRendezvous
             if rendezvous && !allowRendezvous || state.loanActive { return nil }
             switch state.channel.canSend() {
@@ -199,11 +199,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .wait: return nil
             case .ready:
                 let seq = try append(&state.channel)
-                return (seq, rendezvous, Self.flushDecision(&state, data: true))
+                return (seq, rendezvous, writeDecision(&state, data: true))
             }
         }
-        guard let (seq, rendezvous, decision) = step else { return .wouldBlock }
-        perform(decision, data: true)
+        guard let (seq, rendezvous, writeNow) = step else { return .wouldBlock }
+        if writeNow { writeInline(data: true) }
         return rendezvous ? .awaitingTake(seq) : .sent
     }
 
@@ -871,20 +871,19 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Anything still pending when a task is about to wait is written by that task before it waits, and a
     /// deferred flush on the I/O thread writes the tail of a burst that ends without a wait.
     private func afterAppend(data: Bool) {
-        let decision = locked.withLock { state in Self.flushDecision(&state, data: data) }
-        perform(decision, data: data)
+        if locked.withLock({ state in writeDecision(&state, data: data) }) { writeInline(data: data) }
     }
 
-    private enum FlushDecision { case inline, scheduled, none }
-
-    /// Decides how appended output gets written (lock held); `.inline` takes the writer role.
-    private static func flushDecision(_ state: inout Locked, data: Bool) -> FlushDecision {
+    /// Decides how appended output gets written (lock held): true when the caller writes it now (it took the
+    /// writer role); otherwise a deferred flush is asked for, unless one is already due or someone is writing.
+    /// The request is made under the lock, so that it cannot cross a ``writeOutbox()`` withdrawing it.
+    private func writeDecision(_ state: inout Locked, data: Bool) -> Bool {
         let now = cipc_monotonic_ns()
         var urgent: Bool
         if data {
             state.unflushedFrames += 1
             let batch = max(Int(state.channel.peer?.capacity ?? 1) / 4, 1)
-            urgent = now &- state.lastAppendNanos >= burstNanos || state.channel.isRendezvous
+            urgent = now &- state.lastAppendNanos >= Self.burstNanos || state.channel.isRendezvous
                 || state.unflushedFrames >= batch || state.waitedForInput
             state.waitedForInput = false
             state.lastAppendNanos = now
@@ -892,26 +891,24 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             // A credit is due only once per quarter window: write it at once so the sender never stalls.
             urgent = true
         }
-        urgent = urgent || state.channel.outbox.count >= flushThreshold
-        if state.writerBusy || !state.hasPendingOutput { return .none }
+        urgent = urgent || state.channel.outbox.count >= Self.flushThreshold
+        if state.writerBusy || !state.hasPendingOutput { return false }
         if urgent {
             state.writerBusy = true
-            return .inline
+            return true
         }
-        if state.flushScheduled { return .none }
-        state.flushScheduled = true
-        return .scheduled
+        if !state.flushScheduled {
+            state.flushScheduled = true
+            stream.requestFlush()
+        }
+        return false
     }
 
-    private func perform(_ decision: FlushDecision, data: Bool) {
-        switch decision {
-        case .inline:
-            writeOutbox()
-            // Measure the next gap from the end of this write, not its start.
-            if data { locked.withLock { $0.lastAppendNanos = cipc_monotonic_ns() } }
-        case .scheduled: stream.requestFlush()
-        case .none: break
-        }
+    /// Writes the outbox (caller took the writer role in ``writeDecision(_:data:)``).
+    private func writeInline(data: Bool) {
+        writeOutbox()
+        // Measure the next gap from the end of this write, not its start.
+        if data { locked.withLock { $0.lastAppendNanos = cipc_monotonic_ns() } }
     }
 
     /// Writes the outbox now if nobody else is writing it.
@@ -932,6 +929,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             let next = locked.withLock { state -> (segments: [[UInt8]], offset: Int)? in
                 guard !state.channel.outbox.isEmpty, !state.closed, !state.writeFailed else {
                     state.writerBusy = false
+                    if state.flushScheduled {
+                        // Everything is written: the deferred flush asked for would find nothing to do.
+                        state.flushScheduled = false
+                        stream.cancelFlush()
+                    }
                     wakeWaiters = state.writerWaited
                     state.writerWaited = false
                     return nil

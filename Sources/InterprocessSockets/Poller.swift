@@ -59,13 +59,26 @@ final class Poller: Sendable {
     /// Runs `handler.flushRequested()` on the I/O thread after ``flushDelayNanos``. Arming a timer wakes no
     /// thread now, so the sender keeps its CPU and the flush carries everything appended meanwhile.
     func requestFlush(_ handler: any ByteStreamHandler) {
-        let arm = registry.withLock { r -> Bool in
+        // The timer is armed and disarmed under the lock, so that its state always matches `timerArmed`.
+        registry.withLock { r in
             r.flushQueue.append(handler)
-            if r.timerArmed { return false }
+            if r.timerArmed { return }
             r.timerArmed = true
-            return true
+            _ = cipc_timerfd_arm(timerFD, Self.flushDelayNanos)
         }
-        if arm { _ = cipc_timerfd_arm(timerFD, Self.flushDelayNanos) }
+    }
+
+    /// Withdraws `handler`'s flush requests (its output was written meanwhile). When no request is left the
+    /// timer is disarmed, so the I/O thread does not wake: during a long burst of sends, each batch is written
+    /// by the sender and a wake-up per batch would take the sender's CPU (measured: W2 ran up to twice as fast
+    /// without those wake-ups).
+    func cancelFlush(_ handler: any ByteStreamHandler) {
+        registry.withLock { r in
+            r.flushQueue.removeAll { $0 === handler }
+            guard r.flushQueue.isEmpty, r.timerArmed else { return }
+            r.timerArmed = false
+            _ = cipc_timerfd_disarm(timerFD)
+        }
     }
 
     private func run() {
@@ -79,6 +92,8 @@ final class Poller: Sendable {
                     var value: UInt64 = 0
                     _ = read(timerFD, &value, 8)
                     _ = cipc_epoll_arm(epollFD, timerFD, 1, UInt32(CIPC_EV_READ), 0)
+                    // After a disarm the expiration may still be reported once: then the queue is empty, or holds a
+                    // request made since, which is flushed a little early.
                     let queue = registry.withLock { r in
                         r.timerArmed = false
                         defer { r.flushQueue.removeAll(keepingCapacity: true) }

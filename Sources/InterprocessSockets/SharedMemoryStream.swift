@@ -309,6 +309,11 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         Poller.shared.requestFlush(handler)
     }
 
+    package func cancelFlush() {
+        guard let handler = state.withLock({ $0.handler }) else { return }
+        Poller.shared.cancelFlush(handler)
+    }
+
     package func shutdownWrite() {
         guard (try? enter()) != nil else { return }
         defer { leave() }

@@ -135,6 +135,11 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
         Poller.shared.requestFlush(handler)
     }
 
+    package func cancelFlush() {
+        guard let handler = state.withLock({ $0.handler }) else { return }
+        Poller.shared.cancelFlush(handler)
+    }
+
     package func shutdownWrite() {
         guard (try? enter()) != nil else { return }
         defer { leave() }

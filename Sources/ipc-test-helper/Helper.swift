@@ -23,6 +23,8 @@ struct Helper {
                 try await echo(try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options))
             case "count":
                 // Receives numbered messages (8-byte little-endian index) until the end; checks order and count.
+                // With a fourth argument K, says "got N" each time N, a multiple of K, arrived (before the end).
+                let every = args.count > 3 ? Int(args[3]) ?? 0 : 0
                 let rx = try await IPC.connect(to: endpoint, receiving: .raw, options: options)
                 var count = 0
                 while let m = try await rx.receive() {
@@ -31,6 +33,7 @@ struct Helper {
                         exit(1)
                     }
                     count += 1
+                    if every > 0 && count % every == 0 { report("got \(count)") }
                 }
                 report("received \(count)")
                 exit(count == number ? 0 : 1)

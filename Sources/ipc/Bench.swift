@@ -434,8 +434,12 @@ struct BenchPeer: AsyncParsableCommand {
             return
         }
         let connection = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options)
+        // Parsed arguments are read once: a property wrapper's getter in the loops below costs a generic-metadata
+        // lookup per message, which the peer's figures must not include.
+        let workload = workload
+        let zeroCopy = transport == .shmZeroCopy
         switch workload {
-        case .w1 where transport == .shmZeroCopy, .w4 where transport == .shmZeroCopy:
+        case .w1 where zeroCopy, .w4 where zeroCopy:
             // Echo through the zero-copy calls: in W1 the whole message is copied from its place in one ring into
             // a loan in the other; in W4 only its two tags are.
             while true {
@@ -468,7 +472,7 @@ struct BenchPeer: AsyncParsableCommand {
             for i in 0..<count {
                 let tag = UInt8(truncatingIfNeeded: i)
                 let ok: Bool?
-                if transport == .shmZeroCopy {
+                if zeroCopy {
                     ok = try await connection.receiver.receive { $0.first == tag && $0.last == tag }
                 } else {
                     ok = try await connection.receiver.receive().map { $0.first == tag && $0.last == tag }

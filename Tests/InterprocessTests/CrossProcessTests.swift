@@ -52,6 +52,31 @@ struct CrossProcessTests {
         #expect(output.contains("received 5000"))
     }
 
+    /// A burst's last frames are left to the deferred flush (the sender writes a batch inline every quarter
+    /// window), which the sender withdraws whenever it wrote everything itself. Nothing touches the connection
+    /// after the burst here, so the tail arrives only if the deferred flush still runs when it is needed.
+    @Test("the tail of a burst arrives without further calls", arguments: TransportKind.allCases)
+    func burstTailIsFlushed(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw)
+        defer { listener.close() }
+        // The helper's capacity is 64: the sender writes inline every 16 frames, so each burst of 40 leaves a tail.
+        let helper = try ChildProcess("ipc-test-helper", ["count", listener.endpoint.description, "120", "40"])
+        let tx = try await within(20) { try await listener.accept() }.sender
+        for round in 1...3 {
+            // trySend: no suspension point between the sends, so they come fast enough to count as a burst even
+            // in a debug build. It fails only when this side has not read the peer's latest credit yet: then
+            // `send` waits for it (reading it).
+            let messages = (0..<40).map { numbered(UInt64((round - 1) * 40 + $0)) }
+            for message in messages where try !tx.trySend(message) { try await within(10) { try await tx.send(message) } }
+            #expect(await helper.waitForOutput("got \(round * 40)", seconds: 20), "burst \(round) did not arrive whole")
+        }
+        try await tx.close()
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+        #expect(output.contains("received 120"))
+    }
+
     @Test("a receiver that stops reading holds the sender at its capacity", arguments: TransportKind.allCases)
     func backpressure(_ kind: TransportKind) async throws {
         let dir = temporaryDirectory()

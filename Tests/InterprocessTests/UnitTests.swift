@@ -294,6 +294,43 @@ struct BinaryCodecTests {
         #expect(try BinaryCodec(String.self).decode(bytes) == "x")
     }
 
+    struct Golden: Codable, Equatable {
+        var a: UInt16
+        var s: String
+        var b: [UInt8]
+        var o: Int?
+        var f: Bool
+        var d: Double
+    }
+
+    /// The layout of docs/wire-protocol.md ("Binary codec"), byte for byte: the primitive fast paths must write
+    /// exactly what the format says.
+    @Test func layoutIsTheDocumentedOne() throws {
+        var bytes: [UInt8] = []
+        let value = Golden(a: 0x0102, s: "hi", b: [9], o: nil, f: true, d: 1.0)
+        try BinaryCodec(Golden.self).encode(value, into: &bytes)
+        let expected: [UInt8] = [44, 0, 0, 0,  // the struct's region: 44 bytes of keyed entries
+            1, 0x61, 2, 0, 0, 0, 0x02, 0x01,  // "a": UInt16, little-endian
+            1, 0x73, 2, 0, 0, 0, 0x68, 0x69,  // "s": UTF-8
+            1, 0x62, 1, 0, 0, 0, 9,  // "b": the bytes themselves
+            1, 0x66, 1, 0, 0, 0, 1,  // "f": one byte (a nil optional writes no entry)
+            1, 0x64, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xF0, 0x3F]  // "d": IEEE 754 bits
+        #expect(bytes == expected)
+        #expect(try BinaryCodec(Golden.self).decode(bytes) == value)
+    }
+
+    struct Outer: Codable { var inner: Inner; struct Inner: Codable { var y: UInt64 } }
+
+    /// A decoding error names where in the value it happened.
+    @Test func decodingErrorsNameTheCodingPath() throws {
+        // "inner" holds "y" with 4 bytes where a UInt64 needs 8.
+        let bytes: [UInt8] = [20, 0, 0, 0, 5] + Array("inner".utf8) + [10, 0, 0, 0, 1, 0x79, 4, 0, 0, 0, 1, 2, 3, 4]
+        #expect { try BinaryCodec(Outer.self).decode(bytes) } throws: { error in
+            let text = "\(error)"
+            return (error as! IPCError).code == .decodingFailed && text.contains("inner.y") && text.contains("expected 8 bytes")
+        }
+    }
+
     @Test func corruptInputIsADecodingErrorNotACrash() throws {
         var bytes: [UInt8] = []
         try BinaryCodec(Nested.self).encode(value, into: &bytes)

@@ -46,6 +46,8 @@ int cipc_eventfd(void);
 int cipc_timerfd(void);
 /// Arms the timerfd to fire once after `nanoseconds`.
 int cipc_timerfd_arm(int fd, uint64_t nanoseconds);
+/// Disarms the timerfd (a pending expiration is cleared too).
+int cipc_timerfd_disarm(int fd);
 
 /// writev of up to `count` buffers. Returns bytes written or -1 with errno.
 ssize_t cipc_writev(int fd, const void *const *bases, const size_t *lengths, int count);
