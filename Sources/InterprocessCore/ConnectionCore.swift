@@ -116,6 +116,24 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return message
     }
 
+    /// Up to `maxCount` messages: waits for the first like ``receive()``, then takes the ones already here under
+    /// one lock, without waiting for more. Nil at the end.
+    package func receive(upTo maxCount: Int) async throws(IPCError) -> [[UInt8]]? {
+        guard let first = try await receive() else { return nil }
+        guard maxCount > 1 else { return [first] }
+        let (batch, credit) = locked.withLock { state -> ([[UInt8]], Bool) in
+            var batch = [first]
+            var credit = false
+            while batch.count < maxCount, case .message(let bytes, let grant) = state.channel.receive() {
+                batch.append(bytes)
+                credit = credit || grant
+            }
+            return (batch, credit)
+        }
+        if credit { afterAppend(data: false) }
+        return batch
+    }
+
     /// After ``receiveStep(_:)`` gave a message (`flag`: a credit frame was appended) or the end (`flag`: the
     /// first time).
     private func afterTaken(_ message: [UInt8]?, _ flag: Bool) {
@@ -171,6 +189,50 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package func send(_ encode: (inout [UInt8]) throws(IPCError) -> Void) async throws(IPCError) {
         if try trySend({ state throws(IPCError) in try state.appendData(encode) }) { return }
         try await send { state throws(IPCError) in try state.appendData(encode) }
+    }
+
+    /// Sends `count` messages in order: as many as credit allows are appended under one lock and written together
+    /// at once; for the rest it waits for credit like `send`. `append(i, &state)` appends message `i`. If that
+    /// throws, the messages before it are sent and the rest are not.
+    package func send(batch count: Int, _ append: (Int, inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
+        var next = 0
+        while next < count {
+            var appended = 0
+            var failure: IPCError?
+            let writeNow = locked.withLock { state -> Bool in
+                // A loan in progress or a rendezvous: one at a time, below.
+                if state.loanActive || state.channel.isRendezvous { return false }
+                appending: while next + appended < count {
+                    switch state.channel.canSend() {
+                    case .ready: break
+                    case .wait: break appending
+                    case .failed(let error):
+                        failure = error
+                        break appending
+                    }
+                    do throws(IPCError) {
+                        _ = try append(next + appended, &state.channel)
+                    } catch {
+                        failure = error
+                        break appending
+                    }
+                    appended += 1
+                }
+                // The caller handed over everything it has: written now (by this task, or by the writer at work,
+                // which writes until the outbox is empty).
+                guard appended > 0, !state.writerBusy else { return false }
+                state.writerBusy = true
+                return true
+            }
+            if writeNow { writeInline(data: true) }
+            next += appended
+            if let failure { throw failure }
+            if next < count {
+                let index = next
+                try await send { state throws(IPCError) in try append(index, &state) }
+                next += 1
+            }
+        }
     }
 
     /// Sends `payload` as one message without copying it into the outbox (for large raw payloads).

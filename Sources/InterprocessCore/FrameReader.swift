@@ -156,7 +156,7 @@ package final class FrameReader {
         switch type {
         case .data:
             let seq = b.loadLE(UInt64.self, at: 0)
-            return .frame(.data(seq: seq, payload: Array(b[Wire.dataPrefixSize...])))
+            return .frame(.data(seq: seq, payload: Self.array(UnsafeRawBufferPointer(rebasing: b[Wire.dataPrefixSize...]))))
         case .credit: return .frame(.credit(consumed: b.loadLE(UInt64.self, at: 0)))
         case .close: return .frame(.close(lastSeq: b.loadLE(UInt64.self, at: 0)))
         case .ping: return .frame(.ping(b.loadLE(UInt64.self, at: 0)))
@@ -165,6 +165,16 @@ package final class FrameReader {
         case .error:
             let code = b.loadLE(UInt16.self, at: 0)
             return .frame(.error(code: code, message: String(decoding: b[2...], as: UTF8.self)))
+        }
+    }
+
+    /// A copy of `bytes` as an array, with one `memcpy` (the generic `Array(slice)` copies element-wise).
+    private static func array(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: bytes.count) { storage, count in
+            if let base = bytes.baseAddress, bytes.count > 0 {
+                UnsafeMutableRawPointer(storage.baseAddress!).copyMemory(from: base, byteCount: bytes.count)
+            }
+            count = bytes.count
         }
     }
 

@@ -145,6 +145,31 @@ extension Receiver where Value == [UInt8] {
         }
     }
 
+    /// Receives up to `maxCount` messages in one call: waits for the first like ``receive()``, then takes, in
+    /// order, those that are already here, without waiting for more. Returns nil at the end of the channel.
+    ///
+    /// One call costs about what one `receive()` does, so a consumer of many small messages spends far less per
+    /// message (the sender may use ``Sender/send(contentsOf:)``, or not: the messages are the same). Taken
+    /// messages count against the channel's capacity no longer, as with `receive()`. On a receiver whose codec is
+    /// not ``RawBytesCodec``, where a message could fail to decode in the middle of a batch, each call returns
+    /// one message.
+    ///
+    /// - Throws: what ``receive()`` throws.
+    public func receive(upTo maxCount: Int) async throws(IPCError) -> [[UInt8]]? {
+        precondition(maxCount > 0, "maxCount must be positive")
+        switch backend {
+        case .remote(let core, _, let isRaw) where isRaw:
+            return try await core.receive(upTo: maxCount)
+        case .local(let channel):
+            guard let first = try await channel.receive() else { return nil }
+            var batch = [first]
+            while batch.count < maxCount, case let value?? = channel.tryReceive() { batch.append(value) }
+            return batch
+        default:
+            return try await receive().map { [$0] }
+        }
+    }
+
     /// Receives a fixed-size value sent with ``Sender/send(bytesOf:)``, read straight from the ring over shared
     /// memory. `nil` at the end of the channel.
     ///

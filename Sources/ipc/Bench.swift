@@ -33,6 +33,9 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
     case shmZeroCopy = "shm-zero-copy"
     case unixBinary = "unix-binary"
     case unixJSON = "unix-json"
+    /// W2 with `send(contentsOf:)` and `receive(upTo:)`, 64 messages per call (reported apart: not the per-message API).
+    case unixBatch = "unix-batch"
+    case shmBatch = "shm-batch"
 
     var label: String {
         switch self {
@@ -44,6 +47,8 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
         case .shmZeroCopy: "Interprocess shm, zero-copy calls"
         case .unixBinary: "Interprocess unix, binary Codable"
         case .unixJSON: "Interprocess unix, JSON Codable"
+        case .unixBatch: "Interprocess unix, raw, 64 per call"
+        case .shmBatch: "Interprocess shm, raw, 64 per call"
         }
     }
 
@@ -51,7 +56,7 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
         switch self {
         case .baseline, .unixRaw, .shmRaw, .shmZeroCopy: true
         case .tcpRaw, .cRing: workload != .w4
-        case .unixBinary, .unixJSON: workload == .w2
+        case .unixBinary, .unixJSON, .unixBatch, .shmBatch: workload == .w2
         }
     }
 }
@@ -81,7 +86,7 @@ struct BenchResult {
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the standard workloads W1-W4 over each transport, beside raw-syscall and C shared-memory baselines.",
-        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs, with its ratio to the baseline measured in the same invocation (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory). The shm-zero-copy line uses Sender.send(byteCount:) and Receiver.receive { }; in W4 it writes and checks only an 8-byte tag at each end of the payload. Build with -c release.")
+        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs, with its ratio to the baseline measured in the same invocation (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory). The shm-zero-copy line uses Sender.send(byteCount:) and Receiver.receive { }; in W4 it writes and checks only an 8-byte tag at each end of the payload. The unix-batch and shm-batch lines (W2 only) send with Sender.send(contentsOf:) and receive with Receiver.receive(upTo:), 64 messages per call. Build with -c release.")
 
     @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement = "split"
     @Option(help: "Runs per line; the median is reported.") var runs = 3
@@ -158,7 +163,7 @@ struct Bench: AsyncParsableCommand {
                 // ratio is time over baseline time; for W2/W3 rate over baseline rate.
                 if workload == .w4 {
                     line += "   4 MiB / 64 B: \(format(median.values[median.values.count - 1] / main, 1))x"
-                } else if transport == .shmRaw || transport == .shmZeroCopy, let ringBaseline {
+                } else if transport == .shmRaw || transport == .shmZeroCopy || transport == .shmBatch, let ringBaseline {
                     line += "   ratio \(format(main / ringBaseline, 2))x (to the C ring)"
                 } else if let baseline, transport != .baseline, transport != .cRing {
                     line += "   ratio \(format(main / baseline, 2))x"
@@ -205,7 +210,7 @@ struct Bench: AsyncParsableCommand {
         let endpoint: Endpoint
         switch transport {
         case .tcpRaw: endpoint = .tcp(host: "127.0.0.1", port: 0)
-        case .shmRaw, .shmZeroCopy: endpoint = .sharedMemory(name: "bench-\(getpid())")
+        case .shmRaw, .shmZeroCopy, .shmBatch: endpoint = .sharedMemory(name: "bench-\(getpid())")
         default: endpoint = .unix(path: directory + "/bench.sock")
         }
         if transport == .unixBinary || transport == .unixJSON {
@@ -216,9 +221,37 @@ struct Bench: AsyncParsableCommand {
         defer { listener.close() }
         let child = try ChildProcess.spawnSelf(args + ["--endpoint", listener.endpoint.description], pinCPU: childCPU)
         let connection = try await listener.accept()
-        let result = try await runChannel(workload, connection, counts: counts, zeroCopy: transport == .shmZeroCopy)
+        let result: BenchResult
+        if transport == .unixBatch || transport == .shmBatch {
+            result = try await runBatches(connection, counts: counts)
+        } else {
+            result = try await runChannel(workload, connection, counts: counts, zeroCopy: transport == .shmZeroCopy)
+        }
         try await finish(connection, child)
         return result
+    }
+
+    /// W2 through `send(contentsOf:)`, 64 messages per call. Each message is its own 64-byte array (tagged like
+    /// the other lines' messages), made by the sender as a producer would.
+    private func runBatches(_ connection: Connection<[UInt8], [UInt8]>, counts: BenchCounts) async throws -> BenchResult {
+        let payload = [UInt8](repeating: 1, count: 64)
+        var batch: [[UInt8]] = []
+        batch.reserveCapacity(BenchPeer.batchSize)
+        let start = monotonicNanos()
+        var i = 0
+        while i < counts.w2Count {
+            batch.removeAll(keepingCapacity: true)
+            while batch.count < BenchPeer.batchSize && i < counts.w2Count {
+                var message = payload
+                message[0] = UInt8(truncatingIfNeeded: i)
+                message[63] = UInt8(truncatingIfNeeded: i)
+                batch.append(message)
+                i += 1
+            }
+            try await connection.sender.send(contentsOf: batch)
+        }
+        guard let done = try await connection.receiver.receive() else { throw ChildError(message: "no done") }
+        return .throughput(.w2, count: counts.w2Count, since: start, done: String(decoding: done, as: UTF8.self))
     }
 
     private func runTyped(_ codec: some MessageCodec<BenchSample>, _ endpoint: Endpoint, args: [String], counts: BenchCounts, options: ChannelOptions, childCPU: Int?) async throws -> BenchResult {
@@ -406,6 +439,8 @@ func machineDescription() -> String {
 /// The other process of `ipc bench`.
 struct BenchPeer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench-peer", shouldDisplay: false)
+    /// Messages per call in the batched W2 lines.
+    static let batchSize = 64
     @Argument var workload: Workload
     @Argument var transport: BenchTransport
     @Option var w1 = 0
@@ -438,6 +473,21 @@ struct BenchPeer: AsyncParsableCommand {
         // lookup per message, which the peer's figures must not include.
         let workload = workload
         let zeroCopy = transport == .shmZeroCopy
+        if transport == .unixBatch || transport == .shmBatch {
+            var i = 0
+            while i < w2 {
+                guard let batch = try await connection.receiver.receive(upTo: Self.batchSize) else { throw ChildError(message: "stream ended at \(i)") }
+                for message in batch {
+                    let tag = UInt8(truncatingIfNeeded: i)
+                    guard message.first == tag && message.last == tag else { throw ChildError(message: "message \(i) corrupt or out of order") }
+                    i += 1
+                }
+            }
+            try await connection.sender.send(Array("done \(cipc_peak_rss_kib())".utf8))
+            guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
+            try await connection.sender.closeAndWait()
+            return
+        }
         switch workload {
         case .w1 where zeroCopy, .w4 where zeroCopy:
             // Echo through the zero-copy calls: in W1 the whole message is copied from its place in one ring into

@@ -14,7 +14,7 @@ enum ChannelKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
 }
 
 /// One channel of `kind` with the given capacity, carrying values with `codec` (ignored in process).
-func makeChannel<C: MessageCodec>(_ kind: ChannelKind, _ codec: C, capacity: Int) async throws -> (sender: Sender<C.Value>, receiver: Receiver<C.Value>) {
+func makeChannel<C: MessageCodec>(_ kind: ChannelKind, _ codec: C, capacity: Int, maxFrameSize: Int? = nil) async throws -> (sender: Sender<C.Value>, receiver: Receiver<C.Value>) {
     let endpoint: Endpoint
     switch kind {
     case .inProcess: return Channel<C.Value>.make(capacity: capacity)
@@ -24,6 +24,7 @@ func makeChannel<C: MessageCodec>(_ kind: ChannelKind, _ codec: C, capacity: Int
     }
     var options = ChannelOptions()
     options.capacity = capacity
+    if let maxFrameSize { options.maxFrameSize = maxFrameSize }
     let listener = try IPC.listen(on: endpoint, receiving: codec, options: options)
     defer { listener.close() }
     let accepted = Task { try await listener.accept().receiver }
