@@ -992,7 +992,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 guard !state.channel.outbox.isEmpty, !state.closed, !state.writeFailed else {
                     state.writerBusy = false
                     if state.flushScheduled {
-                        // Everything is written: the deferred flush asked for would find nothing to do.
+                        // Everything is written (or nothing more can be): the deferred flush asked for would find
+                        // nothing to do, so it is withdrawn and the I/O thread need not wake.
                         state.flushScheduled = false
                         stream.cancelFlush()
                     }
