@@ -832,50 +832,17 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// taken from the stream.
     private func pump(releasingReader: Bool = false, limit: Int = .max, bytesRead: UnsafeMutablePointer<Int>? = nil) -> Bool {
         if locked.withLock({ $0.channel.failure != nil }) { return drainAfterFailure(releasingReader: releasingReader) }
-        var events: [FrameReader.Event] = []
-        var ended = false
-        var failure: IPCError?
-        var remaining = limit
-        do {
-            // Complete frames may already be buffered (a bounded read stops short of decoding nothing).
-            while let event = try reader.next() { events.append(event) }
-        } catch {
-            failure = error
-        }
-        reads: for _ in 0..<16 where failure == nil && remaining > 0 {
-            if !locked.withLock({ $0.channel.wantsMoreInput }) { break }
-            do {
-                var outcome = ReadOutcome.wouldBlock
-                _ = try reader.read { buffer throws(IPCError) -> Int in
-                    let room = buffer.count <= remaining ? buffer : UnsafeMutableRawBufferPointer(rebasing: buffer[..<remaining])
-                    outcome = try stream.read(into: room)
-                    if case .bytes(let n) = outcome { return n }
-                    return 0
-                }
-                switch outcome {
-                case .bytes(let n):
-                    remaining -= n
-                    bytesRead?.pointee += n
-                    while let event = try reader.next() { events.append(event) }
-                    if events.count >= 4096 { break reads }
-                case .wouldBlock:
-                    break reads
-                case .endOfStream:
-                    if let last = try reader.finish() { events.append(.frame(last)) }
-                    ended = true
-                    break reads
-                }
-            } catch {
-                failure = error
-                break
-            }
-        }
-        if events.isEmpty && !ended && failure == nil { return false }
         var effects = ConnectionState.Effects()
-        var protocolError: IPCError? = failure
-        locked.withLock { state in
-            for event in events where protocolError == nil {
-                do throws(IPCError) {
+        var protocolError: IPCError?
+        var applied = 0
+        var ended = false
+        var remaining = limit
+        /// Decodes every complete frame the reader holds and applies it at once (lock held: no list of events
+        /// is built, and a read costs one lock). Returns whether more input is wanted.
+        func decodeAndApply(_ state: inout Locked) -> Bool {
+            do throws(IPCError) {
+                while let event = try reader.next() {
+                    applied += 1
                     switch event {
                     case .hello(let hello):
                         try state.channel.apply(hello: hello)
@@ -883,14 +850,54 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     case .frame(let frame):
                         try state.channel.apply(frame, effects: &effects)
                     }
-                } catch {
-                    protocolError = error
                 }
+            } catch {
+                protocolError = error
+                return false
             }
-            if ended && protocolError == nil { state.channel.applyEndOfStream() }
-            // The I/O thread gives the role back before waking anyone, so a woken task can take it.
-            if releasingReader { state.readerBusy = false }
+            return state.channel.wantsMoreInput
         }
+        // Complete frames may already be buffered (a bounded read stops short of decoding nothing).
+        var wanted = locked.withLock { decodeAndApply(&$0) }
+        reads: for _ in 0..<16 where wanted && remaining > 0 && applied < 4096 {
+            var outcome = ReadOutcome.wouldBlock
+            do {
+                _ = try reader.read { buffer throws(IPCError) -> Int in
+                    let room = buffer.count <= remaining ? buffer : UnsafeMutableRawBufferPointer(rebasing: buffer[..<remaining])
+                    outcome = try stream.read(into: room)
+                    if case .bytes(let n) = outcome { return n }
+                    return 0
+                }
+            } catch {
+                protocolError = error
+                break
+            }
+            switch outcome {
+            case .bytes(let n):
+                remaining -= n
+                bytesRead?.pointee += n
+                wanted = locked.withLock { decodeAndApply(&$0) }
+            case .wouldBlock:
+                break reads
+            case .endOfStream:
+                ended = true
+                locked.withLock { state in
+                    do throws(IPCError) {
+                        if let last = try reader.finish() {
+                            applied += 1
+                            try state.channel.apply(last, effects: &effects)
+                        }
+                        state.channel.applyEndOfStream()
+                    } catch {
+                        protocolError = error
+                    }
+                }
+                break reads
+            }
+        }
+        if applied == 0 && !ended && protocolError == nil { return false }
+        // The I/O thread gives the role back before waking anyone, so a woken task can take it.
+        if releasingReader { locked.withLock { $0.readerBusy = false } }
         if let protocolError {
             fail(protocolError, tellPeer: protocolError.code != .peerClosed && protocolError.code != .peerError)
             return true
