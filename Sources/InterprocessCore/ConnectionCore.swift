@@ -185,12 +185,6 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     // MARK: Sending
 
-    /// Appends one data frame (waiting for credit first) and arranges for it to be written.
-    package func send(_ encode: (inout [UInt8]) throws(IPCError) -> Void) async throws(IPCError) {
-        if try trySend({ state throws(IPCError) in try state.appendData(encode) }) { return }
-        try await send { state throws(IPCError) in try state.appendData(encode) }
-    }
-
     /// Sends `count` messages in order: as many as credit allows are appended under one lock and written together
     /// at once; for the rest it waits for credit like `send`. `append(i, &state)` appends message `i`. If that
     /// throws, the messages before it are sent and the rest are not.
@@ -306,7 +300,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         locked.withLock { state in state.watchers.removeAll { $0.id == id } }
     }
 
-    private func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
+    /// Appends one data frame once credit allows (waiting for it, reading meanwhile) and arranges for it to be
+    /// written; at capacity 0, returns once the peer took it. The caller tried ``trySend(_:)`` first.
+    package func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
         let seq: UInt64 = try await waitFor { state throws(IPCError) -> UInt64? in
             if state.loanActive { return nil }
             switch state.channel.canSend() {

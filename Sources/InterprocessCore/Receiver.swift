@@ -41,6 +41,11 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         case .local(let channel):
             return try await channel.receive()
         case .remote(let core, let decode, _):
+            // A message already here is taken without another async call.
+            if let ready = try core.tryReceive() {
+                guard let bytes = ready else { return nil }
+                return try decode(bytes)
+            }
             guard let bytes = try await core.receive() else { return nil }
             return try decode(bytes)
         }

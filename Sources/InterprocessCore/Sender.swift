@@ -44,11 +44,20 @@ public final class Sender<Value: Sendable>: Sendable {
         case .local(let channel):
             try await channel.send(value)
         case .remote(let core, let encode, let isRaw):
-            if isRaw, let bytes = value as? [UInt8], bytes.count >= Self.segmentThreshold {
-                try await core.send(segment: bytes)
-                return
+            if isRaw {
+                // The raw codec's values are byte arrays: no dynamic cast needed to see one.
+                let bytes = unsafeBitCast(value, to: [UInt8].self)
+                if bytes.count >= Self.segmentThreshold {
+                    try await core.send(segment: bytes)
+                    return
+                }
             }
-            try await core.send { buffer throws(IPCError) in try encode(value, &buffer) }
+            // With credit available the send completes here, without another async call.
+            let append = { (state: inout ConnectionState) throws(IPCError) -> UInt64 in
+                try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
+            }
+            if try core.trySend(append) { return }
+            try await core.send(append)
         }
     }
 
@@ -65,7 +74,7 @@ public final class Sender<Value: Sendable>: Sendable {
             for value in values { try await channel.send(value) }
         case .remote(let core, let encode, let isRaw):
             let values = Array(values)
-            let raw = isRaw ? values as? [[UInt8]] : nil
+            let raw = isRaw ? unsafeBitCast(values, to: [[UInt8]].self) : nil
             try await core.send(batch: values.count) { i, state throws(IPCError) -> UInt64 in
                 if let raw, raw[i].count >= Self.segmentThreshold {
                     return try state.appendData(segment: raw[i])
