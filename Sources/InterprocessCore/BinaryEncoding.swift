@@ -449,15 +449,16 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         }
     }
 
-    /// Calls `body` with each entry's key and value region (nil for nil) until it returns true.
-    private func walk(_ body: (_ key: Range<Int>, _ value: Range<Int>?) -> Bool) {
+    /// Calls `body` with the input's bytes and each entry's key and value region (nil for nil) until it returns
+    /// true.
+    private func walk(_ body: (_ bytes: UnsafeRawBufferPointer, _ key: Range<Int>, _ value: Range<Int>?) -> Bool) {
         input.bytes.withUnsafeBytes { bytes in
             var offset = region.lowerBound
             while offset < region.upperBound {
                 let key = (offset + 1)..<(offset + 1 + Int(bytes[offset]))
                 let length = bytes.loadLE(UInt32.self, at: key.upperBound)
                 let value = length == BinaryEncoding.nilMarker ? nil : (key.upperBound + 4)..<(key.upperBound + 4 + Int(length))
-                if body(key, value) { return }
+                if body(bytes, key, value) { return }
                 offset = value?.upperBound ?? (key.upperBound + 4)
             }
         }
@@ -465,8 +466,8 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
 
     var allKeys: [Key] {
         var keys: [Key] = []
-        walk { key, _ in
-            if let k = Key(stringValue: String(decoding: input.bytes[key], as: UTF8.self)) { keys.append(k) }
+        walk { bytes, key, _ in
+            if let k = Key(stringValue: String(decoding: bytes[key], as: UTF8.self)) { keys.append(k) }
             return false
         }
         return keys
@@ -475,15 +476,13 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     private func find(_ key: Key) -> (key: Range<Int>, value: Range<Int>?)? {
         var name = key.stringValue
         return name.withUTF8 { wanted in
-            input.bytes.withUnsafeBufferPointer { bytes in
-                var found: (key: Range<Int>, value: Range<Int>?)?
-                walk { k, v in
-                    guard k.count == wanted.count, wanted.isEmpty || memcmp(bytes.baseAddress! + k.lowerBound, wanted.baseAddress!, wanted.count) == 0 else { return false }
-                    found = (k, v)
-                    return true
-                }
-                return found
+            var found: (key: Range<Int>, value: Range<Int>?)?
+            walk { bytes, k, v in
+                guard k.count == wanted.count, wanted.isEmpty || memcmp(bytes.baseAddress! + k.lowerBound, wanted.baseAddress!, wanted.count) == 0 else { return false }
+                found = (k, v)
+                return true
             }
+            return found
         }
     }
 

@@ -488,9 +488,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         // metadata lookups were a tenth of an in-place receive's time. For the same reason the result waits in a
         // plain slot of R rather than in an `R?` or a `Result` (whose metadata is looked up on every call).
         let slot = UnsafeMutablePointer<R>.allocate(capacity: 1)
-        defer { slot.deallocate() }
-        var failure: (any Error)?
         var filled = false
+        defer {
+            if filled { slot.deinitialize(count: 1) }
+            slot.deallocate()
+        }
+        var failure: (any Error)?
         let more = try await receive(inPlaceErased: { bytes in
             do {
                 slot.initialize(to: try body(bytes))
@@ -501,6 +504,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         })
         if let failure { throw failure }
         guard more, filled else { return nil }
+        filled = false
         return slot.move()
     }
 

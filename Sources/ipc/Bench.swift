@@ -473,21 +473,7 @@ struct BenchPeer: AsyncParsableCommand {
         // lookup per message, which the peer's figures must not include.
         let workload = workload
         let zeroCopy = transport == .shmZeroCopy
-        if transport == .unixBatch || transport == .shmBatch {
-            var i = 0
-            while i < w2 {
-                guard let batch = try await connection.receiver.receive(upTo: Self.batchSize) else { throw ChildError(message: "stream ended at \(i)") }
-                for message in batch {
-                    let tag = UInt8(truncatingIfNeeded: i)
-                    guard message.first == tag && message.last == tag else { throw ChildError(message: "message \(i) corrupt or out of order") }
-                    i += 1
-                }
-            }
-            try await connection.sender.send(Array("done \(cipc_peak_rss_kib())".utf8))
-            guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
-            try await connection.sender.closeAndWait()
-            return
-        }
+        let batches = transport == .unixBatch || transport == .shmBatch
         switch workload {
         case .w1 where zeroCopy, .w4 where zeroCopy:
             // Echo through the zero-copy calls: in W1 the whole message is copied from its place in one ring into
@@ -519,7 +505,16 @@ struct BenchPeer: AsyncParsableCommand {
             }
         case .w2, .w3:
             let count = workload == .w2 ? w2 : w3
-            for i in 0..<count {
+            var i = 0
+            while batches && i < count {
+                guard let batch = try await connection.receiver.receive(upTo: Self.batchSize) else { throw ChildError(message: "stream ended at \(i)") }
+                for message in batch {
+                    let tag = UInt8(truncatingIfNeeded: i)
+                    guard message.first == tag && message.last == tag else { throw ChildError(message: "message \(i) corrupt or out of order") }
+                    i += 1
+                }
+            }
+            for i in i..<count {
                 let tag = UInt8(truncatingIfNeeded: i)
                 let ok: Bool?
                 if zeroCopy {
