@@ -76,7 +76,7 @@ public enum IPC {
             mode: lines ? .lines : .framed, local: local,
             hasSender: sending.name != "none", hasReceiver: receiving.name != "none",
             spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
-            closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize)
+            closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize, maxBytesInFlight: options.maxBytesInFlight)
         let deadline = ContinuousClock.now + options.handshakeTimeout
         // The peer's uid (known for Unix sockets) is checked once, before anything else happens. Shared memory
         // is never handed to a peer whose uid is unknown.

@@ -5,8 +5,15 @@ public struct ChannelOptions: Sendable {
     /// How many messages this side buffers for the peer before the peer's `send` suspends: Go's channel
     /// capacity, enforced across the process boundary by credits. 0 makes every send a rendezvous: `send`
     /// returns once the receiving application has taken the value. Memory held per connection is at most
-    /// `capacity` messages (each at most ``maxFrameSize`` bytes).
+    /// `capacity` messages (each at most ``maxFrameSize`` bytes), and about the sending side's
+    /// ``maxBytesInFlight`` when messages are large.
     public var capacity: Int = 128
+    /// The most payload bytes this side's sender keeps in flight: sent, and not yet taken by the receiving
+    /// application. A send waits while that much is outstanding (one message of any size may always be in
+    /// flight). With ``capacity`` it bounds the memory a stream of large messages occupies in both processes:
+    /// a few messages' worth rather than a window of them, which also keeps those bytes warm in the cache.
+    /// Default 1 MiB; at least 512 KiB.
+    public var maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight
     /// The largest message this side accepts (and the largest line in lines mode). Default 16 MiB.
     public var maxFrameSize: Int = 16 << 20
     /// How long the handshake may take before the connection is dropped with a timeout error.
@@ -40,6 +47,9 @@ public struct ChannelOptions: Sendable {
     package func validate() throws(IPCError) {
         guard capacity >= 0 && capacity <= Int(UInt32.max) else {
             throw IPCError(.invalidEndpoint, "capacity must be between 0 and \(UInt32.max), not \(capacity)")
+        }
+        guard maxBytesInFlight >= Wire.minMaxBytesInFlight else {
+            throw IPCError(.invalidEndpoint, "maxBytesInFlight must be at least \(Wire.minMaxBytesInFlight) bytes, not \(maxBytesInFlight)")
         }
         guard spinMicroseconds >= 0 && spinMicroseconds <= 10_000_000 else {
             throw IPCError(.invalidEndpoint, "spinMicroseconds must be between 0 and 10,000,000, not \(spinMicroseconds)")

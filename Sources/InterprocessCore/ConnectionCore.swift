@@ -18,8 +18,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         package var spinNanoseconds: UInt64
         package var closeTimeout: Duration
         package var maxPayload: Int
+        package var maxBytesInFlight: Int
 
-        package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int) {
+        package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
             self.mode = mode
             self.local = local
             self.hasSender = hasSender
@@ -27,6 +28,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             self.spinNanoseconds = spinNanoseconds
             self.closeTimeout = closeTimeout
             self.maxPayload = maxPayload
+            self.maxBytesInFlight = maxBytesInFlight
         }
     }
 
@@ -83,7 +85,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         self.ring = configuration.mode == .framed ? stream as? any InPlaceStream : nil
         self.configuration = configuration
         self.reader = FrameReader(mode: configuration.mode == .framed ? .framed : .lines, maxPayload: configuration.maxPayload)
-        self.locked = Mutex(Locked(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver)))
+        self.locked = Mutex(Locked(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver, maxBytesInFlight: configuration.maxBytesInFlight)))
         stream.start(handler: self)
     }
 
@@ -230,9 +232,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     /// Sends `payload` as one message without copying it into the outbox (for large raw payloads).
-    package func send(segment payload: [UInt8]) async throws(IPCError) {
-        if try trySend({ state throws(IPCError) in try state.appendData(segment: payload) }) { return }
-        try await send { state throws(IPCError) in try state.appendData(segment: payload) }
+    package func send(segment payload: [UInt8], recyclable: Bool = false) async throws(IPCError) {
+        if try trySend({ state throws(IPCError) in try state.appendData(segment: payload, recyclable: recyclable) }) { return }
+        try await send { state throws(IPCError) in try state.appendData(segment: payload, recyclable: recyclable) }
     }
 
     /// The fast path of `send`: appends and decides the write under one lock, with no suspension point.
@@ -513,6 +515,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         guard let ring else {
             guard let bytes = try await receive() else { return false }
             bytes.withUnsafeBytes(body)
+            // The caller never saw the array: its storage serves the next large message.
+            reader.recycle(bytes)
             return true
         }
         // Set once a message was read in place (whether a credit frame was appended): the wait is over.
@@ -532,6 +536,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         afterTaken(message, flag)
         guard let message else { return false }
         message.withUnsafeBytes(body)
+        reader.recycle(message)
         return true
     }
 
@@ -565,7 +570,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 let seq = bytes.loadLE(UInt64.self, at: Wire.frameHeaderSize)
                 let credit: Bool
                 do throws(IPCError) {
-                    credit = try locked.withLock { state throws(IPCError) in try state.channel.takeInPlace(seq: seq) }
+                    credit = try locked.withLock { state throws(IPCError) in try state.channel.takeInPlace(seq: seq, size: frameSize - headerSize) }
                 } catch {
                     return .violation(error)
                 }
@@ -649,7 +654,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 inBody = false
                 do throws(IPCError) {
                     // The channel may have closed or failed meanwhile: then nothing is published.
-                    seq = try locked.withLock { state throws(IPCError) in try state.channel.commitInPlaceData() }
+                    seq = try locked.withLock { state throws(IPCError) in try state.channel.commitInPlaceData(size: byteCount) }
                 } catch {
                     commitError = error
                     return
@@ -689,13 +694,25 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if wake { wakeAll() }
     }
 
+    /// The private buffer of ``send(byteCount:inPlace:)``: for a large message the outbox's spare (the buffer of
+    /// an earlier such message, already written) when it is big enough and not more than twice too big,
+    /// otherwise a new zeroed array. Either way it is then sent as a segment the outbox may keep as its spare.
     private nonisolated(nonsending) func sendCopy(byteCount: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Void) async throws {
-        let bytes = try [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, count in
-            buffer.initialize(repeating: 0)
-            try body(UnsafeMutableRawBufferPointer(buffer))
-            count = byteCount
+        var spare = byteCount >= Outbox.minSpare ? locked.withLock { $0.channel.outbox.takeSpare() } : nil
+        let bytes: [UInt8]
+        if var reused = spare.take(), reused.count >= byteCount, reused.count / 2 <= byteCount {
+            reused.removeLast(reused.count - byteCount)
+            // Unique by now (the writer dropped it when it was written), so this does not copy.
+            try reused.withUnsafeMutableBytes { try body($0) }
+            bytes = reused
+        } else {
+            bytes = try [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, count in
+                buffer.initialize(repeating: 0)
+                try body(UnsafeMutableRawBufferPointer(buffer))
+                count = byteCount
+            }
         }
-        try await send(segment: bytes)
+        try await send(segment: bytes, recyclable: true)
     }
 
     // MARK: Waiting

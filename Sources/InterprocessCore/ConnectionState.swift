@@ -7,6 +7,11 @@ import DequeModule
 /// Flow control: the receiver announces a capacity N in its hello. The sender may have at most
 /// `max(N, 1)` data frames that the receiver has not yet taken; the receiver reports what it has taken with
 /// cumulative credit frames. Capacity 0 is a rendezvous: the sender also waits until its own message is taken.
+///
+/// Bytes are bounded too, on the sender's side: it sends only while the payload bytes of messages not yet taken
+/// are below its own limit (so a stream of large messages holds a few of them in each process, not a window of
+/// them). The receiver's part is to credit at least every ``Wire/creditBytes`` of payload taken, which keeps a
+/// sender waiting on bytes from waiting forever.
 package struct ConnectionState {
     package enum Mode: Sendable { case framed, lines }
 
@@ -27,6 +32,8 @@ package struct ConnectionState {
     package var taken: UInt64 = 0
     /// The cumulative count last reported to the peer in a credit frame.
     package var granted: UInt64 = 0
+    /// Payload bytes taken since the last credit frame.
+    private var takenBytesSinceCredit = 0
     /// The peer closed its sending direction after this sequence number.
     package var peerClosedAfter: UInt64?
     package var receiverDone: Bool
@@ -35,15 +42,21 @@ package struct ConnectionState {
     package var nextSeq: UInt64 = 1
     /// The peer has taken every message up to this sequence number.
     package var peerConsumed: UInt64 = 0
+    /// The payload sizes of the messages sent and not yet taken (after `peerConsumed`), oldest first, and their sum.
+    private var untakenSizes = Deque<Int>()
+    package private(set) var untakenBytes = 0
+    /// Sends wait while `untakenBytes` is at least this (one message of any size may always be in flight).
+    package let maxBytesInFlight: Int
     package var senderClosed: Bool
     /// The peer's receiver is gone (it sent a stop frame): sends fail.
     package var peerReceiverGone = false
     /// Bytes waiting to be written, in order.
     package var outbox = Outbox()
 
-    package init(mode: Mode, local: Hello, hasSender: Bool, hasReceiver: Bool) {
+    package init(mode: Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
         self.mode = mode
         self.local = local
+        self.maxBytesInFlight = maxBytesInFlight
         self.senderClosed = !hasSender
         self.receiverDone = !hasReceiver
         if mode == .lines {
@@ -89,6 +102,7 @@ package struct ConnectionState {
                 throw IPCError(.protocolViolation, "the peer acknowledged message \(consumed) but only \(nextSeq - 1) were sent")
             }
             if consumed > peerConsumed {
+                for _ in peerConsumed..<consumed { untakenBytes -= untakenSizes.removeFirst() }
                 peerConsumed = consumed
                 effects.wake = true
             }
@@ -132,11 +146,12 @@ package struct ConnectionState {
 
     /// Data frame `seq` arrived and the application takes it at once, where it lies (nothing is queued before
     /// it). Returns whether a credit frame was appended.
-    package mutating func takeInPlace(seq: UInt64) throws(IPCError) -> Bool {
+    package mutating func takeInPlace(seq: UInt64, size: Int) throws(IPCError) -> Bool {
         precondition(inbox.isEmpty, "a message read in place must be the next one")
         try checkIncoming(seq: seq)
         received += 1
         taken += 1
+        takenBytesSinceCredit += size
         return appendCreditIfDue()
     }
 
@@ -166,6 +181,7 @@ package struct ConnectionState {
         if peek, !inbox.isEmpty { return .message([], grantCredit: false) }
         if let message = inbox.popFirst() {
             taken += 1
+            takenBytesSinceCredit += message.count
             return .message(message, grantCredit: appendCreditIfDue())
         }
         // Everything the peer sent before its close was delivered: that direction ended cleanly, whatever
@@ -178,12 +194,15 @@ package struct ConnectionState {
         return .wait
     }
 
-    /// Appends a credit frame once a quarter of the window has been taken since the last one, so the sender
-    /// always hears in time to keep three quarters of its window busy.
+    /// Appends a credit frame once a quarter of the window, or ``Wire/creditBytes`` of payload, has been taken
+    /// since the last one, so the sender always hears in time to keep three quarters of its window busy, and a
+    /// sender held by its byte limit hears before it runs dry.
     private mutating func appendCreditIfDue() -> Bool {
         guard mode == .framed else { return false }
-        guard taken - granted >= max(receiveWindow / 4, 1) else { return false }
+        guard taken - granted >= max(receiveWindow / 4, 1) || taken > granted && takenBytesSinceCredit >= Wire.creditBytes
+        else { return false }
         granted = taken
+        takenBytesSinceCredit = 0
         outbox.append { $0.appendControlFrame(.credit(consumed: taken)) }
         return true
     }
@@ -218,7 +237,7 @@ package struct ConnectionState {
         guard let peer else { return .wait }
         if mode == .lines { return .ready }
         let inFlight = (nextSeq - 1) - peerConsumed
-        return inFlight < UInt64(max(peer.capacity, 1)) ? .ready : .wait
+        return inFlight < UInt64(max(peer.capacity, 1)) && untakenBytes < maxBytesInFlight ? .ready : .wait
     }
 
     /// Appends one data frame whose payload `encode` writes. Returns its sequence number.
@@ -226,7 +245,7 @@ package struct ConnectionState {
         let framed = mode == .framed
         let seq = nextSeq
         let limit = Int(peer?.maxFrame ?? UInt32(Wire.defaultMaxFrame))
-        try outbox.append { buffer throws(IPCError) in
+        let payload = try outbox.append { buffer throws(IPCError) -> Int in
             let start = buffer.count
             if framed {
                 buffer.appendFrameHeader(.data, length: 0)
@@ -248,7 +267,9 @@ package struct ConnectionState {
             } else {
                 buffer.append(UInt8(ascii: "\n"))
             }
+            return payload
         }
+        if framed { recordSent(payload) }
         nextSeq += 1
         return seq
     }
@@ -267,14 +288,22 @@ package struct ConnectionState {
 
     /// A data frame written in place by the driver (after ``checkSend(size:)`` allowed it) is about to be
     /// published: checks that nothing closed meanwhile and returns its sequence number.
-    package mutating func commitInPlaceData() throws(IPCError) -> UInt64 {
+    package mutating func commitInPlaceData(size: Int) throws(IPCError) -> UInt64 {
         if case .failed(let error) = canSend() { throw error }
+        recordSent(size)
         defer { nextSeq += 1 }
         return nextSeq
     }
 
+    /// A data frame with `size` payload bytes was appended (framed mode): it counts against the byte limit until
+    /// the peer takes it.
+    private mutating func recordSent(_ size: Int) {
+        untakenSizes.append(size)
+        untakenBytes += size
+    }
+
     /// Appends one data frame whose payload is `payload` itself, kept as a segment rather than copied.
-    package mutating func appendData(segment payload: [UInt8]) throws(IPCError) -> UInt64 {
+    package mutating func appendData(segment payload: [UInt8], recyclable: Bool = false) throws(IPCError) -> UInt64 {
         guard mode == .framed else {
             return try appendData { $0 += payload }
         }
@@ -285,7 +314,8 @@ package struct ConnectionState {
             buffer.appendFrameHeader(.data, length: Wire.dataPrefixSize + payload.count)
             buffer.appendLE(seq)
         }
-        outbox.appendSegment(payload)
+        outbox.appendSegment(payload, recyclable: recyclable)
+        recordSent(payload.count)
         nextSeq += 1
         return seq
     }

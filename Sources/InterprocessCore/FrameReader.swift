@@ -1,9 +1,13 @@
+import Synchronization
+
 /// Incremental decoder of the byte stream a peer sends: first its hello, then frames (or, in lines mode,
 /// newline-delimited text). Bytes are read straight into the decoder's buffer; a large data payload is read
-/// straight into the array that becomes the message, so it is copied once, by the kernel.
+/// straight into the array that becomes the message, so it is copied once, by the kernel. That array is a
+/// recycled one when the receiver handed one back (``recycle(_:)``: the in-place receive does, for messages that
+/// were never given to the caller as arrays), so a stream of large messages does not fault in fresh pages each.
 ///
 /// Every length is checked against the configured maximum before anything is allocated for it.
-/// Not thread-safe: only the holder of a connection's reader role touches it.
+/// Not thread-safe (except ``recycle(_:)``): only the holder of a connection's reader role touches it.
 package final class FrameReader {
     package enum Mode: Sendable { case framed, lines }
 
@@ -23,6 +27,8 @@ package final class FrameReader {
     /// Payloads above this go straight into their own array.
     private static let directThreshold = 64 << 10
     private static let bufferSize = 256 << 10
+    /// A large payload's array handed back by the receiver, reused for the next large payload.
+    private let spare = Mutex<[UInt8]?>(nil)
 
     package init(mode: Mode, maxPayload: Int) {
         self.mode = mode
@@ -142,10 +148,12 @@ package final class FrameReader {
             let seq = bytes.loadLE(UInt64.self, at: body)
             let payloadLength = length - Wire.dataPrefixSize
             let have = bytes.count - body - Wire.dataPrefixSize
-            let payload = [UInt8](unsafeUninitializedCapacity: payloadLength) { storage, count in
-                storage.baseAddress!.initialize(from: bytes.baseAddress!.advanced(by: body + Wire.dataPrefixSize).assumingMemoryBound(to: UInt8.self), count: have)
-                count = payloadLength
-            }
+            let received = UnsafeRawBufferPointer(rebasing: bytes[(body + Wire.dataPrefixSize)...])
+            let payload = recycledArray(count: payloadLength, startingWith: received)
+                ?? [UInt8](unsafeUninitializedCapacity: payloadLength) { storage, count in
+                    UnsafeMutableRawPointer(storage.baseAddress!).copyMemory(from: received.baseAddress!, byteCount: have)
+                    count = payloadLength
+                }
             start = end
             large = (seq, payload, have)
             return try next()
@@ -166,6 +174,21 @@ package final class FrameReader {
             let code = b.loadLE(UInt16.self, at: 0)
             return .frame(.error(code: code, message: String(decoding: b[2...], as: UTF8.self)))
         }
+    }
+
+    /// Keeps `payload` (a large message's array that nothing else holds) for the next large payload.
+    package func recycle(_ payload: consuming [UInt8]) {
+        guard payload.count > Self.directThreshold, payload.count <= Outbox.maxSpare else { return }
+        spare.withLock { $0 = payload }
+    }
+
+    /// The spare array resized to `count` (if it is big enough, and not more than twice too big), starting with
+    /// `head`; the rest of it is filled by the reads that follow.
+    private func recycledArray(count: Int, startingWith head: UnsafeRawBufferPointer) -> [UInt8]? {
+        guard var reused = spare.withLock({ $0.take() }), reused.count >= count, reused.count / 2 <= count else { return nil }
+        reused.removeLast(reused.count - count)
+        reused.withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: head.baseAddress!, byteCount: head.count) }
+        return reused
     }
 
     /// A copy of `bytes` as an array, with one `memcpy` (the generic `Array(slice)` copies element-wise).

@@ -3,8 +3,20 @@ import DequeModule
 /// Bytes waiting to be written, in order: small frames are appended to a tail buffer; a large payload is kept
 /// as its own segment (the caller's array, retained rather than copied) so it reaches the kernel with one copy.
 /// The writer snapshots segments, writes them without the lock, and then consumes what was written.
+///
+/// A segment the library filled itself (``Sender/send(byteCount:_:)`` on a socket) is recyclable: once written
+/// it is kept as the ``spare`` for the next such message, so a stream of large messages reuses one buffer
+/// instead of faulting in fresh pages for each. Callers' arrays are never kept (keeping one would make the
+/// caller's next change to it copy the whole array).
 package struct Outbox {
     private var segments = Deque<[UInt8]>()
+    /// Whether each of `segments` may be kept as the spare once written.
+    private var recyclable = Deque<Bool>()
+    /// The last recyclable segment written, for reuse.
+    package private(set) var spare: [UInt8]?
+    /// Segments at least this large are kept as the spare; larger than `maxSpare` are not.
+    package static let minSpare = 64 << 10
+    package static let maxSpare = 8 << 20
     /// Small frames being appended.
     package var tail: [UInt8] = []
     /// Bytes of `segments.first` already written.
@@ -23,17 +35,26 @@ package struct Outbox {
         return try body(&tail)
     }
 
-    /// Appends a whole array as its own segment, without copying it.
-    package mutating func appendSegment(_ bytes: [UInt8]) {
+    /// Appends a whole array as its own segment, without copying it. With `recyclable` (the library made the
+    /// array and nothing else holds it), it becomes the ``spare`` once written.
+    package mutating func appendSegment(_ bytes: [UInt8], recyclable: Bool = false) {
         guard !bytes.isEmpty else { return }
         sealTail()
         segments.append(bytes)
+        self.recyclable.append(recyclable && bytes.count >= Self.minSpare && bytes.count <= Self.maxSpare)
         count += bytes.count
+    }
+
+    /// Takes the spare buffer, if one is kept.
+    package mutating func takeSpare() -> [UInt8]? {
+        defer { spare = nil }
+        return spare
     }
 
     private mutating func sealTail() {
         if !tail.isEmpty {
             segments.append(tail)
+            recyclable.append(false)
             tail = []
             tail.reserveCapacity(4096)
         }
@@ -53,7 +74,8 @@ package struct Outbox {
             let remaining = first.count - headOffset
             if left >= remaining {
                 left -= remaining
-                segments.removeFirst()
+                let done = segments.removeFirst()
+                if recyclable.removeFirst() { spare = done }
                 headOffset = 0
             } else {
                 headOffset += left

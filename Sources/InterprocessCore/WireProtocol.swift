@@ -17,6 +17,12 @@ package enum Wire {
     package static let maxErrorMessage = 4096
     /// Default largest message payload: 16 MiB.
     package static let defaultMaxFrame = 16 << 20
+    /// A receiver sends a credit frame at least every this many payload bytes taken (256 KiB).
+    package static let creditBytes = 256 << 10
+    /// A sender's default limit on payload bytes sent and not yet taken, and the least it may be set to (twice
+    /// ``creditBytes``, so that a credit always arrives before a sender held by the limit runs dry).
+    package static let defaultMaxBytesInFlight = 1 << 20
+    package static let minMaxBytesInFlight = 2 * creditBytes
 }
 
 /// Frame types of wire protocol v1.

@@ -31,6 +31,8 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
     case shmRaw = "shm-raw"
     /// Shared memory through the zero-copy calls: loans (`send(byteCount:)`) and in-place reads (`receive { }`).
     case shmZeroCopy = "shm-zero-copy"
+    /// A Unix socket through the same calls: large messages use recycled buffers on both sides.
+    case unixZeroCopy = "unix-zero-copy"
     case unixBinary = "unix-binary"
     case unixJSON = "unix-json"
     /// W2 with `send(contentsOf:)` and `receive(upTo:)`, 64 messages per call (reported apart: not the per-message API).
@@ -45,6 +47,7 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
         case .cRing: "C shm ring (baseline/shm_ring.c)"
         case .shmRaw: "Interprocess shm, raw bytes"
         case .shmZeroCopy: "Interprocess shm, zero-copy calls"
+        case .unixZeroCopy: "Interprocess unix, zero-copy calls"
         case .unixBinary: "Interprocess unix, binary Codable"
         case .unixJSON: "Interprocess unix, JSON Codable"
         case .unixBatch: "Interprocess unix, raw, 64 per call"
@@ -52,9 +55,12 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
         }
     }
 
+    /// Whether the line sends with `send(byteCount:)` and receives with `receive { }`.
+    var usesZeroCopyCalls: Bool { self == .shmZeroCopy || self == .unixZeroCopy }
+
     func applies(to workload: Workload) -> Bool {
         switch self {
-        case .baseline, .unixRaw, .shmRaw, .shmZeroCopy: true
+        case .baseline, .unixRaw, .shmRaw, .shmZeroCopy, .unixZeroCopy: true
         case .tcpRaw, .cRing: workload != .w4
         case .unixBinary, .unixJSON, .unixBatch, .shmBatch: workload == .w2
         }
@@ -86,12 +92,13 @@ struct BenchResult {
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the standard workloads W1-W4 over each transport, beside raw-syscall and C shared-memory baselines.",
-        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs, with its ratio to the baseline measured in the same invocation (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory). The shm-zero-copy line uses Sender.send(byteCount:) and Receiver.receive { }; in W4 it writes and checks only an 8-byte tag at each end of the payload. The unix-batch and shm-batch lines (W2 only) send with Sender.send(contentsOf:) and receive with Receiver.receive(upTo:), 64 messages per call. Build with -c release.")
+        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs, with its ratio to the baseline measured in the same invocation (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory). The shm-zero-copy and unix-zero-copy lines use Sender.send(byteCount:) and Receiver.receive { } (over a socket these reuse one buffer per direction for large messages); in W4 they write and check only an 8-byte tag at each end of the payload. The unix-batch and shm-batch lines (W2 only) send with Sender.send(contentsOf:) and receive with Receiver.receive(upTo:), 64 messages per call. Build with -c release.")
 
     @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement = "split"
     @Option(help: "Runs per line; the median is reported.") var runs = 3
     @Option(help: "Channel capacity (messages) for the Interprocess lines; default: the library's default.") var capacity: Int?
     @Option(help: "Spin budget in microseconds before a waiting task sleeps; default: the library's default.") var spin: Int?
+    @Option(help: "Payload bytes a sender keeps in flight (ChannelOptions.maxBytesInFlight); default: the library's default.") var bytesInFlight: Int?
     @Option(help: "Shared-memory ring size in bytes (a power of two); default: the library's default.") var ringSize: Int?
     @Option(parsing: .upToNextOption, help: "Workloads to run.") var workloads: [Workload] = Workload.allCases
     @Option(parsing: .upToNextOption, help: "Transports to run.") var transports: [BenchTransport] = BenchTransport.allCases
@@ -112,6 +119,7 @@ struct Bench: AsyncParsableCommand {
         var options = ChannelOptions()
         if let capacity { options.capacity = capacity }
         if let spin { options.spinMicroseconds = spin }
+        if let bytesInFlight { options.maxBytesInFlight = bytesInFlight }
         if let ringSize { options.sharedMemoryRingSize = ringSize }
         let directory = try makeTemporaryDirectory()
         defer { removeDirectory(directory) }
@@ -126,7 +134,7 @@ struct Bench: AsyncParsableCommand {
         }
         defer { cRing?.remove() }
 
-        say("Interprocess bench: placement \(placement), \(runs) runs per line (median), capacity \(options.capacity), \(quick ? "QUICK counts" : "full counts")")
+        say("Interprocess bench: placement \(placement), \(runs) runs per line (median), capacity \(options.capacity), \(options.maxBytesInFlight >> 10) KiB in flight, \(quick ? "QUICK counts" : "full counts")")
         say("machine: \(machineDescription())")
         for workload in workloads {
             var baseline: Double?
@@ -187,7 +195,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, cRing: CRingBaseline?) async throws -> BenchResult {
-        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
+        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--bytes-in-flight", String(options.maxBytesInFlight), "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
         var options = options
         if ringSize == nil, let size = Self.ringSize(for: workload) { options.sharedMemoryRingSize = size }
         if transport == .baseline {
@@ -225,7 +233,7 @@ struct Bench: AsyncParsableCommand {
         if transport == .unixBatch || transport == .shmBatch {
             result = try await runBatches(connection, counts: counts)
         } else {
-            result = try await runChannel(workload, connection, counts: counts, zeroCopy: transport == .shmZeroCopy)
+            result = try await runChannel(workload, connection, counts: counts, zeroCopy: transport.usesZeroCopyCalls)
         }
         try await finish(connection, child)
         return result
@@ -449,11 +457,13 @@ struct BenchPeer: AsyncParsableCommand {
     @Option var endpoint: String?
     @Option var capacity = ChannelOptions().capacity
     @Option var spin = ChannelOptions().spinMicroseconds
+    @Option var bytesInFlight = ChannelOptions().maxBytesInFlight
 
     private var options: ChannelOptions {
         var options = ChannelOptions()
         options.capacity = capacity
         options.spinMicroseconds = spin
+        options.maxBytesInFlight = bytesInFlight
         return options
     }
 
@@ -472,7 +482,7 @@ struct BenchPeer: AsyncParsableCommand {
         // Parsed arguments are read once: a property wrapper's getter in the loops below costs a generic-metadata
         // lookup per message, which the peer's figures must not include.
         let workload = workload
-        let zeroCopy = transport == .shmZeroCopy
+        let zeroCopy = transport.usesZeroCopyCalls
         let batches = transport == .unixBatch || transport == .shmBatch
         switch workload {
         case .w1 where zeroCopy, .w4 where zeroCopy:

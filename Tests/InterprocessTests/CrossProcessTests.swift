@@ -102,6 +102,35 @@ struct CrossProcessTests {
         #expect(output.contains("received \(capacity + 500)"))
     }
 
+    /// Large messages: the sender stops at its byte limit long before the capacity (64 here), and the
+    /// receiver's credits (every 256 KiB taken, not only every quarter window) keep the stream moving: without
+    /// them the sender would wait forever for a credit after its third message.
+    @Test("a receiver that stops reading holds a sender of large messages at its byte limit", arguments: TransportKind.allCases)
+    func byteLimit(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        var options = ChannelOptions()
+        options.maxBytesInFlight = 512 << 10
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw, options: options)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("stall", listener.endpoint, 64)
+        let tx = try await within(20) { try await listener.accept() }.sender
+        @Sendable func message(_ i: Int) -> [UInt8] { numbered(UInt64(i)) + [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 200 << 10) }
+        // 0, 200 and 400 KiB outstanding are under the limit: three sends complete with nothing read.
+        for i in 0..<3 { try await within(10) { try await tx.send(message(i)) } }
+        let rssBefore = residentKiB()
+        for _ in 0..<3 {
+            await #expect { try await within(1) { try await tx.send(message(3)) } } throws: { ($0 as! IPCError).code == .timeout }
+        }
+        #expect(residentKiB() - rssBefore < 8 * 1024, "memory grew while the sender was held")
+        helper.writeLine("go")
+        // 40 MiB more, through a 512 KiB limit.
+        for i in 3..<200 { try await within(10) { try await tx.send(message(i)) } }
+        try await tx.close()
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+        #expect(output.contains("received 200"))
+    }
+
     @Test("a sender killed mid-stream gives the receiver a clear error, not a hang", arguments: TransportKind.allCases)
     func senderKilled(_ kind: TransportKind) async throws {
         let dir = temporaryDirectory()

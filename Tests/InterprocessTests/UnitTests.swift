@@ -139,9 +139,9 @@ struct WireTests {
 
 @Suite("Channel state machine")
 struct ChannelStateTests {
-    func makeState(capacity: UInt32, peerCapacity: UInt32) throws -> ConnectionState {
-        let local = Hello(capacity: capacity, maxFrame: 100, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes")
-        var state = ConnectionState(mode: .framed, local: local, hasSender: true, hasReceiver: true)
+    func makeState(capacity: UInt32, peerCapacity: UInt32, maxFrame: UInt32 = 100, maxBytesInFlight: Int = 1 << 20) throws -> ConnectionState {
+        let local = Hello(capacity: capacity, maxFrame: maxFrame, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes")
+        var state = ConnectionState(mode: .framed, local: local, hasSender: true, hasReceiver: true, maxBytesInFlight: maxBytesInFlight)
         var peer = local
         peer.capacity = peerCapacity
         try state.apply(hello: peer)
@@ -208,6 +208,47 @@ struct ChannelStateTests {
         #expect(state.receive() == .message([0], grantCredit: false))
         #expect(state.receive() == .message([0], grantCredit: true))
         #expect(state.granted == 2)
+    }
+
+    @Test func senderStopsAtItsByteLimitAndResumesOnCredit() throws {
+        var state = try makeState(capacity: 64, peerCapacity: 64, maxFrame: 4 << 20, maxBytesInFlight: 512 << 10)
+        let chunk = [UInt8](repeating: 1, count: 200 << 10)
+        // 0, 200 and 400 KiB outstanding are under the limit; 600 KiB is not.
+        for _ in 0..<3 {
+            #expect(state.canSend() == .ready)
+            _ = try state.appendData(segment: chunk)
+        }
+        #expect(state.canSend() == .wait)
+        #expect(state.untakenBytes == 600 << 10)
+        var effects = ConnectionState.Effects()
+        try state.apply(.credit(consumed: 1), effects: &effects)
+        #expect(state.untakenBytes == 400 << 10)
+        #expect(state.canSend() == .ready)
+        // A message larger than the limit still goes, alone.
+        try state.apply(.credit(consumed: 3), effects: &effects)
+        #expect(state.untakenBytes == 0)
+        _ = try state.appendData { $0 += [UInt8](repeating: 2, count: 1 << 20) }
+        #expect(state.untakenBytes == 1 << 20)
+        #expect(state.canSend() == .wait)
+    }
+
+    @Test func creditsAreGrantedEveryCreditBytesTaken() throws {
+        // A quarter of this window is 32 messages; 256 KiB of payload comes first.
+        var state = try makeState(capacity: 128, peerCapacity: 128, maxFrame: 4 << 20)
+        var effects = ConnectionState.Effects()
+        let chunk = [UInt8](repeating: 1, count: 100 << 10)
+        for seq in 1...6 { try state.apply(.data(seq: UInt64(seq), payload: chunk), effects: &effects) }
+        var credits: [Bool] = []
+        for _ in 1...6 {
+            guard case .message(let message, let credit) = state.receive(), message.count == chunk.count else {
+                Issue.record("expected a message")
+                return
+            }
+            credits.append(credit)
+        }
+        // A credit once 300 KiB (at least 256 KiB) was taken, twice.
+        #expect(credits == [false, false, true, false, false, true])
+        #expect(state.granted == 6)
     }
 
     @Test func closingTwiceIsAnError() throws {
