@@ -24,6 +24,18 @@ struct EndpointTests {
     }
 }
 
+@Suite("Channel options")
+struct ChannelOptionsTests {
+    @Test func byteLimitBelowTwiceTheCreditStepIsRefused() throws {
+        var options = ChannelOptions()
+        try options.validate()
+        options.maxBytesInFlight = 512 << 10
+        try options.validate()
+        options.maxBytesInFlight = (512 << 10) - 1
+        #expect { try options.validate() } throws: { ($0 as! IPCError).message.contains("maxBytesInFlight must be at least 524288") }
+    }
+}
+
 @Suite("Wire protocol decoding")
 struct WireTests {
     let hello = Hello(capacity: 8, maxFrame: 1024, sendCodec: "raw", sendType: "bytes", receiveCodec: "utf8", receiveType: "string")

@@ -101,6 +101,43 @@ struct ZeroCopyTests {
         #expect(status == 0, "helper said: \(output)")
     }
 
+    /// Over a socket the zero-copy calls use private memory, but not a fresh allocation per large message: the
+    /// loan reuses the buffer of the previous large message once written, the in-place read reuses the array
+    /// of the previous one (the helper echoes through the same calls, so both sides are exercised).
+    @Test("over a socket, large loans reuse the previous message's buffer, and every size arrives intact")
+    func socketBuffersAreRecycled() async throws {
+        let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/r.sock"), sending: .raw, receiving: .raw)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("in-place-echo", listener.endpoint)
+        let connection = try await within(20) { try await listener.accept() }
+        // Sizes around the reuse rule (the kept buffer serves a message no larger than it and at least half its
+        // size) and the limits of what is kept (64 KiB to 8 MiB).
+        let sizes = [300_000, 300_000, 200_000, 100_000, 1 << 20, 600_000, 70_000, 60_000, 4 << 20, 9 << 20, 300_000]
+        for (i, size) in sizes.enumerated() {
+            let m = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) }
+            try await connection.sender.send(byteCount: size) { $0.copyBytes(from: m) }
+            let same = try await within(20) { try await connection.receiver.receive { $0.elementsEqual(m) } }
+            #expect(same == true, "message \(i) of \(size) bytes")
+        }
+        // A loan whose body writes nothing: a fresh buffer is zeroed, a reused one still holds the previous
+        // message. (Reuse needs the previous message consumed by the writer, which the echo all but proves; one
+        // reuse in ten rounds shows the mechanism works.)
+        let filled = [UInt8](repeating: 0xAB, count: 300_000)
+        var reused = 0
+        for _ in 0..<10 {
+            try await connection.sender.send(byteCount: filled.count) { $0.copyBytes(from: filled) }
+            _ = try await within(20) { try await connection.receiver.receive { $0.count } }
+            try await connection.sender.send(byteCount: filled.count) { _ in }
+            let stale = try await within(20) { try await connection.receiver.receive { $0.allSatisfy { $0 == 0xAB } } }
+            if stale == true { reused += 1 }
+        }
+        #expect(reused > 0, "no loan reused the previous message's buffer")
+        try await connection.sender.close()
+        #expect(try await within(20) { try await connection.receiver.receive() } == nil)
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+    }
+
     @Test("a spawned child over shared memory: loans and in-place reads work in its rings too")
     func spawnedChild() async throws {
         let (connection, child) = try await within(20) {
