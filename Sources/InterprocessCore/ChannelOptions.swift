@@ -7,7 +7,11 @@ public struct ChannelOptions: Sendable {
     /// returns once the receiving application has taken the value. Memory held per connection is at most
     /// `capacity` messages (each at most ``maxFrameSize`` bytes), and about the sending side's
     /// ``maxBytesInFlight`` when messages are large.
-    public var capacity: Int = 128
+    ///
+    /// Default 1024 (ZeroMQ's default high-water mark is 1000): the byte limit keeps large messages to a few
+    /// in flight, so a deep window costs memory only for small messages (1024 x 64 B is 64 KiB), where it lets
+    /// each write and each read carry more of them (credits are returned every quarter window).
+    public var capacity: Int = 1024
     /// The most payload bytes this side's sender keeps in flight: sent, and not yet taken by the receiving
     /// application. A send waits while that much is outstanding (one message of any size may always be in
     /// flight). With ``capacity`` it bounds the memory a stream of large messages occupies in both processes:
