@@ -79,6 +79,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private static let burstNanos: UInt64 = 5_000
     /// An outbox at least this large is written inline even in a burst.
     private static let flushThreshold = 32 << 10
+    /// ``send(byteCount:inPlace:)`` without a ring: below this a message is copied into the outbox's tail.
+    private static let smallCopy = 32 << 10
 
     package init(stream: any ByteStream, configuration: Configuration) {
         self.stream = stream
@@ -540,7 +542,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return true
     }
 
-    private enum InPlaceNext { case inPlace(credit: Bool), frame(Int), end, waiting(Int), violation(IPCError) }
+    private enum InPlaceNext { case inPlace(credit: Bool), creditApplied(wake: Bool), frame(Int), end, waiting(Int), violation(IPCError) }
 
     /// One step of reading in place (caller holds the reader role, and nothing is queued in the inbox). A data
     /// frame that lies whole in the stream goes to `body` where it is; anything else (control frames, a frame
@@ -563,6 +565,20 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 // Each field is read from shared memory once, into a local, and checked before use.
                 let length = Int(bytes.loadLE(UInt32.self, at: 0))
                 let frameSize = Wire.frameHeaderSize + length
+                if bytes[4] == FrameType.credit.rawValue && length == 8 {
+                    // A credit is applied where it lies too: in a ping-pong of large messages one precedes
+                    // every message (the byte-credit rule), and the frame reader would cost a round trip more.
+                    guard bytes.count >= frameSize else { return .waiting(frameSize) }
+                    let consumed = bytes.loadLE(UInt64.self, at: Wire.frameHeaderSize)
+                    var effects = ConnectionState.Effects()
+                    do throws(IPCError) {
+                        try locked.withLock { state throws(IPCError) in try state.channel.apply(.credit(consumed: consumed), effects: &effects) }
+                    } catch {
+                        return .violation(error)
+                    }
+                    ring.consume(frameSize)
+                    return .creditApplied(wake: effects.wake)
+                }
                 guard bytes[4] == FrameType.data.rawValue, length >= Wire.dataPrefixSize,
                       length - Wire.dataPrefixSize <= configuration.maxPayload, frameSize <= ring.inPlaceCapacity
                 else { return .frame(frameSize) }
@@ -588,6 +604,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         switch next {
         case .inPlace(let credit):
             delivered = credit
+            return .progressed
+        case .creditApplied(let wake):
+            if wake { wakeAll() }
             return .progressed
         case .frame(let size):
             // Not a data frame to read in place: the frame reader takes exactly this frame (and checks it).
@@ -694,10 +713,27 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if wake { wakeAll() }
     }
 
-    /// The private buffer of ``send(byteCount:inPlace:)``: for a large message the outbox's spare (the buffer of
-    /// an earlier such message, already written) when it is big enough and not more than twice too big,
-    /// otherwise a new zeroed array. Either way it is then sent as a segment the outbox may keep as its spare.
+    /// The private buffer of ``send(byteCount:inPlace:)``. A small message is written into temporary memory and
+    /// appended to the outbox like any small message (no allocation when it can go at once). A large one gets
+    /// the outbox's spare (the buffer of an earlier large message, already written) when it is big enough and
+    /// not more than twice too big, otherwise a new zeroed array; either way it is then sent as a segment the
+    /// outbox may keep as its spare.
     private nonisolated(nonsending) func sendCopy(byteCount: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Void) async throws {
+        if byteCount < Self.smallCopy {
+            var waiting: [UInt8]?
+            try withUnsafeTemporaryAllocation(byteCount: max(byteCount, 1), alignment: 16) { temporary in
+                let region = UnsafeMutableRawBufferPointer(rebasing: temporary[0..<byteCount])
+                region.initializeMemory(as: UInt8.self, repeating: 0)
+                try body(region)
+                let bytes = UnsafeRawBufferPointer(region)
+                if try !trySend({ state throws(IPCError) in try state.appendData { $0.append(contentsOf: bytes) } }) {
+                    waiting = [UInt8](bytes)
+                }
+            }
+            // No credit now (or a rendezvous): wait like `send`.
+            if let waiting { try await send { state throws(IPCError) in try state.appendData { $0 += waiting } } }
+            return
+        }
         var spare = byteCount >= Outbox.minSpare ? locked.withLock { $0.channel.outbox.takeSpare() } : nil
         let bytes: [UInt8]
         if var reused = spare.take(), reused.count >= byteCount, reused.count / 2 <= byteCount {

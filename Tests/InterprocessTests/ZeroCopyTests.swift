@@ -225,7 +225,7 @@ struct ZeroCopyTests {
         }
     }
 
-    @Test("zero-copy sends wait for credit like send: capacity N holds the sender at N", arguments: [ChannelKind.sharedMemory, .inProcess])
+    @Test("zero-copy sends wait for credit like send: capacity N holds the sender at N", arguments: [ChannelKind.sharedMemory, .inProcess, .unix])
     func loansRespectCapacity(_ kind: ChannelKind) async throws {
         let (tx, rx) = try await makeChannel(kind, .raw, capacity: 2)
         for i in 0..<2 { try await tx.send(byteCount: 64) { $0.storeBytes(of: UInt64(i), as: UInt64.self) } }
@@ -246,7 +246,7 @@ struct ZeroCopyTests {
         #expect(got == [0, 1, 2])
     }
 
-    @Test("capacity 0: a loan returns only once the receiver took the message", arguments: [ChannelKind.sharedMemory, .inProcess])
+    @Test("capacity 0: a loan returns only once the receiver took the message", arguments: [ChannelKind.sharedMemory, .inProcess, .unix])
     func rendezvousLoan(_ kind: ChannelKind) async throws {
         let (tx, rx) = try await makeChannel(kind, .raw, capacity: 0)
         let sent = Flag()
