@@ -69,9 +69,10 @@ final class EncodingStorage {
         let slot = bytes.count
         bytes.appendLE(UInt32(0))
         if try !encodePrimitive(value) {
-            let encoder = BinaryEncoderImpl(storage: self, slot: slot, path: path())
-            try value.encode(to: encoder)
-            if encoder.isNil { return }
+            try value.encode(to: BinaryEncoderImpl(storage: self, slot: slot, path: path()))
+            // A single-value container's encodeNil put the nil marker in the slot (a length slot holds 0 until
+            // it is closed, so the marker comes from nowhere else): keep it.
+            if bytes.withUnsafeBytes({ $0.loadLE(UInt32.self, at: slot) }) == BinaryEncoding.nilMarker { return }
         }
         closeSlot(slot)
     }
@@ -165,14 +166,15 @@ enum PrimitiveKind {
     }
 }
 
-final class BinaryEncoderImpl: Encoder {
+/// Three words, so it is stored inline in the `any Encoder` a value's `encode(to:)` receives rather than
+/// allocated per value.
+struct BinaryEncoderImpl: Encoder {
     let storage: EncodingStorage
     /// The length slot of the value this encoder writes.
     let slot: Int
     let path: CodingPath
     var codingPath: [any CodingKey] { path.keys }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
-    var isNil = false
 
     init(storage: EncodingStorage, slot: Int, path: CodingPath) {
         self.storage = storage
@@ -206,7 +208,10 @@ struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
         storage.closeSlot(slot)
     }
 
-    // The primitives written directly: the same bytes as the generic path, without its type check.
+    // The primitives written directly: the same bytes as the generic path, without its type check. Inlined into
+    // each overload, so the integer type is concrete there (this container is generic over its key, and a call
+    // generic in both would run unspecialized, looking up metadata for each field).
+    @inline(__always)
     private func fixed<I: FixedWidthInteger>(_ value: I, _ key: Key) throws {
         try storage.appendKey(key, path: path)
         storage.appendFixedValue(value)
@@ -327,7 +332,6 @@ struct SingleEncoder: SingleValueEncodingContainer {
 
     mutating func encodeNil() throws {
         encoder.storage.bytes.storeLE(BinaryEncoding.nilMarker, at: encoder.slot)
-        encoder.isNil = true
     }
     mutating func encode<T: Encodable>(_ value: T) throws {
         if try !encoder.storage.encodePrimitive(value) {
@@ -338,7 +342,9 @@ struct SingleEncoder: SingleValueEncodingContainer {
 
 // MARK: - Decoding
 
-final class DecodingInput {
+/// The message being decoded. A struct (one reference, the array's): with the decoder below it fits in an
+/// existential's inline buffer, so handing a value its `Decoder` allocates nothing.
+struct DecodingInput {
     let bytes: [UInt8]
     init(bytes: [UInt8]) { self.bytes = bytes }
 
@@ -358,7 +364,8 @@ final class DecodingInput {
     }
 
     func decodeValue<T: Decodable>(_ type: T.Type, region: Range<Int>, path: @autoclosure () -> CodingPath) throws -> T {
-        if let value = try decodePrimitive(type, region: region, path: path()) { return value }
+        // No `T?` on the way: in this unspecialized code its metadata would be looked up on every value.
+        if let kind = PrimitiveKind.of(T.self) { return try decodePrimitive(kind, T.self, region: region, path: path()) }
         return try T(from: BinaryDecoderImpl(input: self, region: region, path: path()))
     }
 
@@ -381,8 +388,7 @@ final class DecodingInput {
         return s
     }
 
-    func decodePrimitive<T>(_ type: T.Type, region: Range<Int>, path: @autoclosure () -> CodingPath) throws -> T? {
-        guard let kind = PrimitiveKind.of(T.self) else { return nil }
+    func decodePrimitive<T>(_ kind: PrimitiveKind, _ type: T.Type, region: Range<Int>, path: @autoclosure () -> CodingPath) throws -> T {
         // `kind` names T exactly, so the bit casts below are between identical types (no boxing, no dynamic cast).
         switch kind {
         case .string: return unsafeBitCast(try string(region, path()), to: T.self)
@@ -405,16 +411,20 @@ final class DecodingInput {
     }
 }
 
-final class BinaryDecoderImpl: Decoder {
+/// Three words (the input's array, the region's bounds packed in one, the path): stored inline in the
+/// `any Decoder` a value's `init(from:)` receives, rather than allocated per value.
+struct BinaryDecoderImpl: Decoder {
     let input: DecodingInput
-    let region: Range<Int>
+    /// The region's bounds: lower in the low 32 bits, upper in the high (a message is at most 4 GiB).
+    private let bounds: UInt64
     let path: CodingPath
+    var region: Range<Int> { Int(truncatingIfNeeded: bounds & 0xFFFF_FFFF)..<Int(truncatingIfNeeded: bounds >> 32) }
     var codingPath: [any CodingKey] { path.keys }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
     init(input: DecodingInput, region: Range<Int>, path: CodingPath) {
         self.input = input
-        self.region = region
+        self.bounds = UInt64(truncatingIfNeeded: region.lowerBound) | UInt64(truncatingIfNeeded: region.upperBound) << 32
         self.path = path
     }
 
@@ -496,9 +506,9 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     }
 
     /// The region of a value that must not be nil.
-    private func present<T>(_ key: Key, _ type: T.Type) throws -> Range<Int> {
+    private func present(_ key: Key, _ type: Any.Type) throws -> Range<Int> {
         guard let r = try region(key) else {
-            throw DecodingError.valueNotFound(T.self, .init(codingPath: codingPath + [key], debugDescription: "value is nil"))
+            throw DecodingError.valueNotFound(type, .init(codingPath: codingPath + [key], debugDescription: "value is nil"))
         }
         return r
     }
@@ -513,7 +523,9 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return try input.decodeValue(T.self, region: r, path: .key(key, path))
     }
 
-    // The primitives read directly: the same checks as the generic path, without its type check.
+    // The primitives read directly: the same checks as the generic path, without its type check. Inlined into
+    // each overload, so the integer type is concrete there (see `KeyedEncoder.fixed`).
+    @inline(__always)
     private func fixed<I: FixedWidthInteger>(_ type: I.Type, _ key: Key) throws -> I {
         try input.fixed(I.self, try present(key, I.self), .key(key, path))
     }

@@ -137,7 +137,13 @@ package enum Frame: Sendable, Equatable {
 extension Array where Element == UInt8 {
 
     package mutating func appendLE<T: FixedWidthInteger>(_ value: T) {
-        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
+        // Byte by byte, low first: a few `append`s are cheaper than the generic `append(contentsOf:)` of a raw
+        // buffer (which showed in every frame header and codec field), and the order is the same on any host.
+        var rest = value
+        for _ in 0..<MemoryLayout<T>.size {
+            append(UInt8(truncatingIfNeeded: rest))
+            rest >>= 8
+        }
     }
 
     package mutating func appendString8(_ s: String) {
