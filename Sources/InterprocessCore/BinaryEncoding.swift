@@ -392,7 +392,7 @@ struct DecodingInput {
         // `kind` names T exactly, so the bit casts below are between identical types (no boxing, no dynamic cast).
         switch kind {
         case .string: return unsafeBitCast(try string(region, path()), to: T.self)
-        case .bytes: return unsafeBitCast(Array(bytes[region]), to: T.self)
+        case .bytes: return unsafeBitCast(bytes.withUnsafeBytes { [UInt8](UnsafeRawBufferPointer(rebasing: $0[region])) }, to: T.self)
         case .data: return unsafeBitCast(Data(bytes[region]), to: T.self)
         case .int: return unsafeBitCast(Int(try fixed(Int64.self, region, path())), to: T.self)
         case .uint: return unsafeBitCast(UInt(try fixed(UInt64.self, region, path())), to: T.self)
