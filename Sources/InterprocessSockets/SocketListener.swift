@@ -146,6 +146,7 @@ package final class SocketListener: Sendable {
 
     /// One end of a Unix socket pair (already non-blocking), with the peer's credentials.
     package static func pairEnd(_ fd: Int32, peer: String) -> ConnectedSocket {
+        enlargeSendBuffer(fd)
         var pid: pid_t = 0
         var uid: uid_t = 0
         var gid: gid_t = 0
@@ -153,8 +154,18 @@ package final class SocketListener: Sendable {
         return ConnectedSocket(stream: SocketStream(fd: fd, peerDescription: peer), peerUID: known ? uid : nil)
     }
 
+    /// A Unix socket's send buffer (which also bounds what the peer's receive queue holds) is raised from the
+    /// kernel's default of about 200 KiB to 1 MiB: a large message then needs a fifth as many rounds of "write
+    /// until the kernel is full, wait for the I/O thread to say it drained". W3 over a Unix socket, two sets of
+    /// paired runs: 0.60-0.83x of the raw socketpair before, 0.74-0.99x after. TCP keeps the kernel's autotuning.
+    private static func enlargeSendBuffer(_ fd: Int32) {
+        var size: Int32 = 1 << 20
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     static func describe(_ fd: Int32, unix: Bool) throws(IPCError) -> ConnectedSocket {
         if unix {
+            enlargeSendBuffer(fd)
             var pid: pid_t = 0
             var uid: uid_t = 0
             var gid: gid_t = 0
