@@ -12,9 +12,9 @@ public struct ChannelOptions: Sendable {
     /// in flight, so a deep window costs memory only for small messages (1024 x 64 B is 64 KiB), where it lets
     /// each write and each read carry more of them (credits are returned every quarter window).
     public var capacity: Int = 1024
-    /// The most payload bytes this side's sender keeps in flight: sent, and not yet taken by the receiving
-    /// application. A send waits while that much is outstanding (one message of any size may always be in
-    /// flight). With ``capacity`` it bounds the memory a stream of large messages occupies in both processes:
+    /// The most bytes this side's sender keeps in flight: sent, and not yet taken by the receiving application,
+    /// each message counted as its payload plus 16 bytes of framing. A send waits while that much is outstanding
+    /// (one message of any size may always be in flight). With ``capacity`` it bounds the memory a stream of large messages occupies in both processes:
     /// a few messages' worth rather than a window of them, which also keeps those bytes warm in the cache.
     /// Default 1 MiB; at least 512 KiB.
     public var maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight

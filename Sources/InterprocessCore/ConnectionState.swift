@@ -8,9 +8,9 @@ import DequeModule
 /// `max(N, 1)` data frames that the receiver has not yet taken; the receiver reports what it has taken with
 /// cumulative credit frames. Capacity 0 is a rendezvous: the sender also waits until its own message is taken.
 ///
-/// Bytes are bounded too, on the sender's side: it sends only while the payload bytes of messages not yet taken
+/// Bytes are bounded too, on the sender's side: it sends only while the bytes of its data frames not yet taken
 /// are below its own limit (so a stream of large messages holds a few of them in each process, not a window of
-/// them). The receiver's part is to credit at least every ``Wire/creditBytes`` of payload taken, which keeps a
+/// them). The receiver's part is to credit at least every ``Wire/creditBytes`` of data frames taken, which keeps a
 /// sender waiting on bytes from waiting forever.
 package struct ConnectionState {
     package enum Mode: Sendable { case framed, lines }
@@ -32,7 +32,7 @@ package struct ConnectionState {
     package var taken: UInt64 = 0
     /// The cumulative count last reported to the peer in a credit frame.
     package var granted: UInt64 = 0
-    /// Payload bytes taken since the last credit frame.
+    /// Bytes of data frames (payload and ``Wire/dataFrameOverhead``) taken since the last credit frame.
     private var takenBytesSinceCredit = 0
     /// The peer closed its sending direction after this sequence number.
     package var peerClosedAfter: UInt64?
@@ -151,7 +151,7 @@ package struct ConnectionState {
         try checkIncoming(seq: seq)
         received += 1
         taken += 1
-        takenBytesSinceCredit += size
+        takenBytesSinceCredit += size + Wire.dataFrameOverhead
         return appendCreditIfDue()
     }
 
@@ -181,7 +181,7 @@ package struct ConnectionState {
         if peek, !inbox.isEmpty { return .message([], grantCredit: false) }
         if let message = inbox.popFirst() {
             taken += 1
-            takenBytesSinceCredit += message.count
+            takenBytesSinceCredit += message.count + Wire.dataFrameOverhead
             return .message(message, grantCredit: appendCreditIfDue())
         }
         // Everything the peer sent before its close was delivered: that direction ended cleanly, whatever
@@ -296,10 +296,12 @@ package struct ConnectionState {
     }
 
     /// A data frame with `size` payload bytes was appended (framed mode): it counts against the byte limit until
-    /// the peer takes it.
+    /// the peer takes it, with its frame header (``Wire/dataFrameOverhead``), so that even empty messages are
+    /// bounded by the limit (and with them this list, whatever capacity the peer announces).
     private mutating func recordSent(_ size: Int) {
-        untakenSizes.append(size)
-        untakenBytes += size
+        let counted = size + Wire.dataFrameOverhead
+        untakenSizes.append(counted)
+        untakenBytes += counted
     }
 
     /// Appends one data frame whose payload is `payload` itself, kept as a segment rather than copied.

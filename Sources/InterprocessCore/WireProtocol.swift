@@ -17,8 +17,11 @@ package enum Wire {
     package static let maxErrorMessage = 4096
     /// Default largest message payload: 16 MiB.
     package static let defaultMaxFrame = 16 << 20
-    /// A receiver sends a credit frame at least every this many payload bytes taken (256 KiB).
+    /// A receiver sends a credit frame at least every this many bytes of data frames taken (256 KiB), each frame
+    /// counted as its payload plus ``dataFrameOverhead``.
     package static let creditBytes = 256 << 10
+    /// What a data frame adds to its payload in the byte counts of flow control: header and sequence number.
+    package static let dataFrameOverhead = frameHeaderSize + dataPrefixSize
     /// A sender's default limit on payload bytes sent and not yet taken, and the least it may be set to (twice
     /// ``creditBytes``, so that a credit always arrives before a sender held by the limit runs dry).
     package static let defaultMaxBytesInFlight = 1 << 20

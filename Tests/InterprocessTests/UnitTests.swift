@@ -230,18 +230,30 @@ struct ChannelStateTests {
             #expect(state.canSend() == .ready)
             _ = try state.appendData(segment: chunk)
         }
+        // Each message counts with its 16 bytes of framing.
         #expect(state.canSend() == .wait)
-        #expect(state.untakenBytes == 600 << 10)
+        #expect(state.untakenBytes == 3 * ((200 << 10) + 16))
         var effects = ConnectionState.Effects()
         try state.apply(.credit(consumed: 1), effects: &effects)
-        #expect(state.untakenBytes == 400 << 10)
+        #expect(state.untakenBytes == 2 * ((200 << 10) + 16))
         #expect(state.canSend() == .ready)
         // A message larger than the limit still goes, alone.
         try state.apply(.credit(consumed: 3), effects: &effects)
         #expect(state.untakenBytes == 0)
         _ = try state.appendData { $0 += [UInt8](repeating: 2, count: 1 << 20) }
-        #expect(state.untakenBytes == 1 << 20)
+        #expect(state.untakenBytes == (1 << 20) + 16)
         #expect(state.canSend() == .wait)
+    }
+
+    @Test func emptyMessagesCountAgainstTheByteLimit() throws {
+        // Whatever capacity the peer announces, empty messages cannot pile up without bound.
+        var state = try makeState(capacity: 64, peerCapacity: UInt32.max, maxBytesInFlight: 512 << 10)
+        var sent = 0
+        while state.canSend() == .ready && sent <= 1 << 20 {
+            _ = try state.appendData { _ in }
+            sent += 1
+        }
+        #expect(sent == (512 << 10) / 16)
     }
 
     @Test func creditsAreGrantedEveryCreditBytesTaken() throws {
