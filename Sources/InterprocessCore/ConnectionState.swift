@@ -42,7 +42,8 @@ package struct ConnectionState {
     package var nextSeq: UInt64 = 1
     /// The peer has taken every message up to this sequence number.
     package var peerConsumed: UInt64 = 0
-    /// The payload sizes of the messages sent and not yet taken (after `peerConsumed`), oldest first, and their sum.
+    /// The counted sizes (payload and ``Wire/dataFrameOverhead``) of the messages sent and not yet taken (after
+    /// `peerConsumed`), oldest first, and their sum.
     private var untakenSizes = Deque<Int>()
     package private(set) var untakenBytes = 0
     /// Sends wait while `untakenBytes` is at least this (one message of any size may always be in flight).
@@ -194,7 +195,7 @@ package struct ConnectionState {
         return .wait
     }
 
-    /// Appends a credit frame once a quarter of the window, or ``Wire/creditBytes`` of payload, has been taken
+    /// Appends a credit frame once a quarter of the window, or ``Wire/creditBytes`` of data frames, has been taken
     /// since the last one, so the sender always hears in time to keep three quarters of its window busy, and a
     /// sender held by its byte limit hears before it runs dry.
     private mutating func appendCreditIfDue() -> Bool {
