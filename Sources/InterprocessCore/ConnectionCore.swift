@@ -233,12 +233,6 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
     }
 
-    /// Sends `payload` as one message without copying it into the outbox (for large raw payloads).
-    package func send(segment payload: [UInt8], recyclable: Bool = false) async throws(IPCError) {
-        if try trySend({ state throws(IPCError) in try state.appendData(segment: payload, recyclable: recyclable) }) { return }
-        try await send { state throws(IPCError) in try state.appendData(segment: payload, recyclable: recyclable) }
-    }
-
     /// The fast path of `send`: appends and decides the write under one lock, with no suspension point.
     /// Returns false when the send must wait (no credit, a rendezvous, or the handshake not done yet).
     package func trySend(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) throws(IPCError) -> Bool {
@@ -748,7 +742,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 count = byteCount
             }
         }
-        try await send(segment: bytes, recyclable: true)
+        // Kept as a segment, not copied; once written, the outbox may keep it for the next such message.
+        let append = { (state: inout ConnectionState) throws(IPCError) -> UInt64 in try state.appendData(segment: bytes, recyclable: true) }
+        if try trySend(append) { return }
+        try await send(append)
     }
 
     // MARK: Waiting
@@ -1030,7 +1027,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             }
             state.waitedForInput = false
         } else {
-            // A credit is due only once per quarter window: write it at once so the sender never stalls.
+            // A credit is due only once per quarter window (or 256 KiB taken): write it at once so the sender never
+            // stalls.
             urgent = true
         }
         urgent = urgent || state.channel.outbox.count >= Self.flushThreshold

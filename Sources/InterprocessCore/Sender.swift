@@ -25,6 +25,17 @@ public final class Sender<Value: Sendable>: Sendable {
     /// Raw payloads at least this large are handed to the transport as they are, without a copy.
     private static var segmentThreshold: Int { 32 << 10 }
 
+    /// Appends `value` as one data frame: a large raw payload as its own segment (kept, not copied), anything
+    /// else through the codec into the outbox.
+    private static func append(_ value: Value, to state: inout ConnectionState, encode: (Value, inout [UInt8]) throws(IPCError) -> Void, isRaw: Bool) throws(IPCError) -> UInt64 {
+        if isRaw {
+            // The raw codec's values are byte arrays: no dynamic cast needed to see one.
+            let bytes = unsafeBitCast(value, to: [UInt8].self)
+            if bytes.count >= segmentThreshold { return try state.appendData(segment: bytes) }
+        }
+        return try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
+    }
+
     deinit {
         switch backend {
         case .local(let channel): channel.senderDropped()
@@ -44,17 +55,9 @@ public final class Sender<Value: Sendable>: Sendable {
         case .local(let channel):
             try await channel.send(value)
         case .remote(let core, let encode, let isRaw):
-            if isRaw {
-                // The raw codec's values are byte arrays: no dynamic cast needed to see one.
-                let bytes = unsafeBitCast(value, to: [UInt8].self)
-                if bytes.count >= Self.segmentThreshold {
-                    try await core.send(segment: bytes)
-                    return
-                }
-            }
             // With credit available the send completes here, without another async call.
             let append = { (state: inout ConnectionState) throws(IPCError) -> UInt64 in
-                try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
+                try Self.append(value, to: &state, encode: encode, isRaw: isRaw)
             }
             if try core.trySend(append) { return }
             try await core.send(append)
@@ -74,12 +77,8 @@ public final class Sender<Value: Sendable>: Sendable {
             for value in values { try await channel.send(value) }
         case .remote(let core, let encode, let isRaw):
             let values = Array(values)
-            let raw = isRaw ? unsafeBitCast(values, to: [[UInt8]].self) : nil
             try await core.send(batch: values.count) { i, state throws(IPCError) -> UInt64 in
-                if let raw, raw[i].count >= Self.segmentThreshold {
-                    return try state.appendData(segment: raw[i])
-                }
-                return try state.appendData { buffer throws(IPCError) in try encode(values[i], &buffer) }
+                try Self.append(values[i], to: &state, encode: encode, isRaw: isRaw)
             }
         }
     }
@@ -93,10 +92,8 @@ public final class Sender<Value: Sendable>: Sendable {
         switch backend {
         case .local(let channel):
             return try channel.trySend(value)
-        case .remote(let core, let encode, _):
-            return try core.trySend { state throws(IPCError) in
-                try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
-            }
+        case .remote(let core, let encode, let isRaw):
+            return try core.trySend { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
         }
     }
 
@@ -140,11 +137,11 @@ public final class Sender<Value: Sendable>: Sendable {
                 poll: { try channel.trySend(value) ? { try body() } : nil },
                 register: { waiter, _ in channel.registerSend(waiter).map { id in { channel.unregister(id) } } },
                 claimed: { _ in try body() })))
-        case .remote(let core, let encode, _):
+        case .remote(let core, let encode, let isRaw):
             return SelectCase(.operation(SelectOperation(
                 poll: {
                     let attempt = try core.sendNow { state throws(IPCError) in
-                        try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
+                        try Self.append(value, to: &state, encode: encode, isRaw: isRaw)
                     }
                     switch attempt {
                     case .wouldBlock: return nil

@@ -22,7 +22,7 @@ package enum Wire {
     package static let creditBytes = 256 << 10
     /// What a data frame adds to its payload in the byte counts of flow control: header and sequence number.
     package static let dataFrameOverhead = frameHeaderSize + dataPrefixSize
-    /// A sender's default limit on payload bytes sent and not yet taken, and the least it may be set to (twice
+    /// A sender's default limit on bytes of data frames sent and not yet taken, and the least it may be set to (twice
     /// ``creditBytes``, so that a credit always arrives before a sender held by the limit runs dry).
     package static let defaultMaxBytesInFlight = 1 << 20
     package static let minMaxBytesInFlight = 2 * creditBytes

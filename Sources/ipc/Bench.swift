@@ -57,6 +57,10 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
 
     /// Whether the line sends with `send(byteCount:)` and receives with `receive { }`.
     var usesZeroCopyCalls: Bool { self == .shmZeroCopy || self == .unixZeroCopy }
+    /// Whether the line sends with `send(contentsOf:)` and receives with `receive(upTo:)`.
+    var usesBatchCalls: Bool { self == .unixBatch || self == .shmBatch }
+    /// The Interprocess lines over shared memory (compared with the C ring).
+    var isSharedMemory: Bool { self == .shmRaw || self == .shmZeroCopy || self == .shmBatch }
 
     func applies(to workload: Workload) -> Bool {
         switch self {
@@ -171,7 +175,7 @@ struct Bench: AsyncParsableCommand {
                 // ratio is time over baseline time; for W2/W3 rate over baseline rate.
                 if workload == .w4 {
                     line += "   4 MiB / 64 B: \(format(median.values[median.values.count - 1] / main, 1))x"
-                } else if transport == .shmRaw || transport == .shmZeroCopy || transport == .shmBatch, let ringBaseline {
+                } else if transport.isSharedMemory, let ringBaseline {
                     line += "   ratio \(format(main / ringBaseline, 2))x (to the C ring)"
                 } else if let baseline, transport != .baseline, transport != .cRing {
                     line += "   ratio \(format(main / baseline, 2))x"
@@ -215,11 +219,12 @@ struct Bench: AsyncParsableCommand {
             guard let cRing else { throw ChildError(message: "no C ring baseline") }
             return try cRing.run(workload, childCPU: childCPU, counts: counts)
         }
-        let endpoint: Endpoint
-        switch transport {
-        case .tcpRaw: endpoint = .tcp(host: "127.0.0.1", port: 0)
-        case .shmRaw, .shmZeroCopy, .shmBatch: endpoint = .sharedMemory(name: "bench-\(getpid())")
-        default: endpoint = .unix(path: directory + "/bench.sock")
+        let endpoint: Endpoint = if transport == .tcpRaw {
+            .tcp(host: "127.0.0.1", port: 0)
+        } else if transport.isSharedMemory {
+            .sharedMemory(name: "bench-\(getpid())")
+        } else {
+            .unix(path: directory + "/bench.sock")
         }
         if transport == .unixBinary || transport == .unixJSON {
             let codec: any MessageCodec<BenchSample> = transport == .unixBinary ? BinaryCodec(BenchSample.self) : JSONCodec(BenchSample.self)
@@ -230,7 +235,7 @@ struct Bench: AsyncParsableCommand {
         let child = try ChildProcess.spawnSelf(args + ["--endpoint", listener.endpoint.description], pinCPU: childCPU)
         let connection = try await listener.accept()
         let result: BenchResult
-        if transport == .unixBatch || transport == .shmBatch {
+        if transport.usesBatchCalls {
             result = try await runBatches(connection, counts: counts)
         } else {
             result = try await runChannel(workload, connection, counts: counts, zeroCopy: transport.usesZeroCopyCalls)
@@ -485,7 +490,7 @@ struct BenchPeer: AsyncParsableCommand {
         // lookup per message, which the peer's figures must not include.
         let workload = workload
         let zeroCopy = transport.usesZeroCopyCalls
-        let batches = transport == .unixBatch || transport == .shmBatch
+        let batches = transport.usesBatchCalls
         switch workload {
         case .w1 where zeroCopy, .w4 where zeroCopy:
             // Echo through the zero-copy calls: in W1 the whole message is copied from its place in one ring into

@@ -104,12 +104,9 @@ struct BatchTests {
     /// waits sends nothing more.
     @Test(arguments: TransportKind.allCases)
     func waitsAtCapacity(_ kind: TransportKind) async throws {
-        let dir = temporaryDirectory()
-        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw)
-        defer { listener.close() }
         let capacity = 16
-        let helper = try ChildProcess.helper("stall", listener.endpoint, capacity)
-        let tx = try await within(20) { try await listener.accept() }.sender
+        let (listener, helper, tx) = try await senderToStalledHelper(kind, capacity: capacity)
+        defer { listener.close() }
         try await within(10) { try await tx.send(contentsOf: (0..<capacity).map { numbered(UInt64($0)) }) }
         await #expect { try await within(1) { try await tx.send(contentsOf: [numbered(UInt64(capacity))]) } } throws: {
             ($0 as! IPCError).code == .timeout

@@ -220,6 +220,31 @@ func within<T: Sendable>(_ seconds: Int, _ body: @escaping @Sendable () async th
     }
 }
 
+/// A sender to the helper's "stall" role over `kind`: the helper connects with capacity `capacity`, reads nothing
+/// until a line arrives on its standard input ("go"), then drains and reports "received N". The caller closes
+/// the listener.
+func senderToStalledHelper(_ kind: TransportKind, capacity: Int, options: ChannelOptions = ChannelOptions()) async throws
+    -> (listener: Listener<RawBytesCodec, NoMessages>, helper: ChildProcess, sender: Sender<[UInt8]>) {
+    let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), sending: .raw, options: options)
+    do {
+        let helper = try ChildProcess.helper("stall", listener.endpoint, capacity)
+        let sender = try await within(20) { try await listener.accept() }.sender
+        return (listener, helper, sender)
+    } catch {
+        listener.close()
+        throw error
+    }
+}
+
+/// Expects `send` to be held: three tries of a second each time out, and this process's memory stays flat.
+func expectHeld(_ send: @escaping @Sendable () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async {
+    let rssBefore = residentKiB()
+    for _ in 0..<3 {
+        await #expect(sourceLocation: sourceLocation) { try await within(1) { try await send() } } throws: { ($0 as! IPCError).code == .timeout }
+    }
+    #expect(residentKiB() - rssBefore < 8 * 1024, "memory grew while the sender was held", sourceLocation: sourceLocation)
+}
+
 /// A plain blocking socket for playing a hostile or foreign peer. Reads time out after 5 seconds.
 final class RawClient {
     let fd: Int32
