@@ -654,6 +654,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         guard claimed else { return try await sendCopy(byteCount: byteCount, body) }
         var seq: UInt64?
+        var rendezvous = false
         var inBody = false
         var commitError: IPCError?
         do {
@@ -667,7 +668,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 inBody = false
                 do throws(IPCError) {
                     // The channel may have closed or failed meanwhile: then nothing is published.
-                    seq = try locked.withLock { state throws(IPCError) in try state.channel.commitInPlaceData(size: byteCount) }
+                    (seq, rendezvous) = try locked.withLock { state throws(IPCError) in
+                        (try state.channel.commitInPlaceData(size: byteCount), state.channel.isRendezvous)
+                    }
                 } catch {
                     commitError = error
                     return
@@ -687,7 +690,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         endLoan()
         if let commitError { throw commitError }
-        if let seq, locked.withLock({ $0.channel.isRendezvous }) { try await awaitTaken(seq) }
+        if let seq, rendezvous { try await awaitTaken(seq) }
     }
 
     private enum LoanStep { case claimed, flushFirst, copy }
@@ -801,10 +804,20 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .read:
                 holdingReader = true
                 if spinner == nil { spinner = SpinWait(budgetNanoseconds: spin ? configuration.spinNanoseconds : 0) }
-                guard case .waiting(let needed) = read() else { continue }
+                var step = read()
                 // Poll the stream's cheap hint until it may have input, so that a spinning reader notices the
-                // peer's bytes at once and takes no lock meanwhile; then read again.
-                if spinner!.poll(until: { ring?.hasReadable(atLeast: needed) ?? stream.mayHaveInput }) { continue }
+                // peer's bytes at once and takes no lock meanwhile; then read again. On a ring, whose hint is
+                // a few loads from memory (the clock is read only every 16th poll), the bytes the hint saw are
+                // read at once; the state is looked at again once something was read.
+                if let ring {
+                    while case .waiting(let needed) = step,
+                          spinner!.poll(clockEvery: 16, until: { ring.hasReadable(atLeast: needed) }) {
+                        step = read()
+                    }
+                } else if case .waiting = step, spinner!.poll(until: { stream.mayHaveInput }) {
+                    continue
+                }
+                guard case .waiting(let needed) = step else { continue }
                 holdingReader = false
                 spinner = nil
                 try await park(handingOverReader: true, seen: generation, inPlace: inPlace ? needed : nil)
@@ -904,7 +917,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         /// is built, and a read costs one lock). Returns whether more input is wanted.
         func decodeAndApply(_ state: inout Locked) -> Bool {
             do throws(IPCError) {
-                while let event = try reader.next() {
+                while true {
+                    if let (seq, payload) = reader.nextData() {
+                        applied += 1
+                        try state.channel.receiveData(seq: seq, payload: payload)
+                        effects.wake = true
+                        continue
+                    }
+                    guard let event = try reader.next() else { break }
                     applied += 1
                     switch event {
                     case .hello(let hello):

@@ -18,6 +18,8 @@ package struct ConnectionState {
     package let mode: Mode
     package let local: Hello
     package var peer: Hello?
+    /// Whether this side receives data at all (its hello names a receive codec): checked on every data frame.
+    private let carriesIncoming: Bool
 
     /// Why the connection can no longer be used, once it cannot.
     package var failure: IPCError?
@@ -60,6 +62,7 @@ package struct ConnectionState {
         self.maxBytesInFlight = maxBytesInFlight
         self.senderClosed = !hasSender
         self.receiverDone = !hasReceiver
+        self.carriesIncoming = !local.receiveCodec.isEmpty && local.receiveCodec != "none"
         if mode == .lines {
             peer = Hello(capacity: UInt32.max, maxFrame: UInt32.max, sendCodec: local.receiveCodec, sendType: local.receiveType, receiveCodec: local.sendCodec, receiveType: local.sendType)
         } else {
@@ -94,9 +97,7 @@ package struct ConnectionState {
     package mutating func apply(_ frame: Frame, effects: inout Effects) throws(IPCError) {
         switch frame {
         case .data(let seq, let payload):
-            try checkIncoming(seq: seq)
-            received += 1
-            if !receiverDone { inbox.append(payload) }
+            try receiveData(seq: seq, payload: payload)
             effects.wake = true
         case .credit(let consumed):
             guard consumed < nextSeq else {
@@ -127,6 +128,14 @@ package struct ConnectionState {
         }
     }
 
+    /// Data frame `seq` arrived: queued for the application (dropped once the receiver is gone). Waiting tasks
+    /// should re-check the state.
+    package mutating func receiveData(seq: UInt64, payload: [UInt8]) throws(IPCError) {
+        try checkIncoming(seq: seq)
+        received += 1
+        if !receiverDone { inbox.append(payload) }
+    }
+
     /// Checks that data frame `seq` may arrive now.
     private func checkIncoming(seq: UInt64) throws(IPCError) {
         guard peerClosedAfter == nil else {
@@ -140,7 +149,7 @@ package struct ConnectionState {
                 throw IPCError(.protocolViolation, "the peer sent message \(seq) without credit (this side has taken \(taken) of capacity \(local.capacity)); the peer ignores flow control")
             }
         }
-        guard !local.receiveCodec.isEmpty, local.receiveCodec != "none" else {
+        guard carriesIncoming else {
             throw IPCError(.protocolViolation, "the peer sent a message on a direction that carries none")
         }
     }
