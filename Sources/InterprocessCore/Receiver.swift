@@ -40,14 +40,15 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         switch backend {
         case .local(let channel):
             return try await channel.receive()
-        case .remote(let core, let decode, _):
-            // A message already here is taken without another async call.
+        case .remote(let core, let decode, let isRaw):
+            // A message already here is taken without another async call. The raw codec's values are the bytes
+            // themselves: no call through the codec.
             if let ready = try core.tryReceive() {
                 guard let bytes = ready else { return nil }
-                return try decode(bytes)
+                return isRaw ? unsafeBitCast(bytes, to: Value.self) : try decode(bytes)
             }
             guard let bytes = try await core.receive() else { return nil }
-            return try decode(bytes)
+            return isRaw ? unsafeBitCast(bytes, to: Value.self) : try decode(bytes)
         }
     }
 

@@ -25,13 +25,15 @@ public final class Sender<Value: Sendable>: Sendable {
     /// Raw payloads at least this large are handed to the transport as they are, without a copy.
     private static var segmentThreshold: Int { 32 << 10 }
 
-    /// Appends `value` as one data frame: a large raw payload as its own segment (kept, not copied), anything
-    /// else through the codec into the outbox.
+    /// Appends `value` as one data frame: a large raw payload as its own segment (kept, not copied), a small one
+    /// copied into the outbox (what the raw codec does, without the call through the codec), anything else
+    /// through the codec into the outbox.
     private static func append(_ value: Value, to state: inout ConnectionState, encode: (Value, inout [UInt8]) throws(IPCError) -> Void, isRaw: Bool) throws(IPCError) -> UInt64 {
         if isRaw {
             // The raw codec's values are byte arrays: no dynamic cast needed to see one.
             let bytes = unsafeBitCast(value, to: [UInt8].self)
             if bytes.count >= segmentThreshold { return try state.appendData(segment: bytes) }
+            return try state.appendData { buffer in buffer.append(contentsOf: bytes) }
         }
         return try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
     }
