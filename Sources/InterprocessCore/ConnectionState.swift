@@ -258,8 +258,7 @@ package struct ConnectionState {
         let payload = try outbox.append { buffer throws(IPCError) -> Int in
             let start = buffer.count
             if framed {
-                buffer.appendFrameHeader(.data, length: 0)
-                buffer.appendLE(seq)
+                buffer.appendDataFrameHeader(seq: seq)
             }
             do throws(IPCError) {
                 try encode(&buffer)
