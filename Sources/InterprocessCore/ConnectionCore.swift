@@ -1093,12 +1093,19 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if take { writeOutbox() }
     }
 
+    private typealias Snapshot = (segments: [[UInt8]], offset: Int)
+
+    private static func write(taking snapshot: inout Snapshot?, to stream: any ByteStream) throws(IPCError) -> Int {
+        guard let (segments, offset) = snapshot.take() else { return 0 }
+        return try stream.write(segments, offset: offset)
+    }
+
     /// Writes until the outbox is empty or the stream would block (then the I/O thread continues when it is
     /// writable). Caller holds the writer role.
     private func writeOutbox() {
         while true {
             var wakeWaiters = false
-            let next = locked.withLock { state -> (segments: [[UInt8]], offset: Int)? in
+            var next = locked.withLock { state -> Snapshot? in
                 guard !state.channel.outbox.isEmpty, !state.closed, !state.writeFailed else {
                     state.writerBusy = false
                     if state.flushScheduled {
@@ -1114,13 +1121,15 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 state.unflushedFrames = 0
                 return state.channel.outbox.snapshot()
             }
-            guard let (segments, offset) = next else {
+            guard next != nil else {
                 if wakeWaiters { wakeAll() }
                 return
             }
             let written: Int
             do throws(IPCError) {
-                written = try stream.write(segments, offset: offset)
+                // The write takes the snapshot and drops it, so that a tail it wrote is referenced by the outbox
+                // alone again when `consume` keeps it for reuse (a second reference would make reusing it copy it).
+                written = try Self.write(taking: &next, to: stream)
             } catch {
                 let mayRead = locked.withLock { state -> Bool in
                     state.writerBusy = false

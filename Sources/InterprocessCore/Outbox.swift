@@ -7,11 +7,19 @@ import DequeModule
 /// A segment the library filled itself (``Sender/send(byteCount:_:)`` on a socket) is recyclable: once written
 /// it is kept as the ``spare`` for the next such message, so a stream of large messages reuses one buffer
 /// instead of faulting in fresh pages for each. Callers' arrays are never kept (keeping one would make the
-/// caller's next change to it copy the whole array).
+/// caller's next change to it copy the whole array). A tail buffer, once written, becomes the next tail, so that
+/// a write costs no allocation: a new 4 KiB tail per write was a large-chunk `malloc`, which makes glibc
+/// consolidate every small chunk freed since (a receiver frees one per message taken), a few percent of a
+/// receiver's time in a stream of small messages.
 package struct Outbox {
+    private enum Kind { case caller, recyclable, tail }
     private var segments = Deque<[UInt8]>()
-    /// Whether each of `segments` may be kept as the spare once written.
-    private var recyclable = Deque<Bool>()
+    /// What each of `segments` is: a caller's array (dropped once written), a recyclable one (kept as the
+    /// spare), or a sealed tail (kept as the next tail).
+    private var kinds = Deque<Kind>()
+    /// A written tail, emptied, for the next seal.
+    private var spareTail: [UInt8]?
+    private static let tailCapacity = 4096
     /// The last recyclable segment written, for reuse.
     package private(set) var spare: [UInt8]?
     /// Segments at least this large are kept as the spare; larger than `maxSpare` are not.
@@ -41,7 +49,7 @@ package struct Outbox {
         guard !bytes.isEmpty else { return }
         sealTail()
         segments.append(bytes)
-        self.recyclable.append(recyclable && bytes.count >= Self.minSpare && bytes.count <= Self.maxSpare)
+        kinds.append(recyclable && bytes.count >= Self.minSpare && bytes.count <= Self.maxSpare ? .recyclable : .caller)
         count += bytes.count
     }
 
@@ -54,13 +62,18 @@ package struct Outbox {
     private mutating func sealTail() {
         if !tail.isEmpty {
             segments.append(tail)
-            recyclable.append(false)
-            tail = []
-            tail.reserveCapacity(4096)
+            kinds.append(.tail)
+            if let spare = spareTail.take() {
+                tail = spare
+            } else {
+                tail = []
+                tail.reserveCapacity(Self.tailCapacity)
+            }
         }
     }
 
-    /// Up to `limit` segments to write next (the first starting at `offset`).
+    /// Up to `limit` segments to write next (the first starting at `offset`). The caller drops the snapshot
+    /// before it calls ``consume(_:)``, so that a written tail is referenced once and is reused without a copy.
     package mutating func snapshot(limit: Int = 64) -> (segments: [[UInt8]], offset: Int) {
         sealTail()
         return (Array(segments.prefix(limit)), headOffset)
@@ -70,12 +83,23 @@ package struct Outbox {
     package mutating func consume(_ written: Int) {
         var left = written
         count -= written
-        while left > 0, let first = segments.first {
-            let remaining = first.count - headOffset
+        // Only the first segment's count is taken here: a copy of the segment itself, alive in the loop, would
+        // keep a written tail from being unique (and reusing it would copy it).
+        while left > 0, let firstCount = segments.first?.count {
+            let remaining = firstCount - headOffset
             if left >= remaining {
                 left -= remaining
-                let done = segments.removeFirst()
-                if recyclable.removeFirst() { spare = done }
+                var done = segments.removeFirst()
+                switch kinds.removeFirst() {
+                case .caller: break
+                case .recyclable: spare = done
+                case .tail:
+                    // A tail that grew far (a burst of many frames) is not kept.
+                    if spareTail == nil && done.capacity <= 16 * Self.tailCapacity {
+                        done.removeAll(keepingCapacity: true)
+                        spareTail = done
+                    }
+                }
                 headOffset = 0
             } else {
                 headOffset += left

@@ -319,6 +319,39 @@ struct ChannelStateTests {
         #expect(state.outbox.isEmpty)
         #expect(state.nextSeq == 1)
     }
+
+    @Test func aWrittenTailBufferIsReusedAndBytesStayInOrder() {
+        var outbox = Outbox()
+        func address(_ bytes: [UInt8]) -> UnsafeRawPointer? { bytes.withUnsafeBytes { $0.baseAddress } }
+        var written: [UInt8] = []
+        /// "Writes" a snapshot: appends its bytes to `written`, returns their count. The snapshot is dropped on
+        /// return, as the connection's writer drops it before consuming.
+        func write(_ snapshot: (segments: [[UInt8]], offset: Int)) -> Int {
+            var count = 0
+            for (i, segment) in snapshot.segments.enumerated() {
+                written += segment[(i == 0 ? snapshot.offset : 0)...]
+                count += segment.count - (i == 0 ? snapshot.offset : 0)
+            }
+            return count
+        }
+        func writeAll() {
+            let count = write(outbox.snapshot())
+            outbox.consume(count)
+        }
+        outbox.append { $0 += [1, 2, 3] }
+        let first = address(outbox.tail)
+        writeAll()
+        outbox.append { $0 += [4, 5] }
+        writeAll()
+        // The first tail, written and emptied, is the tail now: no allocation per write.
+        #expect(address(outbox.tail) == first)
+        #expect(outbox.tail.isEmpty && outbox.isEmpty)
+        outbox.append { $0 += [6] }
+        outbox.appendSegment([7, 8])
+        outbox.append { $0 += [9] }
+        writeAll()
+        #expect(written == [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    }
 }
 
 struct Nested: Codable, Equatable, Sendable {
