@@ -57,12 +57,10 @@ public final class Sender<Value: Sendable>: Sendable {
         case .local(let channel):
             try await channel.send(value)
         case .remote(let core, let encode, let isRaw):
-            // With credit available the send completes here, without another async call.
-            let append = { (state: inout ConnectionState) throws(IPCError) -> UInt64 in
-                try Self.append(value, to: &state, encode: encode, isRaw: isRaw)
-            }
-            if try core.trySend(append) { return }
-            try await core.send(append)
+            // With credit available the send completes here, without another async call. Each call gets its
+            // own closure literal: one closure value used twice had its context allocated on the heap per send.
+            if try core.trySend({ state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }) { return }
+            try await core.send { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
         }
     }
 
