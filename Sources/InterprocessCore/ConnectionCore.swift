@@ -913,41 +913,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// taken from the stream.
     private func pump(releasingReader: Bool = false, limit: Int = .max, bytesRead: UnsafeMutablePointer<Int>? = nil) -> Bool {
         if locked.withLock({ $0.channel.failure != nil }) { return drainAfterFailure(releasingReader: releasingReader) }
-        var effects = ConnectionState.Effects()
-        var protocolError: IPCError?
-        var applied = 0
+        var tally = PumpTally()
         var ended = false
         var remaining = limit
-        /// Decodes every complete frame the reader holds and applies it at once (lock held: no list of events
-        /// is built, and a read costs one lock). Returns whether more input is wanted.
-        func decodeAndApply(_ state: inout Locked) -> Bool {
-            do throws(IPCError) {
-                while true {
-                    if let (seq, payload) = reader.nextData() {
-                        applied += 1
-                        try state.channel.receiveData(seq: seq, payload: payload)
-                        effects.wake = true
-                        continue
-                    }
-                    guard let event = try reader.next() else { break }
-                    applied += 1
-                    switch event {
-                    case .hello(let hello):
-                        try state.channel.apply(hello: hello)
-                        effects.wake = true
-                    case .frame(let frame):
-                        try state.channel.apply(frame, effects: &effects)
-                    }
-                }
-            } catch {
-                protocolError = error
-                return false
-            }
-            return state.channel.wantsMoreInput
-        }
         // Complete frames may already be buffered (a bounded read stops short of decoding nothing).
-        var wanted = locked.withLock { decodeAndApply(&$0) }
-        reads: for _ in 0..<16 where wanted && remaining > 0 && applied < 4096 {
+        var wanted = locked.withLock { decodeAndApply(&$0, &tally) }
+        reads: for _ in 0..<16 where wanted && remaining > 0 && tally.applied < 4096 {
             var outcome = ReadOutcome.wouldBlock
             do {
                 _ = try reader.read { buffer throws(IPCError) -> Int in
@@ -957,14 +928,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     return 0
                 }
             } catch {
-                protocolError = error
+                tally.protocolError = error
                 break
             }
             switch outcome {
             case .bytes(let n):
                 remaining -= n
                 bytesRead?.pointee += n
-                wanted = locked.withLock { decodeAndApply(&$0) }
+                wanted = locked.withLock { decodeAndApply(&$0, &tally) }
             case .wouldBlock:
                 break reads
             case .endOfStream:
@@ -972,18 +943,19 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 locked.withLock { state in
                     do throws(IPCError) {
                         if let last = try reader.finish() {
-                            applied += 1
-                            try state.channel.apply(last, effects: &effects)
+                            tally.applied += 1
+                            try state.channel.apply(last, effects: &tally.effects)
                         }
                         state.channel.applyEndOfStream()
                     } catch {
-                        protocolError = error
+                        tally.protocolError = error
                     }
                 }
                 break reads
             }
         }
-        if applied == 0 && !ended && protocolError == nil { return false }
+        let (effects, protocolError) = (tally.effects, tally.protocolError)
+        if tally.applied == 0 && !ended && protocolError == nil { return false }
         // The I/O thread gives the role back before waking anyone, so a woken task can take it.
         if releasingReader { locked.withLock { $0.readerBusy = false } }
         if let protocolError {
@@ -993,6 +965,42 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if effects.output { flushNow() }
         wakeAll()
         return releasingReader || effects.wake || ended
+    }
+
+    /// What one ``pump(releasingReader:limit:bytesRead:)`` decoded and applied.
+    private struct PumpTally {
+        var effects = ConnectionState.Effects()
+        var protocolError: IPCError?
+        var applied = 0
+    }
+
+    /// Decodes every complete frame the reader holds and applies it at once (lock held: no list of events is
+    /// built, and a read costs one lock). Returns whether more input is wanted. A method rather than a function
+    /// nested in `pump`, whose captured variables were checked for exclusive access at run time on every frame.
+    private func decodeAndApply(_ state: inout Locked, _ tally: inout PumpTally) -> Bool {
+        do throws(IPCError) {
+            while true {
+                if let (seq, payload) = reader.nextData() {
+                    tally.applied += 1
+                    try state.channel.receiveData(seq: seq, payload: payload)
+                    tally.effects.wake = true
+                    continue
+                }
+                guard let event = try reader.next() else { break }
+                tally.applied += 1
+                switch event {
+                case .hello(let hello):
+                    try state.channel.apply(hello: hello)
+                    tally.effects.wake = true
+                case .frame(let frame):
+                    try state.channel.apply(frame, effects: &tally.effects)
+                }
+            }
+        } catch {
+            tally.protocolError = error
+            return false
+        }
+        return state.channel.wantsMoreInput
     }
 
     /// After a failure nothing more is decoded: input is read and dropped until the peer's end of stream.
