@@ -750,10 +750,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 count = byteCount
             }
         }
-        // Kept as a segment, not copied; once written, the outbox may keep it for the next such message.
-        let append = { (state: inout ConnectionState) throws(IPCError) -> UInt64 in try state.appendData(segment: bytes, recyclable: true) }
-        if try trySend(append) { return }
-        try await send(append)
+        // Kept as a segment, not copied; once written, the outbox may keep it for the next such message. (A closure
+        // literal per call, as in `Sender.send`: one closure value used twice has its context on the heap.)
+        if try trySend({ state throws(IPCError) in try state.appendData(segment: bytes, recyclable: true) }) { return }
+        try await send { state throws(IPCError) in try state.appendData(segment: bytes, recyclable: true) }
     }
 
     // MARK: Waiting
@@ -954,17 +954,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 break reads
             }
         }
-        let (effects, protocolError) = (tally.effects, tally.protocolError)
-        if tally.applied == 0 && !ended && protocolError == nil { return false }
+        if tally.applied == 0 && !ended && tally.protocolError == nil { return false }
         // The I/O thread gives the role back before waking anyone, so a woken task can take it.
         if releasingReader { locked.withLock { $0.readerBusy = false } }
-        if let protocolError {
+        if let protocolError = tally.protocolError {
             fail(protocolError, tellPeer: protocolError.code != .peerClosed && protocolError.code != .peerError)
             return true
         }
-        if effects.output { flushNow() }
+        if tally.effects.output { flushNow() }
         wakeAll()
-        return releasingReader || effects.wake || ended
+        return releasingReader || tally.effects.wake || ended
     }
 
     /// What one ``pump(releasingReader:limit:bytesRead:)`` decoded and applied.

@@ -322,8 +322,7 @@ package struct ConnectionState {
         guard payload.count <= limit else { throw Self.tooLarge(payload.count, limit) }
         let seq = nextSeq
         outbox.append { buffer in
-            buffer.appendFrameHeader(.data, length: Wire.dataPrefixSize + payload.count)
-            buffer.appendLE(seq)
+            buffer.appendDataFrameHeader(seq: seq, length: Wire.dataPrefixSize + payload.count)
         }
         outbox.appendSegment(payload, recyclable: recyclable)
         recordSent(payload.count)

@@ -55,8 +55,7 @@ package struct Outbox {
 
     /// Takes the spare buffer, if one is kept.
     package mutating func takeSpare() -> [UInt8]? {
-        defer { spare = nil }
-        return spare
+        spare.take()
     }
 
     private mutating func sealTail() {

@@ -23,6 +23,12 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         self.backend = .local(channel)
     }
 
+    /// A received message's value: through the codec, except for the raw codec, whose values are the bytes
+    /// themselves (no call through the codec).
+    private static func value(of bytes: [UInt8], decode: ([UInt8]) throws(IPCError) -> Value, isRaw: Bool) throws(IPCError) -> Value {
+        isRaw ? unsafeBitCast(bytes, to: Value.self) : try decode(bytes)
+    }
+
     deinit {
         switch backend {
         case .local(let channel): channel.receiverDropped()
@@ -41,14 +47,13 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         case .local(let channel):
             return try await channel.receive()
         case .remote(let core, let decode, let isRaw):
-            // A message already here is taken without another async call. The raw codec's values are the bytes
-            // themselves: no call through the codec.
+            // A message already here is taken without another async call.
             if let ready = try core.tryReceive() {
                 guard let bytes = ready else { return nil }
-                return isRaw ? unsafeBitCast(bytes, to: Value.self) : try decode(bytes)
+                return try Self.value(of: bytes, decode: decode, isRaw: isRaw)
             }
             guard let bytes = try await core.receive() else { return nil }
-            return isRaw ? unsafeBitCast(bytes, to: Value.self) : try decode(bytes)
+            return try Self.value(of: bytes, decode: decode, isRaw: isRaw)
         }
     }
 
@@ -77,10 +82,10 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         switch backend {
         case .local(let channel):
             return channel.tryReceive()
-        case .remote(let core, let decode, _):
+        case .remote(let core, let decode, let isRaw):
             guard let step = try core.pollReceive() else { return nil }
             guard let bytes = step else { return .some(nil) }
-            return .some(try decode(bytes))
+            return .some(try Self.value(of: bytes, decode: decode, isRaw: isRaw))
         }
     }
 
@@ -96,12 +101,12 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
                 },
                 register: { waiter, index in channel.registerReceive(waiter, index: index).map { id in { channel.unregister(id) } } },
                 claimed: { value in try body(value as! Value?) })))
-        case .remote(let core, let decode, _):
+        case .remote(let core, let decode, let isRaw):
             return SelectCase(.operation(SelectOperation(
                 poll: {
                     guard let step = try core.pollReceive() else { return nil }
                     guard let bytes = step else { return { try body(nil) } }
-                    let value = try decode(bytes)
+                    let value = try Self.value(of: bytes, decode: decode, isRaw: isRaw)
                     return { try body(value) }
                 },
                 register: { waiter, _ in core.watch(waiter, receiving: true).map { id in { core.unwatch(id) } } },
