@@ -70,7 +70,9 @@ package struct ConnectionState {
         }
     }
 
-    private var receiveWindow: UInt64 { UInt64(max(local.capacity, 1)) }
+    private var receiveWindow: UInt64 {
+        @inline(__always) get { UInt64(max(local.capacity, 1)) }
+    }
 
     // MARK: Frames from the peer
 
@@ -137,6 +139,9 @@ package struct ConnectionState {
     }
 
     /// Checks that data frame `seq` may arrive now.
+    // `@inline(__always)` on the small non-mutating members used from mutating ones and under the connection's lock:
+    // called out of line, each took a copy of the whole state (a 376-byte memcpy) on every message.
+    @inline(__always)
     private func checkIncoming(seq: UInt64) throws(IPCError) {
         guard peerClosedAfter == nil else {
             throw IPCError(.protocolViolation, "the peer sent a message after closing its sending side")
@@ -218,12 +223,16 @@ package struct ConnectionState {
     }
 
     /// A window this small needs every credit written at once; larger ones can wait for a batch.
-    package var creditIsUrgent: Bool { receiveWindow <= 4 }
+    package var creditIsUrgent: Bool {
+        @inline(__always) get { receiveWindow <= 4 }
+    }
 
     /// Lines mode has no credits: the reader stops reading while the inbox is full, and the kernel's buffers
     /// push back on the sender.
     package var wantsMoreInput: Bool {
-        mode == .framed || receiverDone || inbox.count < Int(local.capacity == 0 ? 1 : local.capacity)
+        @inline(__always) get {
+            mode == .framed || receiverDone || inbox.count < Int(local.capacity == 0 ? 1 : local.capacity)
+        }
     }
 
     // MARK: Sending
@@ -235,6 +244,7 @@ package struct ConnectionState {
     }
 
     /// Whether a data frame may be appended now.
+    @inline(__always)
     package func canSend() -> SendDecision {
         if senderClosed {
             return .failed(IPCError(.sendOnClosedChannel, "send was called after close() on this sender; create a new connection to send more"))
@@ -284,6 +294,7 @@ package struct ConnectionState {
     }
 
     /// Checks that a message of `size` bytes may be sent now (credit, and the peer's size limit).
+    @inline(__always)
     package func checkSend(size: Int) throws(IPCError) -> Bool {
         switch canSend() {
         case .failed(let error): throw error
@@ -315,6 +326,13 @@ package struct ConnectionState {
 
     /// Appends one data frame whose payload is `payload` itself, kept as a segment rather than copied.
     package mutating func appendData(segment payload: [UInt8], recyclable: Bool = false) throws(IPCError) -> UInt64 {
+        try appendData(bytes: payload, asSegment: true, recyclable: recyclable)
+    }
+
+    /// Appends one data frame whose payload is `payload`: copied into the outbox's tail (its length known, the
+    /// header is written whole and nothing is undone when it is too large), or with `asSegment` kept as a
+    /// segment of its own rather than copied.
+    package mutating func appendData(bytes payload: [UInt8], asSegment: Bool = false, recyclable: Bool = false) throws(IPCError) -> UInt64 {
         guard mode == .framed else {
             return try appendData { $0 += payload }
         }
@@ -323,8 +341,9 @@ package struct ConnectionState {
         let seq = nextSeq
         outbox.append { buffer in
             buffer.appendDataFrameHeader(seq: seq, length: Wire.dataPrefixSize + payload.count)
+            if !asSegment { payload.withUnsafeBufferPointer { buffer.append(contentsOf: $0) } }
         }
-        outbox.appendSegment(payload, recyclable: recyclable)
+        if asSegment { outbox.appendSegment(payload, recyclable: recyclable) }
         recordSent(payload.count)
         nextSeq += 1
         return seq
@@ -362,7 +381,9 @@ package struct ConnectionState {
         return true
     }
 
-    package var isRendezvous: Bool { mode == .framed && peer?.capacity == 0 }
+    package var isRendezvous: Bool {
+        @inline(__always) get { mode == .framed && peer?.capacity == 0 }
+    }
 
     /// Closes the sending direction; appends the close frame.
     package mutating func closeSender() throws(IPCError) {

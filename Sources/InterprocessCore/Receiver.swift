@@ -8,32 +8,39 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     public typealias Element = Value
     public typealias Failure = IPCError
 
-    private enum Backend: Sendable {
-        case local(LocalChannel<Value>)
-        case remote(ConnectionCore, decode: @Sendable ([UInt8]) throws(IPCError) -> Value, isRaw: Bool)
-    }
-
-    private let backend: Backend
+    // One of `local` and `core` is set. Plain stored properties rather than an enum with payloads: reading a
+    // payload out of an enum retained each of its references on every receive, a stored `let` is read in place.
+    /// Within a process: the channel.
+    private let local: LocalChannel<Value>?
+    /// Across processes: the connection, and how bytes become a value (`isRaw`: the raw codec's values are the
+    /// bytes themselves).
+    private let core: ConnectionCore?
+    private let decode: @Sendable ([UInt8]) throws(IPCError) -> Value
+    private let isRaw: Bool
 
     package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
-        self.backend = .remote(core, decode: { bytes throws(IPCError) in try codec.decode(bytes) }, isRaw: codec is RawBytesCodec)
+        self.local = nil
+        self.core = core
+        self.decode = { bytes throws(IPCError) in try codec.decode(bytes) }
+        self.isRaw = codec is RawBytesCodec
     }
 
     package init(local channel: LocalChannel<Value>) {
-        self.backend = .local(channel)
+        self.local = channel
+        self.core = nil
+        self.decode = { _ throws(IPCError) in throw IPCError(.decodingFailed, "an in-process channel decodes nothing") }
+        self.isRaw = false
     }
 
     /// A received message's value: through the codec, except for the raw codec, whose values are the bytes
     /// themselves (no call through the codec).
-    private static func value(of bytes: [UInt8], decode: ([UInt8]) throws(IPCError) -> Value, isRaw: Bool) throws(IPCError) -> Value {
+    private func value(of bytes: [UInt8]) throws(IPCError) -> Value {
         isRaw ? unsafeBitCast(bytes, to: Value.self) : try decode(bytes)
     }
 
     deinit {
-        switch backend {
-        case .local(let channel): channel.receiverDropped()
-        case .remote(let core, _, _): core.receiverDropped()
-        }
+        local?.receiverDropped()
+        core?.receiverDropped()
     }
 
     /// The next value, or `nil` after the sender closed and everything before the close was received.
@@ -43,18 +50,19 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     /// next `receive` continues with the following one), `peerError`, `protocolViolation`, or `cancelled`
     /// (no value is lost by cancelling).
     public func receive() async throws(IPCError) -> Value? {
-        switch backend {
-        case .local(let channel):
-            return try await channel.receive()
-        case .remote(let core, let decode, let isRaw):
-            // A message already here is taken without another async call.
-            if let ready = try core.tryReceive() {
-                guard let bytes = ready else { return nil }
-                return try Self.value(of: bytes, decode: decode, isRaw: isRaw)
-            }
-            guard let bytes = try await core.receive() else { return nil }
-            return try Self.value(of: bytes, decode: decode, isRaw: isRaw)
+        if let local { return try await local.receive() }
+        // A message already here is taken without another async call.
+        if let ready = try core!.tryReceive() {
+            guard let bytes = ready else { return nil }
+            return try value(of: bytes)
         }
+        return try await receiveWaiting()
+    }
+
+    /// The slow path of ``receive()`` across processes: waits for a message.
+    private func receiveWaiting() async throws(IPCError) -> Value? {
+        guard let bytes = try await core!.receive() else { return nil }
+        return try value(of: bytes)
     }
 
     /// The next value, waiting at most `timeout`: `nil` at the end of the channel, like ``receive()``.
@@ -79,21 +87,16 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     /// A value if one can be taken without waiting. Returns `.some(nil)` at the end of the channel,
     /// `nil` when nothing is there yet.
     public func tryReceive() throws(IPCError) -> Value?? {
-        switch backend {
-        case .local(let channel):
-            return channel.tryReceive()
-        case .remote(let core, let decode, let isRaw):
-            guard let step = try core.pollReceive() else { return nil }
-            guard let bytes = step else { return .some(nil) }
-            return .some(try Self.value(of: bytes, decode: decode, isRaw: isRaw))
-        }
+        guard let core else { return local!.tryReceive() }
+        guard let step = try core.pollReceive() else { return nil }
+        guard let bytes = step else { return .some(nil) }
+        return .some(try value(of: bytes))
     }
 
     /// A ``select(_:)`` case that takes the next value (`nil` at the end of the channel) and passes it to
     /// `body`. If another case is chosen, no value is taken.
     public func onReceive<Result>(_ body: @escaping (Value?) throws -> Result) -> SelectCase<Result> {
-        switch backend {
-        case .local(let channel):
+        if let channel = local {
             return SelectCase(.operation(SelectOperation(
                 poll: {
                     guard let value = channel.tryReceive() else { return nil }
@@ -101,25 +104,22 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
                 },
                 register: { waiter, index in channel.registerReceive(waiter, index: index).map { id in { channel.unregister(id) } } },
                 claimed: { value in try body(value as! Value?) })))
-        case .remote(let core, let decode, let isRaw):
-            return SelectCase(.operation(SelectOperation(
-                poll: {
-                    guard let step = try core.pollReceive() else { return nil }
-                    guard let bytes = step else { return { try body(nil) } }
-                    let value = try Self.value(of: bytes, decode: decode, isRaw: isRaw)
-                    return { try body(value) }
-                },
-                register: { waiter, _ in core.watch(waiter, receiving: true).map { id in { core.unwatch(id) } } },
-                claimed: { value in try body(value as! Value?) })))
         }
+        let core = core!
+        return SelectCase(.operation(SelectOperation(
+            poll: {
+                guard let step = try core.pollReceive() else { return nil }
+                guard let bytes = step else { return { try body(nil) } }
+                let value = try self.value(of: bytes)
+                return { try body(value) }
+            },
+            register: { waiter, _ in core.watch(waiter, receiving: true).map { id in { core.unwatch(id) } } },
+            claimed: { value in try body(value as! Value?) })))
     }
 
     /// A description of the peer: a process, or `this process` for an in-process channel.
     public var peer: String {
-        switch backend {
-        case .local: "this process"
-        case .remote(let core, _, _): core.stream.peerDescription
-        }
+        core?.stream.peerDescription ?? "this process"
     }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
@@ -147,13 +147,9 @@ extension Receiver where Value == [UInt8] {
     ///
     /// - Throws: what ``receive()`` throws, or `body`'s error.
     public nonisolated(nonsending) func receive<R>(_ body: (UnsafeRawBufferPointer) throws -> R) async throws -> R? {
-        switch backend {
-        case .remote(let core, _, let isRaw) where isRaw:
-            return try await core.receive(inPlace: body)
-        default:
-            guard let bytes = try await receive() else { return nil }
-            return try bytes.withUnsafeBytes(body)
-        }
+        if let core, isRaw { return try await core.receive(inPlace: body) }
+        guard let bytes = try await receive() else { return nil }
+        return try bytes.withUnsafeBytes(body)
     }
 
     /// Receives up to `maxCount` messages in one call: waits for the first like ``receive()``, then takes, in
@@ -168,17 +164,14 @@ extension Receiver where Value == [UInt8] {
     /// - Throws: what ``receive()`` throws.
     public func receive(upTo maxCount: Int) async throws(IPCError) -> [[UInt8]]? {
         precondition(maxCount > 0, "maxCount must be positive")
-        switch backend {
-        case .remote(let core, _, let isRaw) where isRaw:
-            return try await core.receive(upTo: maxCount)
-        case .local(let channel):
-            guard let first = try await channel.receive() else { return nil }
+        if let core, isRaw { return try await core.receive(upTo: maxCount) }
+        if let local {
+            guard let first = try await local.receive() else { return nil }
             var batch = [first]
-            while batch.count < maxCount, case let value?? = channel.tryReceive() { batch.append(value) }
+            while batch.count < maxCount, case let value?? = local.tryReceive() { batch.append(value) }
             return batch
-        default:
-            return try await receive().map { [$0] }
         }
+        return try await receive().map { [$0] }
     }
 
     /// Receives a fixed-size value sent with ``Sender/send(bytesOf:)``, read straight from the ring over shared

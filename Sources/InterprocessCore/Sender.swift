@@ -7,19 +7,28 @@
 ///
 /// A `Sender` may be shared between tasks; each message is sent whole and in the order `send` calls complete.
 public final class Sender<Value: Sendable>: Sendable {
-    private enum Backend: Sendable {
-        case local(LocalChannel<Value>)
-        case remote(ConnectionCore, encode: @Sendable (Value, inout [UInt8]) throws(IPCError) -> Void, isRaw: Bool)
-    }
-
-    private let backend: Backend
+    // One of `local` and `core` is set. Plain stored properties rather than an enum with payloads: reading a
+    // payload out of an enum retained each of its references on every send, a stored `let` is read in place.
+    /// Within a process: the channel.
+    private let local: LocalChannel<Value>?
+    /// Across processes: the connection, and how a value becomes bytes (`isRaw`: the raw codec's values are the
+    /// bytes themselves).
+    private let core: ConnectionCore?
+    private let encode: @Sendable (Value, inout [UInt8]) throws(IPCError) -> Void
+    private let isRaw: Bool
 
     package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
-        self.backend = .remote(core, encode: { value, buffer throws(IPCError) in try codec.encode(value, into: &buffer) }, isRaw: codec is RawBytesCodec)
+        self.local = nil
+        self.core = core
+        self.encode = { value, buffer throws(IPCError) in try codec.encode(value, into: &buffer) }
+        self.isRaw = codec is RawBytesCodec
     }
 
     package init(local channel: LocalChannel<Value>) {
-        self.backend = .local(channel)
+        self.local = channel
+        self.core = nil
+        self.encode = { _, _ in }
+        self.isRaw = false
     }
 
     /// Raw payloads at least this large are handed to the transport as they are, without a copy.
@@ -32,17 +41,14 @@ public final class Sender<Value: Sendable>: Sendable {
         if isRaw {
             // The raw codec's values are byte arrays: no dynamic cast needed to see one.
             let bytes = unsafeBitCast(value, to: [UInt8].self)
-            if bytes.count >= segmentThreshold { return try state.appendData(segment: bytes) }
-            return try state.appendData { buffer in buffer.append(contentsOf: bytes) }
+            return try state.appendData(bytes: bytes, asSegment: bytes.count >= segmentThreshold)
         }
         return try state.appendData { buffer throws(IPCError) in try encode(value, &buffer) }
     }
 
     deinit {
-        switch backend {
-        case .local(let channel): channel.senderDropped()
-        case .remote(let core, _, _): core.senderDropped()
-        }
+        local?.senderDropped()
+        core?.senderDropped()
     }
 
     /// Sends one value, suspending while the channel is full (and, at capacity 0, until a receiver took it).
@@ -53,15 +59,22 @@ public final class Sender<Value: Sendable>: Sendable {
     /// `cancelled` (nothing was sent; except that a capacity-0 send to another process whose value already left
     /// returns instead, and the value is delivered unless the receiver goes away).
     public func send(_ value: Value) async throws(IPCError) {
-        switch backend {
-        case .local(let channel):
-            try await channel.send(value)
-        case .remote(let core, let encode, let isRaw):
-            // With credit available the send completes here, without another async call. Each call gets its
-            // own closure literal: one closure value used twice had its context allocated on the heap per send.
-            if try core.trySend({ state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }) { return }
-            try await core.send { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
+        if let local {
+            try await local.send(value)
+        } else {
+            // With credit available the send completes in the synchronous `trySend`, without another async
+            // call; its closure's context lives on the thread's stack (in an async function it comes from the
+            // task's allocator on every call). Each call gets its own closure literal: one closure value used
+            // for both paths had its context allocated on the heap per send.
+            if try trySend(value) { return }
+            try await sendWaiting(value)
         }
+    }
+
+    /// The slow path of ``send(_:)``: waits for credit.
+    private func sendWaiting(_ value: Value) async throws(IPCError) {
+        guard let core else { return }
+        try await core.send { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
     }
 
     /// Sends `values` in order, as separate messages, in fewer steps than one ``send(_:)`` each: across processes,
@@ -72,10 +85,9 @@ public final class Sender<Value: Sendable>: Sendable {
     /// Throws what ``send(_:)`` throws. If a value cannot be sent (it encodes to more than the receiver accepts,
     /// say), the values before it were sent and the ones after it are not.
     public func send(contentsOf values: some Collection<Value>) async throws(IPCError) {
-        switch backend {
-        case .local(let channel):
-            for value in values { try await channel.send(value) }
-        case .remote(let core, let encode, let isRaw):
+        if let local {
+            for value in values { try await local.send(value) }
+        } else if let core {
             let values = Array(values)
             try await core.send(batch: values.count) { i, state throws(IPCError) -> UInt64 in
                 try Self.append(values[i], to: &state, encode: encode, isRaw: isRaw)
@@ -89,12 +101,10 @@ public final class Sender<Value: Sendable>: Sendable {
     /// capacity-0 send always waits for the other process to take the value, so it never succeeds here (use
     /// ``send(_:)`` or ``select(_:)``).
     public func trySend(_ value: Value) throws(IPCError) -> Bool {
-        switch backend {
-        case .local(let channel):
-            return try channel.trySend(value)
-        case .remote(let core, let encode, let isRaw):
+        if let core {
             return try core.trySend { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
         }
+        return try local!.trySend(value)
     }
 
     /// Closes the channel: the receiver gets every value sent before, then the end (`nil`). Go's `close(ch)`.
@@ -103,10 +113,7 @@ public final class Sender<Value: Sendable>: Sendable {
     /// `sendOnClosedChannel`. Closing twice throws `alreadyClosed`. Across processes, what was sent is written
     /// in the background while this process lives: a process about to exit calls ``closeAndWait()`` instead.
     public func close() async throws(IPCError) {
-        switch backend {
-        case .local(let channel): try channel.close()
-        case .remote(let core, _, _): try await core.closeSender(waitForPeer: false)
-        }
+        if let core { try await core.closeSender(waitForPeer: false) } else { try local!.close() }
     }
 
     /// Closes the channel like ``close()``, then waits until the receiving process has read everything and
@@ -114,48 +121,41 @@ public final class Sender<Value: Sendable>: Sendable {
     /// discarding what the peer has not read yet. On a two-way connection whose receiver is still in use, it
     /// waits only until everything was written. For an in-process channel it is ``close()``.
     public func closeAndWait() async throws(IPCError) {
-        switch backend {
-        case .local(let channel): try channel.close()
-        case .remote(let core, _, _): try await core.closeSender(waitForPeer: true)
-        }
+        if let core { try await core.closeSender(waitForPeer: true) } else { try local!.close() }
     }
 
     /// A description of the peer: `pid 4242 uid 1000` or `127.0.0.1:50112` across processes, `this process`
     /// for an in-process channel.
     public var peer: String {
-        switch backend {
-        case .local: "this process"
-        case .remote(let core, _, _): core.stream.peerDescription
-        }
+        core?.stream.peerDescription ?? "this process"
     }
 
     /// A ``select(_:)`` case that sends `value`, then runs `body`. If another case is chosen, nothing is sent.
     public func onSend<Result>(_ value: Value, _ body: @escaping () throws -> Result) -> SelectCase<Result> {
-        switch backend {
-        case .local(let channel):
+        if let channel = local {
             return SelectCase(.operation(SelectOperation(
                 poll: { try channel.trySend(value) ? { try body() } : nil },
                 register: { waiter, _ in channel.registerSend(waiter).map { id in { channel.unregister(id) } } },
                 claimed: { _ in try body() })))
-        case .remote(let core, let encode, let isRaw):
-            return SelectCase(.operation(SelectOperation(
-                poll: {
-                    let attempt = try core.sendNow { state throws(IPCError) in
-                        try Self.append(value, to: &state, encode: encode, isRaw: isRaw)
-                    }
-                    switch attempt {
-                    case .wouldBlock: return nil
-                    case .sent: return { try body() }
-                    case .awaitingTake(let seq):
-                        return {
-                            try await core.awaitTaken(seq)
-                            return try body()
-                        }
-                    }
-                },
-                register: { waiter, _ in core.watch(waiter, receiving: false).map { id in { core.unwatch(id) } } },
-                claimed: { _ in try body() })))
         }
+        let core = core!, encode = encode, isRaw = isRaw
+        return SelectCase(.operation(SelectOperation(
+            poll: {
+                let attempt = try core.sendNow { state throws(IPCError) in
+                    try Self.append(value, to: &state, encode: encode, isRaw: isRaw)
+                }
+                switch attempt {
+                case .wouldBlock: return nil
+                case .sent: return { try body() }
+                case .awaitingTake(let seq):
+                    return {
+                        try await core.awaitTaken(seq)
+                        return try body()
+                    }
+                }
+            },
+            register: { waiter, _ in core.watch(waiter, receiving: false).map { id in { core.unwatch(id) } } },
+            claimed: { _ in try body() })))
     }
 }
 
@@ -176,10 +176,9 @@ extension Sender where Value == [UInt8] {
     /// - Throws: what ``send(_:)`` throws, or `body`'s error.
     public nonisolated(nonsending) func send(byteCount: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Void) async throws {
         precondition(byteCount >= 0, "byteCount must not be negative")
-        switch backend {
-        case .remote(let core, _, let isRaw) where isRaw:
+        if let core, isRaw {
             try await core.send(byteCount: byteCount, inPlace: body)
-        default:
+        } else {
             let bytes = try [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, count in
                 buffer.initialize(repeating: 0)
                 try body(UnsafeMutableRawBufferPointer(buffer))
