@@ -16,7 +16,8 @@ public struct ChannelOptions: Sendable {
     /// each message counted as its payload plus 16 bytes of framing. A send waits while that much is outstanding
     /// (one message of any size may always be in flight). With ``capacity`` it bounds the memory a stream of large messages occupies in both processes:
     /// a few messages' worth rather than a window of them, which also keeps those bytes warm in the cache.
-    /// Default 1 MiB; at least 512 KiB.
+    /// Default 2 MiB (two or three large messages in flight, so that writing one overlaps reading the one
+    /// before); at least 512 KiB.
     public var maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight
     /// The largest message this side accepts (and the largest line in lines mode). Default 16 MiB.
     public var maxFrameSize: Int = 16 << 20

@@ -24,7 +24,7 @@ package enum Wire {
     package static let dataFrameOverhead = frameHeaderSize + dataPrefixSize
     /// A sender's default limit on bytes of data frames sent and not yet taken, and the least it may be set to (twice
     /// ``creditBytes``, so that a credit always arrives before a sender held by the limit runs dry).
-    package static let defaultMaxBytesInFlight = 1 << 20
+    package static let defaultMaxBytesInFlight = 2 << 20
     package static let minMaxBytesInFlight = 2 * creditBytes
 }
 
