@@ -72,7 +72,12 @@ package final class FrameReader {
             pending.filled += n
             return n
         }
-        if end == buffer.count {
+        if start == end {
+            // Everything read was decoded: read to the front again, so a stream of small frames keeps using the
+            // same few cache lines instead of walking through the whole buffer (and reads stay large).
+            start = 0
+            end = 0
+        } else if end == buffer.count {
             if start > 0 {
                 compact()
             } else if mode == .lines && buffer.count <= maxPayload {
