@@ -96,6 +96,7 @@ public enum IPC {
                 ? try SharedMemorySetup.create(socket: socket.stream, ringCapacity: options.sharedMemoryRingSize)
                 : try await SharedMemorySetup.join(socket: socket.stream, deadline: deadline)
         } else {
+            if case .tcp = endpoint, let timeout = options.deadPeerTimeout { socket.stream.detectDeadPeer(after: timeout) }
             stream = socket.stream
         }
         let core = ConnectionCore(stream: stream, configuration: configuration)

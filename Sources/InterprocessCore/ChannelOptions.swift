@@ -25,6 +25,14 @@ public struct ChannelOptions: Sendable {
     public var handshakeTimeout: Duration = .seconds(10)
     /// How long closing waits for the peer to acknowledge the end of the stream.
     public var closeTimeout: Duration = .seconds(10)
+    /// TCP only: a peer that stops answering without closing the connection (its host lost power, the network
+    /// between broke) is declared gone after about this long, and waiting calls fail with `peerClosed`. The
+    /// kernel does the probing (TCP keepalive, which sends nothing while data flows, and a limit on how long
+    /// sent data may stay unacknowledged), so it costs nothing on a busy or a quiet connection. Default 60
+    /// seconds; at least 3 seconds; nil leaves the kernel's defaults (no keepalive, about 15 minutes of
+    /// retransmission). A peer process that dies is noticed at once either way: its kernel closes the
+    /// connection. Unix sockets and shared memory need no such timeout.
+    public var deadPeerTimeout: Duration? = .seconds(60)
     /// How long a waiting task polls for input before it sleeps (microseconds). Polling avoids the cost of
     /// waking a sleeping thread when the peer answers quickly; it is bounded, so an idle channel costs no CPU.
     /// 0 disables it; at most 10,000,000 (10 s).
@@ -61,6 +69,9 @@ public struct ChannelOptions: Sendable {
         }
         guard Self.isValid(sharedMemoryRingSize: sharedMemoryRingSize) else {
             throw IPCError(.invalidEndpoint, "sharedMemoryRingSize must be a power of two from 4096 to 1 GiB, not \(sharedMemoryRingSize)")
+        }
+        if let deadPeerTimeout, deadPeerTimeout < .seconds(3) || deadPeerTimeout > .seconds(86_400) {
+            throw IPCError(.invalidEndpoint, "deadPeerTimeout must be between 3 seconds and a day (or nil), not \(deadPeerTimeout)")
         }
         guard maxFrameSize > 0 && maxFrameSize <= Int(UInt32.max) - Wire.dataPrefixSize else {
             throw IPCError(.invalidEndpoint, "maxFrameSize must be between 1 and \(Int(UInt32.max) - Wire.dataPrefixSize), not \(maxFrameSize)")

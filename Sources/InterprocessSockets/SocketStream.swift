@@ -60,11 +60,40 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
         return fd
     }
 
+    /// TCP: has the kernel declare the connection dead once the peer answers nothing for about `timeout`
+    /// (``ChannelOptions/deadPeerTimeout``): keepalive probes after `timeout / 2` idle, every `timeout / 6`,
+    /// three of them; and sent data may stay unacknowledged for at most `timeout`. Then reads and writes fail
+    /// with `ETIMEDOUT`, reported as `peerClosed`.
+    package func detectDeadPeer(after timeout: Duration) {
+        let seconds = Int32(clamping: timeout.components.seconds)
+        var on: Int32 = 1
+        var idle = max(seconds / 2, 1)
+        var interval = max(seconds / 6, 1)
+        var count: Int32 = 3
+        var unacknowledged = UInt32(clamping: seconds) * 1000
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        _ = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, size)
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idle, size)
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &interval, size)
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, &count, size)
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &unacknowledged, size)
+    }
+
+    /// A call on the connected socket: a connection the kernel timed out (``detectDeadPeer(after:)``) means the
+    /// peer is gone, which is `peerClosed`, not the `timeout` of a deadline the caller set.
+    private func connectionCall(_ what: @autoclosure () -> String, _ call: () -> Int) throws(IPCError) -> Int? {
+        do {
+            return try nonBlockingCall(what(), call)
+        } catch where error.errno == ETIMEDOUT {
+            throw IPCError(.peerClosed, "\(what()): the peer stopped answering (no reply within ChannelOptions.deadPeerTimeout); its host is down or unreachable", errno: ETIMEDOUT)
+        }
+    }
+
     package func read(into buffer: UnsafeMutableRawBufferPointer) throws(IPCError) -> ReadOutcome {
         guard buffer.count > 0 else { return .wouldBlock }
         try enter()
         defer { leave() }
-        guard let n = try nonBlockingCall("reading from the socket", { Glibc.read(fd, buffer.baseAddress, buffer.count) }) else {
+        guard let n = try connectionCall("reading from the socket", { Glibc.read(fd, buffer.baseAddress, buffer.count) }) else {
             return .wouldBlock
         }
         return n == 0 ? .endOfStream : .bytes(n)
@@ -76,7 +105,7 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
         defer { leave() }
         let iov = IOVector()
         return try Self.withPointers(segments[...], offset: offset, iov) { () throws(IPCError) -> Int in
-            try nonBlockingCall("writing to the socket", { cipc_writev(fd, iov.bases, iov.lengths, Int32(iov.bases.count)) }) ?? 0
+            try connectionCall("writing to the socket", { cipc_writev(fd, iov.bases, iov.lengths, Int32(iov.bases.count)) }) ?? 0
         }
     }
 

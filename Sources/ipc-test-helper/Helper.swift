@@ -3,6 +3,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CInterprocessShim
 import Interprocess
 
 @main
@@ -142,6 +143,30 @@ struct Helper {
                 } catch {
                     report("\(error.code): \(error.message)")
                 }
+            case "dead-peer":
+                // Run in a network namespace of its own (`unshare -n`): connects to itself over TCP with
+                // deadPeerTimeout `number` seconds (0: nil, the kernel's defaults), then takes the namespace's
+                // loopback interface down, so that neither end hears from the other again, as when a peer's host
+                // vanishes without a reset. Reports what a waiting receive (limited to 12 seconds) got, and when.
+                try command(["ip", "link", "set", "lo", "up"])
+                options.deadPeerTimeout = number > 0 ? .seconds(number) : nil
+                let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
+                // The listener accepts and shakes hands in the background.
+                let client = try await IPC.connect(to: listener.endpoint, sending: .raw, receiving: .raw, options: options)
+                let server = try await listener.accept()
+                try await server.sender.send([1])
+                _ = try await client.receiver.receive()
+                try command(["ip", "link", "set", "lo", "down"])
+                let start = ContinuousClock.now
+                do {
+                    _ = try await client.receiver.receive(timeout: .seconds(12))
+                    report("received (unexpected)")
+                    exit(1)
+                } catch {
+                    let elapsed = ContinuousClock.now - start
+                    report("\(error.code) after \(elapsed.components.seconds) s: \(error.message)")
+                }
+                withExtendedLifetime(server) {}
             default:
                 report("unknown role \(args[0])")
                 exit(2)
@@ -172,6 +197,18 @@ struct Helper {
         }
         try await c.sender.closeAndWait()
         report("echoed \(count)")
+    }
+
+    /// Runs a command found on the PATH and waits for it; throws unless it succeeds. (Not Foundation's `Process`:
+    /// it needs a loopback socket of its own, which the dead-peer drill takes away.)
+    static func command(_ arguments: [String]) throws(IPCError) {
+        let argv = (["env"] + arguments).map { strdup($0) } + [nil]
+        defer { for arg in argv { free(arg) } }
+        let pid = cipc_spawn("/usr/bin/env", argv, -1)
+        var code: Int32 = 0
+        guard pid > 0, cipc_wait(pid, &code) == 0, code == 0 else {
+            throw IPCError(.systemCallFailed, "\(arguments.joined(separator: " ")) failed (status \(code))")
+        }
     }
 
     static func numbered(_ i: UInt64) -> [UInt8] {

@@ -28,8 +28,13 @@ final class ChildProcess: @unchecked Sendable {
     private let collected = NSLock()
     private var collectedBytes: [UInt8] = []
 
-    init(_ executable: String, _ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: buildDirectory + "/" + executable)
+    convenience init(_ executable: String, _ arguments: [String]) throws {
+        try self.init(path: buildDirectory + "/" + executable, arguments)
+    }
+
+    /// Runs the program at `path` (not one of the build's executables).
+    init(path: String, _ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         process.standardOutput = output
         process.standardError = output
