@@ -212,18 +212,33 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         let room = try room()
         guard room.count > 0 else { return 0 }
         var written = 0
+        var published = 0
         var skip = offset
         for segment in segments where written < room.count {
             segment.withUnsafeBytes { bytes in
-                let n = min(bytes.count - skip, room.count - written)
-                (room.baseAddress! + written).copyMemory(from: bytes.baseAddress! + skip, byteCount: n)
-                written += n
+                var left = min(bytes.count - skip, room.count - written)
+                var source = bytes.baseAddress! + skip
+                while left > 0 {
+                    let piece = min(left, Self.publishChunk)
+                    (room.baseAddress! + written).copyMemory(from: source, byteCount: piece)
+                    written += piece
+                    source += piece
+                    left -= piece
+                    if written - published >= Self.publishChunk {
+                        publish(written - published)
+                        published = written
+                    }
+                }
                 skip = 0
             }
         }
-        publish(written)
+        if written > published { publish(written - published) }
         return written
     }
+
+    /// A large write is published in pieces of this size, so that the reader copies the first piece out while the
+    /// rest is still being copied in (published once at the end, a 4 MiB message waited for the whole copy).
+    private static let publishChunk = 256 << 10
 
     package func start(handler: any ByteStreamHandler) {
         let wakeToken = Poller.shared.register(fd: wakeFD) { [weak self] _ in self?.woken() }
