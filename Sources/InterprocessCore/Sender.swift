@@ -73,8 +73,7 @@ public final class Sender<Value: Sendable>: Sendable {
 
     /// The slow path of ``send(_:)``: waits for credit.
     private func sendWaiting(_ value: Value) async throws(IPCError) {
-        guard let core else { return }
-        try await core.send { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
+        try await core!.send { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
     }
 
     /// Sends `values` in order, as separate messages, in fewer steps than one ``send(_:)`` each: across processes,

@@ -34,6 +34,19 @@ struct ChannelOptionsTests {
         options.maxBytesInFlight = (512 << 10) - 1
         #expect { try options.validate() } throws: { ($0 as! IPCError).message.contains("maxBytesInFlight must be at least 524288") }
     }
+
+    @Test func deadPeerTimeoutIsThreeSecondsToADayOrNil() throws {
+        var options = ChannelOptions()
+        #expect(options.deadPeerTimeout == .seconds(60))
+        for valid: Duration? in [nil, .seconds(3), .seconds(86_400)] {
+            options.deadPeerTimeout = valid
+            try options.validate()
+        }
+        for invalid: Duration in [.milliseconds(2_999), .seconds(86_401), .seconds(-1)] {
+            options.deadPeerTimeout = invalid
+            #expect { try options.validate() } throws: { ($0 as! IPCError).message.contains("deadPeerTimeout must be between 3 seconds and a day") }
+        }
+    }
 }
 
 @Suite("Wire protocol decoding")
