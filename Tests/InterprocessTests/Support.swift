@@ -250,7 +250,8 @@ func expectHeld(_ send: @escaping @Sendable () async throws -> Void, sourceLocat
     #expect(residentKiB() - rssBefore < 8 * 1024, "memory grew while the sender was held", sourceLocation: sourceLocation)
 }
 
-/// A plain blocking socket for playing a hostile or foreign peer. Reads time out after 5 seconds.
+/// A plain blocking socket for playing a hostile or foreign peer. Reads time out after 15 seconds (a bound for a
+/// hang, not a timing: under the thread sanitizer with every suite running, a refusal once took over 5 seconds).
 final class RawClient {
     let fd: Int32
 
@@ -289,7 +290,7 @@ final class RawClient {
             }
             guard rc == 0 else { throw IPCError(.connectionRefused, "raw connect failed: errno \(errno)") }
         }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        var timeout = timeval(tv_sec: 15, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
@@ -299,7 +300,7 @@ final class RawClient {
         _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
-    /// Reads until the peer closes (or 5 seconds pass, or 1 MiB arrived).
+    /// Reads until the peer closes (or a read waits 15 seconds, or 1 MiB arrived).
     func readAll() -> [UInt8] {
         var all: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
