@@ -183,7 +183,6 @@ extension Array where Element == UInt8 {
     }
 
     /// Overwrites a little-endian u32 at `offset`.
-
     package mutating func storeLE(_ value: UInt32, at offset: Int) {
         withUnsafeMutableBytes { $0.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt32.self) }
     }
