@@ -6,6 +6,7 @@
 //   [UInt8] and Data as their bytes.
 // A message is one value. Every length read is checked against the enclosing region.
 import Foundation
+import Synchronization
 
 /// Errors of the binary codec, wrapped into ``IPCError`` by ``BinaryCodec``.
 package struct BinaryCodingError: Error, CustomStringConvertible {
@@ -15,23 +16,33 @@ package struct BinaryCodingError: Error, CustomStringConvertible {
 package enum BinaryEncoding {
     static let nilMarker = UInt32.max
 
-    package static func encode<T: Encodable>(_ value: T, into buffer: inout [UInt8]) throws {
-        let storage = EncodingStorage()
+    package static func encode<T: Encodable>(_ value: T, into buffer: inout [UInt8], reusing scratch: BinaryCodingScratch? = nil) throws {
+        let storage = scratch?.takeEncoder() ?? EncodingStorage()
         swap(&storage.bytes, &buffer)
-        defer { swap(&storage.bytes, &buffer) }
+        defer {
+            swap(&storage.bytes, &buffer)
+            if scratch?.put(storage) != true { storage.kept.removeAll() }
+        }
         try storage.encodeValue(value, path: .root)
     }
 
-    package static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
-        let input = DecodingInput(bytes: bytes)
-        guard let region = try input.valueRegion(at: 0, end: bytes.count, path: .root) else {
-            if let optional = T.self as? any _OptionalType.Type { return optional.makeNil() as! T }
-            throw BinaryCodingError(description: "the message is nil but \(T.self) is not optional")
+    package static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], reusing scratch: BinaryCodingScratch? = nil) throws -> T {
+        let input = scratch?.takeDecoder() ?? DecodingInput()
+        defer {
+            if scratch?.put(input) != true { input.kept.removeAll() }
         }
-        guard region.upperBound == bytes.count else {
-            throw BinaryCodingError(description: "\(bytes.count - region.upperBound) trailing bytes after the value")
+        return try bytes.withUnsafeBytes { raw in
+            input.bytes = raw
+            defer { input.bytes = UnsafeRawBufferPointer(start: nil, count: 0) }
+            guard let region = try input.valueRegion(at: 0, end: raw.count, path: .root) else {
+                if let optional = T.self as? any _OptionalType.Type { return optional.makeNil() as! T }
+                throw BinaryCodingError(description: "the message is nil but \(T.self) is not optional")
+            }
+            guard region.upperBound == raw.count else {
+                throw BinaryCodingError(description: "\(raw.count - region.upperBound) trailing bytes after the value")
+            }
+            return try input.decodeValue(T.self, region: region, path: .root)
         }
-        return try input.decodeValue(T.self, region: region, path: .root)
     }
 }
 
@@ -57,18 +68,175 @@ indirect enum CodingPath {
     }
 }
 
+// MARK: - Reusing containers
+
+/// What a codec keeps between messages: one encoder's and one decoder's state, with the keyed containers they
+/// handed out. Making a keyed container costs three lookups in the runtime's generic metadata caches (the
+/// container for its key type, its conformance, the standard library's box around it) and an allocation: a
+/// fifth of coding a small struct. A container kept from an earlier message is found by its key type and handed
+/// out again with its position updated.
+///
+/// A kept container refers to its encoder or decoder, which keeps it: a reference cycle, broken by emptying
+/// `kept` whenever an encoder or decoder is let go (here, and when a scratch already holds another).
+package final class BinaryCodingScratch: Sendable {
+    /// Each slot holds a +1 reference or nothing: taken with one atomic exchange, put back with one
+    /// compare-and-exchange (a lock costs twice that).
+    private let encoder = Atomic<Unmanaged<EncodingStorage>?>(nil)
+    private let decoder = Atomic<Unmanaged<DecodingInput>?>(nil)
+    package init() {}
+
+    deinit {
+        if let storage = encoder.exchange(nil, ordering: .acquiring) { storage.takeRetainedValue().kept.removeAll() }
+        if let input = decoder.exchange(nil, ordering: .acquiring) { input.takeRetainedValue().kept.removeAll() }
+    }
+
+    func takeEncoder() -> EncodingStorage? { encoder.exchange(nil, ordering: .acquiring)?.takeRetainedValue() }
+    /// Keeps `storage` for the next encode; false if another is kept already.
+    func put(_ storage: EncodingStorage) -> Bool { Self.put(storage, in: encoder) }
+    func takeDecoder() -> DecodingInput? { decoder.exchange(nil, ordering: .acquiring)?.takeRetainedValue() }
+    /// Keeps `input` for the next decode; false if another is kept already.
+    func put(_ input: DecodingInput) -> Bool { Self.put(input, in: decoder) }
+
+    private static func put<T: AnyObject>(_ object: T, in slot: borrowing Atomic<Unmanaged<T>?>) -> Bool {
+        let reference = Unmanaged.passRetained(object)
+        guard slot.compareExchange(expected: nil, desired: reference, ordering: .releasing).exchanged else {
+            reference.release()
+            return false
+        }
+        return true
+    }
+}
+
+/// Where a keyed container reads or writes, changed when the container is handed out again: an encoder's
+/// container writes after the length slot at `start`; a decoder's reads the entries in `start..<end`. The
+/// container holds only its frame (one reference: the standard library's box copies the container, with a
+/// retain per reference, on every call), and the frame its encoder or decoder.
+///
+/// Its fields skip the dynamic exclusivity check: one coder uses a frame at a time, from one thread.
+class KeyedFrame {
+    @exclusivity(unchecked) var start: Int
+    @exclusivity(unchecked) var end: Int
+    @exclusivity(unchecked) var path: CodingPath
+    /// The `start` of the value whose `encode(to:)` or `init(from:)` holds the container, -1 while it is free.
+    @exclusivity(unchecked) var owner: Int
+    /// A decoder's entry to look at first for the next key (see ``KeyedDecoder``): always where an entry begins.
+    @exclusivity(unchecked) var next: Int
+
+    init(start: Int, end: Int, path: CodingPath) {
+        self.start = start
+        self.end = end
+        self.path = path
+        self.owner = start
+        self.next = start
+    }
+
+    func take(start: Int, end: Int, path: CodingPath) {
+        self.start = start
+        self.end = end
+        self.path = path
+        self.owner = start
+        self.next = start
+    }
+}
+
+final class EncoderFrame: KeyedFrame {
+    let storage: EncodingStorage
+    init(_ storage: EncodingStorage, slot: Int, path: CodingPath) {
+        self.storage = storage
+        super.init(start: slot, end: slot, path: path)
+    }
+}
+
+final class DecoderFrame: KeyedFrame {
+    let input: DecodingInput
+    init(_ input: DecodingInput, region: Range<Int>, path: CodingPath) {
+        self.input = input
+        super.init(start: region.lowerBound, end: region.upperBound, path: path)
+    }
+}
+
+/// The kept containers of one encoder or decoder: at most 16 (one per key type in use, for most values).
+struct KeptContainers {
+    private var entries: [KeptContainer] = []
+
+    /// A free kept container for `Key`, now held by the value at `start`.
+    @inline(__always)
+    func take<Key: CodingKey>(_: Key.Type, start: Int, end: Int, path: CodingPath) -> KeptContainer? {
+        let keyType = ObjectIdentifier(Key.self)
+        for entry in entries where entry.keyType == keyType && entry.frame.owner < 0 {
+            entry.frame.take(start: start, end: end, path: path)
+            return entry
+        }
+        return nil
+    }
+
+    mutating func keep(_ entry: @autoclosure () -> KeptContainer) {
+        if entries.count < 16 { entries.append(entry()) }
+    }
+
+    mutating func removeAll() { entries.removeAll() }
+
+    /// Frees the containers of the value at `start` and of the values inside it (all of which come after it).
+    func release(from start: Int) {
+        for entry in entries where entry.frame.owner >= start { entry.frame.owner = -1 }
+    }
+}
+
+/// A kept keyed container: its key type and frame here, the container itself in the generic subclass.
+class KeptContainer {
+    let keyType: ObjectIdentifier
+    let frame: KeyedFrame
+    init(keyType: ObjectIdentifier, frame: KeyedFrame) {
+        self.keyType = keyType
+        self.frame = frame
+    }
+}
+
+final class KeptEncodingContainer<Key: CodingKey>: KeptContainer {
+    let container: KeyedEncodingContainer<Key>
+    init(_ container: KeyedEncodingContainer<Key>, frame: KeyedFrame) {
+        self.container = container
+        super.init(keyType: ObjectIdentifier(Key.self), frame: frame)
+    }
+}
+
+final class KeptDecodingContainer<Key: CodingKey>: KeptContainer {
+    let container: KeyedDecodingContainer<Key>
+    init(_ container: KeyedDecodingContainer<Key>, frame: KeyedFrame) {
+        self.container = container
+        super.init(keyType: ObjectIdentifier(Key.self), frame: frame)
+    }
+}
+
 // MARK: - Encoding
 
-final class EncodingStorage {
+/// `@unchecked Sendable`: one encode uses it at a time; between encodes a codec's ``BinaryCodingScratch`` may
+/// hold it, handed over with acquire and release orderings.
+final class EncodingStorage: @unchecked Sendable {
     /// Only one encoder writes at a time (the containers of one value, in turn), so the dynamic exclusivity
     /// check on each access (a fifth of a typed send's time) buys nothing here.
     @exclusivity(unchecked) var bytes: [UInt8] = []
+    /// Keyed containers handed out before, to hand out again (see ``BinaryCodingScratch``).
+    @exclusivity(unchecked) var kept = KeptContainers()
+
+    /// A keyed container writing the value at `slot`: a free kept one for this key type, or a new one.
+    func keyedContainer<Key: CodingKey>(_: Key.Type, slot: Int, path: CodingPath) -> KeyedEncodingContainer<Key> {
+        if let entry = kept.take(Key.self, start: slot, end: slot, path: path) {
+            // The entry was made for this key type (`take` checked), so this is the subclass for `Key`.
+            return unsafeDowncast(entry, to: KeptEncodingContainer<Key>.self).container
+        }
+        let frame = EncoderFrame(self, slot: slot, path: path)
+        let container = KeyedEncodingContainer(KeyedEncoder<Key>(frame: frame))
+        kept.keep(KeptEncodingContainer(container, frame: frame))
+        return container
+    }
 
     /// Appends a length slot, encodes the value's region after it, then fills the slot.
     func encodeValue<T: Encodable>(_ value: T, path: @autoclosure () -> CodingPath) throws {
         let slot = bytes.count
         bytes.appendLE(UInt32(0))
         if try !encodePrimitive(value) {
+            defer { kept.release(from: slot) }
             try value.encode(to: BinaryEncoderImpl(storage: self, slot: slot, path: path()))
             // A single-value container's encodeNil put the nil marker in the slot (a length slot holds 0 until
             // it is closed, so the marker comes from nowhere else): keep it.
@@ -183,7 +351,7 @@ struct BinaryEncoderImpl: Encoder {
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        KeyedEncodingContainer(KeyedEncoder<Key>(storage: storage, slot: slot, path: path))
+        storage.keyedContainer(Key.self, slot: slot, path: path)
     }
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
         UnkeyedEncoder(storage: storage, slot: slot, path: path)
@@ -192,20 +360,43 @@ struct BinaryEncoderImpl: Encoder {
 }
 
 struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
-    let storage: EncodingStorage
-    let slot: Int
-    let path: CodingPath
+    /// The frame refers to the storage strongly, though the storage may keep this container (see
+    /// ``BinaryCodingScratch`` for how that cycle is broken): through an unowned reference every call on the
+    /// storage retained and released it.
+    let frame: EncoderFrame
+    var storage: EncodingStorage { frame.storage }
+    var slot: Int { frame.start }
+    var path: CodingPath { frame.path }
     var codingPath: [any CodingKey] { path.keys }
 
+    init(frame: EncoderFrame) {
+        self.frame = frame
+    }
+
+    init(storage: EncodingStorage, slot: Int, path: CodingPath) {
+        self.init(frame: EncoderFrame(storage, slot: slot, path: path))
+    }
+
+    /// Runs `body` with the frame and storage borrowed: called directly in these `mutating` methods, each call
+    /// on the storage retained and released it.
+    @inline(__always)
+    private func withFrame<R>(_ body: (EncoderFrame, EncodingStorage) throws -> R) rethrows -> R {
+        try Unmanaged.passUnretained(frame)._withUnsafeGuaranteedRef { frame in try body(frame, frame.storage) }
+    }
+
     mutating func encodeNil(forKey key: Key) throws {
-        try storage.appendKey(key, path: path)
-        storage.encodeNilValue()
-        storage.closeSlot(slot)
+        try withFrame { frame, storage in
+            try storage.appendKey(key, path: frame.path)
+            storage.encodeNilValue()
+            storage.closeSlot(frame.start)
+        }
     }
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        try storage.appendKey(key, path: path)
-        try storage.encodeValue(value, path: .key(key, path))
-        storage.closeSlot(slot)
+        try withFrame { frame, storage in
+            try storage.appendKey(key, path: frame.path)
+            try storage.encodeValue(value, path: .key(key, frame.path))
+            storage.closeSlot(frame.start)
+        }
     }
 
     // The primitives written directly: the same bytes as the generic path, without its type check. Inlined into
@@ -213,15 +404,19 @@ struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     // generic in both would run unspecialized, looking up metadata for each field).
     @inline(__always)
     private func fixed<I: FixedWidthInteger>(_ value: I, _ key: Key) throws {
-        try storage.appendKey(key, path: path)
-        storage.appendFixedValue(value)
-        storage.closeSlot(slot)
+        try withFrame { frame, storage in
+            try storage.appendKey(key, path: frame.path)
+            storage.appendFixedValue(value)
+            storage.closeSlot(frame.start)
+        }
     }
     mutating func encode(_ value: Bool, forKey key: Key) throws { try fixed(UInt8(value ? 1 : 0), key) }
     mutating func encode(_ value: String, forKey key: Key) throws {
-        try storage.appendKey(key, path: path)
-        storage.appendStringValue(value)
-        storage.closeSlot(slot)
+        try withFrame { frame, storage in
+            try storage.appendKey(key, path: frame.path)
+            storage.appendStringValue(value)
+            storage.closeSlot(frame.start)
+        }
     }
     mutating func encode(_ value: Double, forKey key: Key) throws { try fixed(value.bitPattern, key) }
     mutating func encode(_ value: Float, forKey key: Key) throws { try fixed(value.bitPattern, key) }
@@ -342,16 +537,44 @@ struct SingleEncoder: SingleValueEncodingContainer {
 
 // MARK: - Decoding
 
-/// The message being decoded. A struct (one reference, the array's): with the decoder below it fits in an
-/// existential's inline buffer, so handing a value its `Decoder` allocates nothing.
-struct DecodingInput {
-    let bytes: [UInt8]
-    init(bytes: [UInt8]) { self.bytes = bytes }
+/// The message being decoded, and the keyed containers kept for the next one (see ``BinaryCodingScratch``).
+/// `@unchecked Sendable` for the reasons of ``EncodingStorage``.
+final class DecodingInput: @unchecked Sendable {
+    /// The message's bytes, during a decode only (``BinaryEncoding/decode(_:from:reusing:)`` sets it inside the
+    /// array's `withUnsafeBytes`): a pointer, so reading it needs no reference count.
+    @exclusivity(unchecked) var bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+    @exclusivity(unchecked) var kept = KeptContainers()
+
+    /// A keyed container reading the entries in `region`, every entry checked first: a free kept one for this
+    /// key type, or a new one.
+    func keyedContainer<Key: CodingKey>(_: Key.Type, region: Range<Int>, path: CodingPath) throws -> KeyedDecodingContainer<Key> {
+        try checkEntries(region, path: path)
+        if let entry = kept.take(Key.self, start: region.lowerBound, end: region.upperBound, path: path) {
+            // The entry was made for this key type (`take` checked), so this is the subclass for `Key`.
+            return unsafeDowncast(entry, to: KeptDecodingContainer<Key>.self).container
+        }
+        let frame = DecoderFrame(self, region: region, path: path)
+        let container = KeyedDecodingContainer(KeyedDecoder<Key>(frame: frame))
+        kept.keep(KeptDecodingContainer(container, frame: frame))
+        return container
+    }
+
+    /// Checks every entry of a keyed region, so that a corrupt region fails whatever the type reads; lookups
+    /// then walk the checked entries (no table is built: a struct has few fields).
+    private func checkEntries(_ region: Range<Int>, path: CodingPath) throws {
+        var offset = region.lowerBound
+        while offset < region.upperBound {
+            let keyLength = Int(bytes[offset])
+            guard region.upperBound - offset - 1 >= keyLength else { throw corrupt("a key is cut off", path) }
+            let value = try valueRegion(at: offset + 1 + keyLength, end: region.upperBound, path: path)
+            offset = value?.upperBound ?? (offset + 1 + keyLength + 4)
+        }
+    }
 
     /// Reads the length slot at `offset`; nil for a nil value. The region is checked against `end`.
     func valueRegion(at offset: Int, end: Int, path: @autoclosure () -> CodingPath) throws -> Range<Int>? {
         guard end - offset >= 4 else { throw corrupt("a value's length is cut off", path()) }
-        let length = bytes.withUnsafeBytes { $0.loadLE(UInt32.self, at: offset) }
+        let length = bytes.loadLE(UInt32.self, at: offset)
         if length == BinaryEncoding.nilMarker { return nil }
         guard Int(length) <= end - offset - 4 else {
             throw corrupt("a value claims \(length) bytes but only \(end - offset - 4) remain", path())
@@ -366,6 +589,7 @@ struct DecodingInput {
     func decodeValue<T: Decodable>(_ type: T.Type, region: Range<Int>, path: @autoclosure () -> CodingPath) throws -> T {
         // No `T?` on the way: in this unspecialized code its metadata would be looked up on every value.
         if let kind = PrimitiveKind.of(T.self) { return try decodePrimitive(kind, T.self, region: region, path: path()) }
+        defer { kept.release(from: region.lowerBound) }
         return try T(from: BinaryDecoderImpl(input: self, region: region, path: path()))
     }
 
@@ -374,7 +598,7 @@ struct DecodingInput {
         guard region.count == MemoryLayout<I>.size else {
             throw corrupt("expected \(MemoryLayout<I>.size) bytes for \(I.self), found \(region.count)", path())
         }
-        return bytes.withUnsafeBytes { $0.loadLE(I.self, at: region.lowerBound) }
+        return bytes.loadLE(I.self, at: region.lowerBound)
     }
 
     func bool(_ region: Range<Int>, _ path: @autoclosure () -> CodingPath) throws -> Bool {
@@ -392,7 +616,7 @@ struct DecodingInput {
         // `kind` names T exactly, so the bit casts below are between identical types (no boxing, no dynamic cast).
         switch kind {
         case .string: return unsafeBitCast(try string(region, path()), to: T.self)
-        case .bytes: return unsafeBitCast(bytes.withUnsafeBytes { [UInt8](UnsafeRawBufferPointer(rebasing: $0[region])) }, to: T.self)
+        case .bytes: return unsafeBitCast([UInt8](UnsafeRawBufferPointer(rebasing: bytes[region])), to: T.self)
         case .data: return unsafeBitCast(Data(bytes[region]), to: T.self)
         case .int: return unsafeBitCast(Int(try fixed(Int64.self, region, path())), to: T.self)
         case .uint: return unsafeBitCast(UInt(try fixed(UInt64.self, region, path())), to: T.self)
@@ -411,7 +635,7 @@ struct DecodingInput {
     }
 }
 
-/// Three words (the input's array, the region's bounds packed in one, the path): stored inline in the
+/// Three words (the input, the region's bounds packed in one, the path): stored inline in the
 /// `any Decoder` a value's `init(from:)` receives, rather than allocated per value.
 struct BinaryDecoderImpl: Decoder {
     let input: DecodingInput
@@ -429,7 +653,7 @@ struct BinaryDecoderImpl: Decoder {
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
-        KeyedDecodingContainer(try KeyedDecoder<Key>(input: input, region: region, path: path))
+        try input.keyedContainer(Key.self, region: region, path: path)
     }
     func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
         UnkeyedDecoder(input: input, region: region, path: path)
@@ -438,60 +662,59 @@ struct BinaryDecoderImpl: Decoder {
 }
 
 struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
-    let input: DecodingInput
-    let path: CodingPath
+    /// The frame refers to the input strongly, for the reasons of ``KeyedEncoder/frame``.
+    let frame: DecoderFrame
+    var input: DecodingInput { frame.input }
+    var path: CodingPath { frame.path }
     var codingPath: [any CodingKey] { path.keys }
-    /// The keyed entries, every one checked by `init`: (u8 key length, key, value)*.
-    let region: Range<Int>
+    /// The keyed entries, every one checked before the container was handed out: (u8 key length, key, value)*.
+    var region: Range<Int> { frame.start..<frame.end }
 
-    init(input: DecodingInput, region: Range<Int>, path: CodingPath) throws {
-        self.input = input
-        self.path = path
-        self.region = region
-        // Check every entry now, so that a corrupt region fails here whatever the type reads; lookups then walk
-        // the checked entries (no table is built: a struct has few fields).
-        var offset = region.lowerBound
-        while offset < region.upperBound {
-            let keyLength = Int(input.bytes[offset])
-            guard region.upperBound - offset - 1 >= keyLength else { throw input.corrupt("a key is cut off", path) }
-            let value = try input.valueRegion(at: offset + 1 + keyLength, end: region.upperBound, path: path)
-            offset = value?.upperBound ?? (offset + 1 + keyLength + 4)
-        }
+    init(frame: DecoderFrame) {
+        self.frame = frame
     }
 
     /// Calls `body` with the input's bytes and each entry's key and value region (nil for nil) until it returns
-    /// true.
-    private func walk(_ body: (_ bytes: UnsafeRawBufferPointer, _ key: Range<Int>, _ value: Range<Int>?) -> Bool) {
-        input.bytes.withUnsafeBytes { bytes in
-            var offset = region.lowerBound
-            while offset < region.upperBound {
+    /// true, from the entry at `first` to the last, then from the first entry to `first`. Returns where the
+    /// entry after the one accepted begins, or nil when none was.
+    @discardableResult
+    private func walk(from first: Int, _ body: (_ bytes: UnsafeRawBufferPointer, _ key: Range<Int>, _ value: Range<Int>?) -> Bool) -> Int? {
+        let bytes = input.bytes
+        func scan(_ from: Int, _ to: Int) -> Int? {
+            var offset = from
+            while offset < to {
                 let key = (offset + 1)..<(offset + 1 + Int(bytes[offset]))
                 let length = bytes.loadLE(UInt32.self, at: key.upperBound)
                 let value = length == BinaryEncoding.nilMarker ? nil : (key.upperBound + 4)..<(key.upperBound + 4 + Int(length))
-                if body(bytes, key, value) { return }
                 offset = value?.upperBound ?? (key.upperBound + 4)
+                if body(bytes, key, value) { return offset }
             }
+            return nil
         }
+        return scan(first, region.upperBound) ?? scan(region.lowerBound, first)
     }
 
     var allKeys: [Key] {
         var keys: [Key] = []
-        walk { bytes, key, _ in
+        walk(from: region.lowerBound) { bytes, key, _ in
             if let k = Key(stringValue: String(decoding: bytes[key], as: UTF8.self)) { keys.append(k) }
             return false
         }
         return keys
     }
 
+    /// Most types read their keys in the order they were written, so the search begins after the entry found
+    /// last (`frame.next`): one comparison per key.
     private func find(_ key: Key) -> (key: Range<Int>, value: Range<Int>?)? {
         var name = key.stringValue
         return name.withUTF8 { wanted in
             var found: (key: Range<Int>, value: Range<Int>?)?
-            walk { bytes, k, v in
+            let after = walk(from: frame.next) { bytes, k, v in
                 guard k.count == wanted.count, wanted.isEmpty || memcmp(bytes.baseAddress! + k.lowerBound, wanted.baseAddress!, wanted.count) == 0 else { return false }
                 found = (k, v)
                 return true
             }
+            if let after { frame.next = after }
             return found
         }
     }
@@ -546,7 +769,7 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
         guard let r = try region(key) else { throw input.corrupt("nested container is nil", .key(key, path)) }
-        return KeyedDecodingContainer(try KeyedDecoder<NestedKey>(input: input, region: r, path: .key(key, path)))
+        return try input.keyedContainer(NestedKey.self, region: r, path: .key(key, path))
     }
     func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
         guard let r = try region(key) else { throw input.corrupt("nested container is nil", .key(key, path)) }
@@ -586,7 +809,7 @@ struct UnkeyedDecoder: UnkeyedDecodingContainer {
 
     mutating func decodeNil() throws -> Bool {
         guard !isAtEnd else { throw input.corrupt("no more elements", path) }
-        let length = input.bytes.withUnsafeBytes { $0.loadLE(UInt32.self, at: offset) }
+        let length = input.bytes.loadLE(UInt32.self, at: offset)
         if length == BinaryEncoding.nilMarker {
             offset += 4
             currentIndex += 1
@@ -603,7 +826,7 @@ struct UnkeyedDecoder: UnkeyedDecodingContainer {
     }
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
         guard let r = try next() else { throw input.corrupt("nested container is nil", path) }
-        return KeyedDecodingContainer(try KeyedDecoder<NestedKey>(input: input, region: r, path: path))
+        return try input.keyedContainer(NestedKey.self, region: r, path: path)
     }
     mutating func nestedUnkeyedContainer() throws -> any UnkeyedDecodingContainer {
         guard let r = try next() else { throw input.corrupt("nested container is nil", path) }

@@ -70,8 +70,13 @@ public struct StringCodec: MessageCodec {
 }
 
 /// The compact binary `Codable` format (see docs/wire-protocol.md, "Binary codec"). Faster and smaller than JSON.
+///
+/// A codec keeps one encoder's and one decoder's working state between messages (copies of the codec share
+/// it), so a connection's codec codes each message without setting up its containers again. Coding from
+/// several tasks at once through one codec is safe: a call that finds the state in use makes its own.
 public struct BinaryCodec<Value: Codable & Sendable>: MessageCodec {
     public let typeName: String
+    private let scratch = BinaryCodingScratch()
     public init(_ type: Value.Type = Value.self, typeName: String? = nil) {
         self.typeName = typeName ?? String(reflecting: Value.self)
     }
@@ -79,7 +84,7 @@ public struct BinaryCodec<Value: Codable & Sendable>: MessageCodec {
 
     public func encode(_ value: Value, into buffer: inout [UInt8]) throws(IPCError) {
         do {
-            try BinaryEncoding.encode(value, into: &buffer)
+            try BinaryEncoding.encode(value, into: &buffer, reusing: scratch)
         } catch {
             throw IPCError(.encodingFailed, "could not encode a \(typeName) in the binary codec", underlying: "\(error)")
         }
@@ -87,7 +92,7 @@ public struct BinaryCodec<Value: Codable & Sendable>: MessageCodec {
 
     public func decode(_ bytes: [UInt8]) throws(IPCError) -> Value {
         do {
-            return try BinaryEncoding.decode(Value.self, from: bytes)
+            return try BinaryEncoding.decode(Value.self, from: bytes, reusing: scratch)
         } catch {
             throw IPCError(.decodingFailed, "a message is not a valid binary-encoded \(typeName) (\(bytes.count) bytes starting \(preview(bytes)))", underlying: "\(error)")
         }

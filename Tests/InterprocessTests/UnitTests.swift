@@ -456,4 +456,89 @@ struct BinaryCodecTests {
         }
         #expect { try BinaryCodec(Nested.self).decode(Array(bytes[0..<(bytes.count / 2)])) } throws: { ($0 as! IPCError).code == .decodingFailed }
     }
+
+    /// A tree: a value holding values of its own type, so a keyed container of one key type is in use while
+    /// another of the same type is asked for.
+    struct Tree: Codable, Equatable, Sendable {
+        var label: String
+        var children: [Tree]
+        var first: Box?
+        final class Box: Codable, Equatable, @unchecked Sendable {
+            let tree: Tree
+            init(_ tree: Tree) { self.tree = tree }
+            static func == (a: Box, b: Box) -> Bool { a.tree == b.tree }
+        }
+
+        static func make(_ depth: Int, _ seed: Int) -> Tree {
+            guard depth > 0 else { return Tree(label: "leaf \(seed)", children: [], first: nil) }
+            let children = (0..<(seed % 3 + 1)).map { make(depth - 1, seed * 7 + $0) }
+            return Tree(label: "node \(seed)", children: children, first: seed % 2 == 0 ? Box(make(depth - 1, seed + 1)) : nil)
+        }
+    }
+
+    /// Reads its keys in the reverse of the order it wrote them, and asks for one that is not there.
+    struct Reversed: Codable, Equatable, Sendable {
+        var a: Int, b: String, c: [UInt8]
+        enum CodingKeys: String, CodingKey { case a, b, c, absent }
+        init(a: Int, b: String, c: [UInt8]) { (self.a, self.b, self.c) = (a, b, c) }
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(a, forKey: .a)
+            try container.encode(b, forKey: .b)
+            try container.encode(c, forKey: .c)
+        }
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            c = try container.decode([UInt8].self, forKey: .c)
+            b = try container.decode(String.self, forKey: .b)
+            a = try container.decode(Int.self, forKey: .a)
+            guard !container.contains(.absent), container.allKeys.map(\.stringValue) == ["a", "b", "c"] else {
+                throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "keys"))
+            }
+        }
+    }
+
+    /// One codec keeps its encoder's and decoder's containers between messages (docs/wire-protocol.md, "Binary
+    /// codec"): whatever came before (nested values of one type, values read out of order, failed decodes), each
+    /// message must come out byte for byte as a fresh codec writes it, and decode to the value.
+    @Test func aCodecReusedForManyValuesCodesEachAsAFreshOne() throws {
+        let trees = BinaryCodec(Tree.self), reversed = BinaryCodec(Reversed.self)
+        for seed in 0..<200 {
+            let tree = Tree.make(seed % 4, seed)
+            var bytes: [UInt8] = [], fresh: [UInt8] = []
+            try trees.encode(tree, into: &bytes)
+            try BinaryCodec(Tree.self).encode(tree, into: &fresh)
+            #expect(bytes == fresh)
+            #expect(try trees.decode(bytes) == tree)
+            // A corrupt message fails part-way through, with containers handed out; the next one still decodes.
+            var corrupt = bytes
+            corrupt[corrupt.count / 2] ^= 0xFF
+            _ = try? trees.decode(corrupt)
+            _ = try? trees.decode(Array(bytes.dropLast(3)))
+
+            let value = Reversed(a: -seed, b: "b\(seed)", c: [UInt8(seed % 256)])
+            bytes = []
+            try reversed.encode(value, into: &bytes)
+            #expect(try reversed.decode(bytes) == value)
+        }
+    }
+
+    /// Tasks sharing one codec each get their own values back.
+    @Test func aCodecSharedByConcurrentTasks() async throws {
+        let codec = BinaryCodec(Tree.self)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<8 {
+                group.addTask {
+                    for i in 0..<300 {
+                        let tree = Tree.make(i % 3, task * 1000 + i)
+                        var bytes: [UInt8] = []
+                        try codec.encode(tree, into: &bytes)
+                        let back = try codec.decode(bytes)
+                        #expect(back == tree)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
 }
