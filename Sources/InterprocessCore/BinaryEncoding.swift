@@ -117,57 +117,71 @@ class KeyedFrame {
     @exclusivity(unchecked) var start: Int
     @exclusivity(unchecked) var end: Int
     @exclusivity(unchecked) var path: CodingPath
-    /// The `start` of the value whose `encode(to:)` or `init(from:)` holds the container, -1 while it is free.
+    /// When the container was handed out (see ``KeptContainers``), -1 while it is free.
     @exclusivity(unchecked) var owner: Int
     /// A decoder's entry to look at first for the next key (see ``KeyedDecoder``): always where an entry begins.
     @exclusivity(unchecked) var next: Int
 
-    init(start: Int, end: Int, path: CodingPath) {
+    init(start: Int, end: Int, path: CodingPath, owner: Int) {
         self.start = start
         self.end = end
         self.path = path
-        self.owner = start
+        self.owner = owner
         self.next = start
     }
 
-    func take(start: Int, end: Int, path: CodingPath) {
+    func take(start: Int, end: Int, path: CodingPath, owner: Int) {
         self.start = start
         self.end = end
         self.path = path
-        self.owner = start
+        self.owner = owner
         self.next = start
     }
 }
 
 final class EncoderFrame: KeyedFrame {
     let storage: EncodingStorage
-    init(_ storage: EncodingStorage, slot: Int, path: CodingPath) {
+    init(_ storage: EncodingStorage, slot: Int, path: CodingPath, owner: Int) {
         self.storage = storage
-        super.init(start: slot, end: slot, path: path)
+        super.init(start: slot, end: slot, path: path, owner: owner)
     }
 }
 
 final class DecoderFrame: KeyedFrame {
     let input: DecodingInput
-    init(_ input: DecodingInput, region: Range<Int>, path: CodingPath) {
+    init(_ input: DecodingInput, region: Range<Int>, path: CodingPath, owner: Int) {
         self.input = input
-        super.init(start: region.lowerBound, end: region.upperBound, path: path)
+        super.init(start: region.lowerBound, end: region.upperBound, path: path, owner: owner)
     }
 }
 
 /// The kept containers of one encoder or decoder: at most 16 (one per key type in use, for most values).
+///
+/// A container is the caller's until the value whose `encode(to:)` or `init(from:)` asked for it is done. The
+/// values being coded nest in time (a value's coding begins and ends inside its parent's), so each container is
+/// stamped with when it was handed out, and a value that is done frees every container handed out since its
+/// coding began: its own and its descendants', never its parent's (handed out before it began), wherever they
+/// lie in the message (a decoder may read a nested value that lies after the one it reads next).
 struct KeptContainers {
     private var entries: [KeptContainer] = []
+    /// How many containers were handed out: the stamp of the next one.
+    private(set) var handedOut = 0
 
-    /// A free kept container for `Key`, now held by the value at `start`.
+    /// A free kept container for `Key`, stamped as handed out now.
     @inline(__always)
-    func take<Key: CodingKey>(_: Key.Type, start: Int, end: Int, path: CodingPath) -> KeptContainer? {
+    mutating func take<Key: CodingKey>(_: Key.Type, start: Int, end: Int, path: CodingPath) -> KeptContainer? {
         let keyType = ObjectIdentifier(Key.self)
         for entry in entries where entry.keyType == keyType && entry.frame.owner < 0 {
-            entry.frame.take(start: start, end: end, path: path)
+            entry.frame.take(start: start, end: end, path: path, owner: stamp())
             return entry
         }
         return nil
+    }
+
+    /// The stamp of a container handed out now.
+    mutating func stamp() -> Int {
+        handedOut += 1
+        return handedOut - 1
     }
 
     mutating func keep(_ entry: @autoclosure () -> KeptContainer) {
@@ -176,9 +190,9 @@ struct KeptContainers {
 
     mutating func removeAll() { entries.removeAll() }
 
-    /// Frees the containers of the value at `start` and of the values inside it (all of which come after it).
-    func release(from start: Int) {
-        for entry in entries where entry.frame.owner >= start { entry.frame.owner = -1 }
+    /// Frees the containers handed out since `mark` (the value of ``handedOut`` when a value's coding began).
+    func release(since mark: Int) {
+        for entry in entries where entry.frame.owner >= mark { entry.frame.owner = -1 }
     }
 }
 
@@ -225,7 +239,7 @@ final class EncodingStorage: @unchecked Sendable {
             // The entry was made for this key type (`take` checked), so this is the subclass for `Key`.
             return unsafeDowncast(entry, to: KeptEncodingContainer<Key>.self).container
         }
-        let frame = EncoderFrame(self, slot: slot, path: path)
+        let frame = EncoderFrame(self, slot: slot, path: path, owner: kept.stamp())
         let container = KeyedEncodingContainer(KeyedEncoder<Key>(frame: frame))
         kept.keep(KeptEncodingContainer(container, frame: frame))
         return container
@@ -236,7 +250,8 @@ final class EncodingStorage: @unchecked Sendable {
         let slot = bytes.count
         bytes.appendLE(UInt32(0))
         if try !encodePrimitive(value) {
-            defer { kept.release(from: slot) }
+            let mark = kept.handedOut
+            defer { kept.release(since: mark) }
             try value.encode(to: BinaryEncoderImpl(storage: self, slot: slot, path: path()))
             // A single-value container's encodeNil put the nil marker in the slot (a length slot holds 0 until
             // it is closed, so the marker comes from nowhere else): keep it.
@@ -373,8 +388,9 @@ struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
         self.frame = frame
     }
 
+    /// A container that is not kept (a nested one): its stamp is never looked at.
     init(storage: EncodingStorage, slot: Int, path: CodingPath) {
-        self.init(frame: EncoderFrame(storage, slot: slot, path: path))
+        self.init(frame: EncoderFrame(storage, slot: slot, path: path, owner: -1))
     }
 
     /// Runs `body` with the frame and storage borrowed: called directly in these `mutating` methods, each call
@@ -553,7 +569,7 @@ final class DecodingInput: @unchecked Sendable {
             // The entry was made for this key type (`take` checked), so this is the subclass for `Key`.
             return unsafeDowncast(entry, to: KeptDecodingContainer<Key>.self).container
         }
-        let frame = DecoderFrame(self, region: region, path: path)
+        let frame = DecoderFrame(self, region: region, path: path, owner: kept.stamp())
         let container = KeyedDecodingContainer(KeyedDecoder<Key>(frame: frame))
         kept.keep(KeptDecodingContainer(container, frame: frame))
         return container
@@ -589,7 +605,8 @@ final class DecodingInput: @unchecked Sendable {
     func decodeValue<T: Decodable>(_ type: T.Type, region: Range<Int>, path: @autoclosure () -> CodingPath) throws -> T {
         // No `T?` on the way: in this unspecialized code its metadata would be looked up on every value.
         if let kind = PrimitiveKind.of(T.self) { return try decodePrimitive(kind, T.self, region: region, path: path()) }
-        defer { kept.release(from: region.lowerBound) }
+        let mark = kept.handedOut
+        defer { kept.release(since: mark) }
         return try T(from: BinaryDecoderImpl(input: self, region: region, path: path()))
     }
 

@@ -498,6 +498,37 @@ struct BinaryCodecTests {
         }
     }
 
+    /// A pair of numbers, and a value that holds a nested container of the pair's key type while it decodes two
+    /// other pairs with it: the nested one comes last on the wire and is read first.
+    struct Pair: Codable, Equatable, Sendable {
+        var x: Int, y: Int
+        enum CodingKeys: String, CodingKey { case x, y }
+    }
+    struct HoldsNested: Codable, Equatable, Sendable {
+        var a: Pair, b: Pair, n: Pair
+        enum CodingKeys: String, CodingKey { case a, b, n }
+        init(a: Pair, b: Pair, n: Pair) { (self.a, self.b, self.n) = (a, b, n) }
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let nested = try container.nestedContainer(keyedBy: Pair.CodingKeys.self, forKey: .n)
+            a = try container.decode(Pair.self, forKey: .a)
+            b = try container.decode(Pair.self, forKey: .b)
+            n = Pair(x: try nested.decode(Int.self, forKey: .x), y: try nested.decode(Int.self, forKey: .y))
+        }
+    }
+
+    /// A container stays the caller's for as long as the value that asked for it is being decoded, whatever is
+    /// decoded meanwhile and wherever it lies in the message.
+    @Test func aContainerHeldAcrossOtherValuesKeepsReadingItsOwn() throws {
+        let codec = BinaryCodec(HoldsNested.self)
+        for i in 0..<3 {
+            let value = HoldsNested(a: Pair(x: 1, y: 2), b: Pair(x: 3, y: i), n: Pair(x: 5, y: 6))
+            var bytes: [UInt8] = []
+            try codec.encode(value, into: &bytes)
+            #expect(try codec.decode(bytes) == value)
+        }
+    }
+
     /// One codec keeps its encoder's and decoder's containers between messages (docs/wire-protocol.md, "Binary
     /// codec"): whatever came before (nested values of one type, values read out of order, failed decodes), each
     /// message must come out byte for byte as a fresh codec writes it, and decode to the value.
