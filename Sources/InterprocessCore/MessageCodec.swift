@@ -73,7 +73,9 @@ public struct StringCodec: MessageCodec {
 ///
 /// A codec keeps one encoder's and one decoder's working state between messages (copies of the codec share
 /// it), so a connection's codec codes each message without setting up its containers again. Coding from
-/// several tasks at once through one codec is safe: a call that finds the state in use makes its own.
+/// several tasks at once through one codec is safe: a call that finds the state in use makes its own. The
+/// encoder, decoder and containers that a value's `encode(to:)` or `init(from:)` is given are valid during
+/// that call only (a type that keeps its decoder to decode lazily later does not work with this codec).
 public struct BinaryCodec<Value: Codable & Sendable>: MessageCodec {
     public let typeName: String
     private let scratch = BinaryCodingScratch()
