@@ -77,7 +77,8 @@ indirect enum CodingPath {
 /// out again with its position updated.
 ///
 /// A kept container refers to its encoder or decoder, which keeps it: a reference cycle, broken by emptying
-/// `kept` whenever an encoder or decoder is let go (here, and when a scratch already holds another).
+/// `kept` whenever an encoder or decoder is let go (by `deinit` here, and by ``BinaryEncoding`` when there is
+/// no scratch or it holds another already).
 package final class BinaryCodingScratch: Sendable {
     /// Each slot holds a +1 reference or nothing: taken with one atomic exchange, put back with one
     /// compare-and-exchange (a lock costs twice that).
@@ -376,8 +377,8 @@ struct BinaryEncoderImpl: Encoder {
 
 struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     /// The frame refers to the storage strongly, though the storage may keep this container (see
-    /// ``BinaryCodingScratch`` for how that cycle is broken): through an unowned reference every call on the
-    /// storage retained and released it.
+    /// ``BinaryCodingScratch`` for how that cycle is broken): an unowned reference would save nothing, as the
+    /// compiler makes a strong copy of it for each call on the storage.
     let frame: EncoderFrame
     var storage: EncodingStorage { frame.storage }
     var slot: Int { frame.start }

@@ -529,8 +529,7 @@ struct BinaryCodecTests {
         }
     }
 
-    /// One codec keeps its encoder's and decoder's containers between messages (docs/wire-protocol.md, "Binary
-    /// codec"): whatever came before (nested values of one type, values read out of order, failed decodes), each
+    /// One codec keeps its encoder's and decoder's containers between messages (docs/design.md): whatever came before (nested values of one type, values read out of order, failed decodes), each
     /// message must come out byte for byte as a fresh codec writes it, and decode to the value.
     @Test func aCodecReusedForManyValuesCodesEachAsAFreshOne() throws {
         let trees = BinaryCodec(Tree.self), reversed = BinaryCodec(Reversed.self)
