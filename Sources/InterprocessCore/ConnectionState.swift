@@ -340,8 +340,11 @@ package struct ConnectionState {
         guard payload.count <= limit else { throw Self.tooLarge(payload.count, limit) }
         let seq = nextSeq
         outbox.append { buffer in
-            buffer.appendDataFrameHeader(seq: seq, length: Wire.dataPrefixSize + payload.count)
-            if !asSegment { payload.withUnsafeBufferPointer { buffer.append(contentsOf: $0) } }
+            if asSegment {
+                buffer.appendDataFrameHeader(seq: seq, length: Wire.dataPrefixSize + payload.count)
+            } else {
+                payload.withUnsafeBytes { buffer.appendDataFrame(seq: seq, payload: $0) }
+            }
         }
         if asSegment { outbox.appendSegment(payload, recyclable: recyclable) }
         recordSent(payload.count)

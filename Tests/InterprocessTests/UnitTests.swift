@@ -92,6 +92,18 @@ struct WireTests {
         #expect(events == [.hello(hello), .frame(.data(seq: 1, payload: payload)), .frame(.close(lastSeq: 1))])
     }
 
+    /// The data frames a sender writes in one append (small payloads) or two (large ones) are the documented
+    /// frame, byte for byte, after whatever the buffer held.
+    @Test func dataFramesWrittenWholeAreTheDocumentedOnes() {
+        for size in [0, 1, 64, 240, 241, 5000] {
+            let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
+            var written: [UInt8] = [9, 9], expected: [UInt8] = [9, 9]
+            payload.withUnsafeBytes { written.appendDataFrame(seq: 0x0102_0304_0506_0708, payload: $0) }
+            expected.appendControlFrame(.data(seq: 0x0102_0304_0506_0708, payload: payload))
+            #expect(written == expected, "payload of \(size) bytes")
+        }
+    }
+
     @Test func wrongMagicIsRefused() {
         #expect { try decode(Array("GET / HTTP/1.1\r\n".utf8)) } throws: { ($0 as! IPCError).code == .protocolViolation }
     }
