@@ -180,11 +180,12 @@ extension Array where Element == UInt8 {
         }
     }
 
-    /// A whole data frame, header and payload. A small payload goes in the same append as the header, from a
-    /// copy on the stack: each append checks the array's uniqueness and capacity and copies on its own.
+    /// A whole data frame, header and payload. A small payload (a frame of at most 256 bytes) goes in the same
+    /// append as the header, from a copy on the stack: each append checks the array's uniqueness and capacity
+    /// and copies on its own.
     package mutating func appendDataFrame(seq: UInt64, payload: UnsafeRawBufferPointer) {
         let length = Wire.dataPrefixSize + payload.count
-        guard payload.count <= 240 else {
+        guard payload.count <= 256 - Wire.dataFrameOverhead else {
             appendDataFrameHeader(seq: seq, length: length)
             append(contentsOf: payload)
             return

@@ -244,12 +244,11 @@ struct Bench: AsyncParsableCommand {
         return result
     }
 
-    /// W2 through `send(contentsOf:)`, 64 messages per call. Each message is its own 64-byte array (tagged like
-    /// the other lines' messages), made by the sender as a producer would.
+    /// W2 through `send(contentsOf:)`, 64 messages per call. Each slot of the batch is its own 64-byte array,
+    /// tagged in place each round as the one-per-call lines tag their one array.
     private func runBatches(_ connection: Connection<[UInt8], [UInt8]>, counts: BenchCounts) async throws -> BenchResult {
-        // One array per slot of the batch, tagged in place each round (the library copies small payloads, so
-        // each is unique again once the call returns), as the one-per-call lines reuse one array: the line
-        // measures the calls, not an allocation per message.
+        // The library copies small payloads, so each array is unique again once the call returns and is tagged
+        // in place: the line measures the calls, not an allocation per message.
         var batch = [[UInt8]](repeating: [UInt8](repeating: 1, count: 64), count: BenchPeer.batchSize)
         let start = monotonicNanos()
         var i = 0
