@@ -58,21 +58,29 @@ public final class Sender<Value: Sendable>: Sendable {
     /// exceeds the receiver's limit (nothing is sent and the channel stays usable), `encodingFailed`, or
     /// `cancelled` (nothing was sent; except that a capacity-0 send to another process whose value already left
     /// returns instead, and the value is delivered unless the receiver goes away).
+    @inlinable
     public func send(_ value: Value) async throws(IPCError) {
-        if let local {
-            try await local.send(value)
-        } else {
-            // With credit available the send completes in the synchronous `trySend`, without another async
-            // call; its closure's context lives on the thread's stack (in an async function it comes from the
-            // task's allocator on every call). Each call gets its own closure literal: one closure value used
-            // for both paths had its context allocated on the heap per send.
-            if try trySend(value) { return }
-            try await sendWaiting(value)
-        }
+        // Inlined into the caller, so that a send with credit available completes in the synchronous
+        // `sendNow` without an async call of its own (the callee's frame from the task allocator, the executor
+        // check on entry: a sixth of a raw W2 sender). Its closure's context lives on the thread's stack (in an
+        // async function it comes from the task's allocator on every call).
+        if try sendNow(value) { return }
+        try await sendWaiting(value)
     }
 
-    /// The slow path of ``send(_:)``: waits for credit.
-    private func sendWaiting(_ value: Value) async throws(IPCError) {
+    /// The fast path of ``send(_:)`` across processes: ``trySend(_:)``. False within a process (whose `send`
+    /// is not a `trySend` first: at capacity 0 that would refuse what `send` waits for).
+    @usableFromInline
+    func sendNow(_ value: Value) throws(IPCError) -> Bool {
+        guard core != nil else { return false }
+        return try trySend(value)
+    }
+
+    /// The slow path of ``send(_:)``: waits for credit, or sends within a process. Each path gets its own
+    /// closure literal: one closure value used for both had its context allocated on the heap per send.
+    @usableFromInline
+    func sendWaiting(_ value: Value) async throws(IPCError) {
+        if let local { return try await local.send(value) }
         try await core!.send { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
     }
 
