@@ -81,7 +81,7 @@ indirect enum CodingPath {
 /// no scratch or it holds another already).
 package final class BinaryCodingScratch: Sendable {
     /// Each slot holds a +1 reference or nothing: taken with one atomic exchange, put back with one
-    /// compare-and-exchange (a lock costs twice that).
+    /// compare-and-exchange (a lock would take two atomic operations for each).
     private let encoder = Atomic<Unmanaged<EncodingStorage>?>(nil)
     private let decoder = Atomic<Unmanaged<DecodingInput>?>(nil)
     package init() {}

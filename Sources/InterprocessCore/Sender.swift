@@ -61,17 +61,17 @@ public final class Sender<Value: Sendable>: Sendable {
     @inlinable
     public func send(_ value: Value) async throws(IPCError) {
         // Inlined into the caller, so that a send with credit available completes in the synchronous
-        // `sendNow` without an async call of its own (the callee's frame from the task allocator, the executor
+        // `sendIfReady` without an async call of its own (the callee's frame from the task allocator, the executor
         // check on entry: a sixth of a raw W2 sender). Its closure's context lives on the thread's stack (in an
         // async function it comes from the task's allocator on every call).
-        if try sendNow(value) { return }
+        if try sendIfReady(value) { return }
         try await sendWaiting(value)
     }
 
     /// The fast path of ``send(_:)`` across processes: ``trySend(_:)``. False within a process (whose `send`
     /// is not a `trySend` first: at capacity 0 that would refuse what `send` waits for).
     @usableFromInline
-    func sendNow(_ value: Value) throws(IPCError) -> Bool {
+    func sendIfReady(_ value: Value) throws(IPCError) -> Bool {
         guard core != nil else { return false }
         return try trySend(value)
     }
