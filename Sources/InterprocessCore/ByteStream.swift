@@ -53,6 +53,13 @@ package protocol InPlaceStream: ByteStream {
     func withWritableBytes<R>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer?) throws -> R) throws -> R
     /// Publishes the first `count` bytes of the writable region (inside ``withWritableBytes(_:_:)`` only).
     func publish(_ count: Int)
+    /// Runs `body` with the readable bytes as ``withReadableBytes(_:)`` does, then consumes as many as it returns.
+    /// (Callers in the per-message path use this rather than capturing the stream to call ``consume(_:)``:
+    /// capturing it retains it, and a stream others refer to weakly keeps its count in a side table.)
+    func consumeReadable(_ body: (UnsafeRawBufferPointer?) throws -> Int) throws
+    /// Writes `count` bytes with `body` at the write position and publishes them; false, without running `body`,
+    /// when that much room is not free now.
+    func publish(_ count: Int, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool
     /// A cheap check without a lock: whether at least `count` bytes are readable, or the stream ended.
     func hasReadable(atLeast count: Int) -> Bool
     /// Whether `count` bytes of room are free now.

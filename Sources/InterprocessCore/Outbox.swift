@@ -78,6 +78,27 @@ package struct Outbox {
         return (Array(segments.prefix(limit)), headOffset)
     }
 
+    /// Copies every pending byte into `region` (at least ``count`` bytes) and empties the outbox, as a write of
+    /// everything followed by ``consume(_:)`` would. For shared memory, whose writes are copies into the ring.
+    package mutating func drain(into region: UnsafeMutableRawBufferPointer) {
+        var at = 0
+        if !segments.isEmpty {
+            sealTail()
+            for (i, segment) in segments.enumerated() {
+                let skip = i == 0 ? headOffset : 0
+                segment.withUnsafeBytes { bytes in
+                    (region.baseAddress! + at).copyMemory(from: bytes.baseAddress! + skip, byteCount: bytes.count - skip)
+                }
+                at += segment.count - skip
+            }
+            consume(count)
+            return
+        }
+        tail.withUnsafeBytes { bytes in region.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        tail.removeAll(keepingCapacity: true)
+        count = 0
+    }
+
     /// Drops `written` bytes from the front.
     package mutating func consume(_ written: Int) {
         var left = written

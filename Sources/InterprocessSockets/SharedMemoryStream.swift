@@ -72,6 +72,16 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     private let txHead = Atomic<UInt64>(0)
     private let txTailSeen = Atomic<UInt64>(0)
     private let rxTail = Atomic<UInt64>(0)
+    /// The read position last published to the producer: the consumer publishes it once an eighth of the ring was
+    /// consumed since, and before it waits for more bytes, not after every message (each store to that line, and
+    /// the fence after it, cost a transfer between the CPUs' caches). Before it waits, because it may wait for
+    /// the rest of a frame it reads in place, which the producer can write only into room that was published.
+    private let rxTailPublished = Atomic<UInt64>(0)
+    /// The producer's position as last read (and checked), so that it is read from shared memory again only when
+    /// this side has consumed up to it: each read of that line while the producer writes it is a transfer
+    /// between the CPUs' caches. Any thread that reads the position may store it here; a stale value is
+    /// recognised (not ahead of the read position) and read again.
+    private let rxHeadSeen = Atomic<UInt64>(0)
     private let peerGone = Atomic<Bool>(false)
 
     /// Who uses the mapping and descriptors: they are released once closed and unused.
@@ -146,13 +156,20 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     /// The readable bytes (contiguous: the ring is mapped twice in a row), or nil at the end. Caller has entered.
     private func readable() throws(IPCError) -> UnsafeRawBufferPointer? {
         let tail = rxTail.load(ordering: .relaxed)
-        var head = try checkedHead(tail: tail)
+        var head = rxHeadSeen.load(ordering: .acquiring)
+        // The producer's position is read from shared memory only once everything known to be published was
+        // consumed (or what is known is stale: another thread may have stored an older one).
+        if head <= tail || head - tail > UInt64(rx.capacity) {
+            head = try checkedHead(tail: tail)
+            rxHeadSeen.store(head, ordering: .releasing)
+        }
         if head == tail {
             // The producer sets writerClosed after its last byte, and a dead peer's bytes stay readable: look
             // again after seeing either, so nothing published just before is missed.
             let ended = cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring)
             guard ended else { return UnsafeRawBufferPointer(start: rx.data, count: 0) }
             head = try checkedHead(tail: tail)
+            rxHeadSeen.store(head, ordering: .releasing)
             if head == tail { return nil }
         }
         return UnsafeRawBufferPointer(start: rx.data + (Int(tail) & (rx.capacity - 1)), count: Int(head - tail))
@@ -161,7 +178,18 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     package func consume(_ count: Int) {
         let newTail = rxTail.load(ordering: .relaxed) + UInt64(count)
         rxTail.store(newTail, ordering: .relaxed)
-        cipc_store_release_u64(rx.tail, newTail)
+        if newTail - rxTailPublished.load(ordering: .relaxed) >= UInt64(rx.capacity / 8) { publishTail(newTail) }
+    }
+
+    /// Publishes what was consumed and not yet published: before this side waits.
+    private func publishConsumed() {
+        let tail = rxTail.load(ordering: .relaxed)
+        if tail != rxTailPublished.load(ordering: .relaxed) { publishTail(tail) }
+    }
+
+    private func publishTail(_ tail: UInt64) {
+        rxTailPublished.store(tail, ordering: .relaxed)
+        cipc_store_release_u64(rx.tail, tail)
         cipc_fence()
         if cipc_load_u32(rx.producerSleeping) != 0 && cipc_exchange_u32(rx.producerSleeping, 0) != 0 {
             signal(peerWakeFD)
@@ -180,18 +208,23 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         return .bytes(count)
     }
 
-    /// The free room at the write position (contiguous). Caller has entered.
-    private func room() throws(IPCError) -> UnsafeMutableRawBufferPointer {
+    /// The free room at the write position (contiguous). Caller has entered. The consumer's position is read
+    /// from shared memory only when the room known from its last reading is less than `wanted`: that line is
+    /// written by the peer, and loading it on every write cost a transfer between the CPUs' caches each time.
+    private func room(wanted: Int) throws(IPCError) -> UnsafeMutableRawBufferPointer {
         if peerGone.load(ordering: .acquiring) {
             throw IPCError(.peerClosed, "the peer process is gone (its end of the shared memory closed)")
         }
         let head = txHead.load(ordering: .relaxed)
-        let seen = txTailSeen.load(ordering: .relaxed)
-        let tail = cipc_load_acquire_u64(tx.tail)
-        guard tail >= seen, tail <= head else {
-            throw Self.corrupt("the outgoing ring's read position \(tail) is outside \(seen)...\(head)")
+        var tail = txTailSeen.load(ordering: .relaxed)
+        if tx.capacity - Int(head - tail) < wanted {
+            let seen = tail
+            tail = cipc_load_acquire_u64(tx.tail)
+            guard tail >= seen, tail <= head else {
+                throw Self.corrupt("the outgoing ring's read position \(tail) is outside \(seen)...\(head)")
+            }
+            txTailSeen.store(tail, ordering: .relaxed)
         }
-        txTailSeen.store(tail, ordering: .relaxed)
         return UnsafeMutableRawBufferPointer(start: tx.data + (Int(head) & (tx.capacity - 1)), count: tx.capacity - Int(head - tail))
     }
 
@@ -209,7 +242,9 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         guard !segments.isEmpty else { return 0 }
         try enter()
         defer { leave() }
-        let room = try room()
+        var wanted = -offset
+        for segment in segments { wanted += segment.count }
+        let room = try room(wanted: wanted)
         guard room.count > 0 else { return 0 }
         var written = 0
         var published = 0
@@ -315,8 +350,15 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     }
 
     package func hasReadable(atLeast count: Int) -> Bool {
-        cipc_load_acquire_u64(rx.head) &- rxTail.load(ordering: .relaxed) >= UInt64(count)
-            || cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring)
+        let tail = rxTail.load(ordering: .relaxed)
+        let seen = rxHeadSeen.load(ordering: .acquiring)
+        if seen > tail && seen - tail >= UInt64(count) && seen - tail <= UInt64(rx.capacity) { return true }
+        let head = cipc_load_acquire_u64(rx.head)
+        if head >= tail && head - tail <= UInt64(rx.capacity) { rxHeadSeen.store(head, ordering: .releasing) }
+        if head &- tail >= UInt64(count) || cipc_load_u32(rx.writerClosed) != 0 || peerGone.load(ordering: .acquiring) { return true }
+        // About to wait (spinning, or before sleeping): see `rxTailPublished`.
+        publishConsumed()
+        return false
     }
 
     package func requestFlush() {
@@ -357,16 +399,41 @@ extension SharedMemoryStream: InPlaceStream {
         return try body(try readable())
     }
 
+    package func consumeReadable(_ body: (UnsafeRawBufferPointer?) throws -> Int) throws {
+        try enter()
+        defer { leave() }
+        let consumed = try body(try readable())
+        if consumed > 0 { consume(consumed) }
+    }
+
+    package func publish(_ count: Int, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool {
+        try enter()
+        defer { leave() }
+        let room = try room(wanted: count)
+        guard room.count >= count else { return false }
+        body(UnsafeMutableRawBufferPointer(rebasing: room[..<count]))
+        publish(count)
+        return true
+    }
+
     package func withWritableBytes<R>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer?) throws -> R) throws -> R {
         try enter()
         defer { leave() }
-        let room = try room()
+        let room = try room(wanted: count)
         guard room.count >= count else { return try body(nil) }
         return try body(UnsafeMutableRawBufferPointer(rebasing: room[..<count]))
     }
 
     package func hasRoom(_ count: Int) -> Bool {
-        UInt64(tx.capacity) &- (txHead.load(ordering: .relaxed) &- cipc_load_acquire_u64(tx.tail)) >= UInt64(count)
+        let head = txHead.load(ordering: .relaxed)
+        let seen = txTailSeen.load(ordering: .relaxed)
+        if tx.capacity - Int(head - seen) >= count { return true }
+        // As in `room(wanted:)`: the peer's position is read only when the one known is not enough; a position
+        // out of bounds is reported by the write that follows.
+        let tail = cipc_load_acquire_u64(tx.tail)
+        guard tail >= seen, tail <= head else { return false }
+        txTailSeen.store(tail, ordering: .relaxed)
+        return tx.capacity - Int(head - tail) >= count
     }
 
     package func armRead(atLeast count: Int) {

@@ -143,6 +143,48 @@ struct SharedMemoryTests {
         #expect(status == 0, "helper said: \(output)")
     }
 
+    @Test("messages nearly as large as the ring after small ones, both ways at once, keep flowing: a reader publishes what it consumed before it waits")
+    func nearlyRingSizedMessagesAfterSmallOnes() async throws {
+        // In a 4 KiB ring, two 100-byte messages (less than the eighth of the ring a reader consumes before it
+        // publishes its position unasked), then one of 3,900 bytes, which a reader takes whole, in place: the
+        // writer can put it whole into the ring only once the reader published the two small ones.
+        let endpoint = Endpoint.sharedMemory(name: uniqueName())
+        var options = ChannelOptions()
+        options.sharedMemoryRingSize = 4096
+        let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("echo", endpoint)
+        let connection = try await within(20) { try await listener.accept() }
+        let count = 6_000
+        @Sendable func message(_ i: Int) -> [UInt8] {
+            var m = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: i % 3 == 2 ? 3_900 : 100)
+            m.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(i).littleEndian, as: UInt32.self) }
+            return m
+        }
+        try await within(60) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for i in 0..<count { try await connection.sender.send(message(i)) }
+                    try await connection.sender.close()
+                }
+                group.addTask {
+                    var i = 0
+                    while let m = try await connection.receiver.receive() {
+                        guard m == message(i) else {
+                            Issue.record("echo \(i) differs")
+                            return
+                        }
+                        i += 1
+                    }
+                    #expect(i == count)
+                }
+                try await group.waitForAll()
+            }
+        }
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+    }
+
     @Test("an idle shared-memory channel costs no CPU")
     func idleCostsNothing() async throws {
         let endpoint = Endpoint.sharedMemory(name: uniqueName())

@@ -377,6 +377,31 @@ struct ChannelStateTests {
         writeAll()
         #expect(written == [1, 2, 3, 4, 5, 6, 7, 8, 9])
     }
+
+    @Test func drainingCopiesEveryPendingByteInOrderAndKeepsTheTail() {
+        var outbox = Outbox()
+        func drain() -> [UInt8] {
+            var region = [UInt8](repeating: 0xAA, count: outbox.count + 4)
+            let count = outbox.count
+            region.withUnsafeMutableBytes { outbox.drain(into: $0) }
+            #expect(outbox.isEmpty && outbox.count == 0)
+            #expect(region[count...].allSatisfy { $0 == 0xAA }, "wrote past the pending bytes")
+            return Array(region[..<count])
+        }
+        // The tail alone: copied, and the same buffer stays the tail.
+        outbox.append { $0 += [1, 2, 3] }
+        let tail = outbox.tail.withUnsafeBytes { $0.baseAddress }
+        #expect(drain() == [1, 2, 3])
+        #expect(outbox.tail.withUnsafeBytes { $0.baseAddress } == tail)
+        // Segments, a tail between them, and a first segment partly written already.
+        outbox.append { $0 += [4, 5] }
+        outbox.appendSegment([6, 7, 8, 9])
+        outbox.append { $0 += [10] }
+        outbox.consume(1)
+        #expect(drain() == [5, 6, 7, 8, 9, 10])
+        outbox.append { $0 += [11] }
+        #expect(drain() == [11])
+    }
 }
 
 struct Nested: Codable, Equatable, Sendable {
