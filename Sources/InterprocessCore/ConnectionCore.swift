@@ -126,10 +126,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return message
     }
 
-    /// ``receive()`` from shared memory (`ring!`: see ``writeToRing(_:)``): the data frames that lie whole at the front of the ring are copied from
+    /// ``receive()`` from shared memory: the data frames that lie whole at the front of the ring are copied from
     /// there into their messages' arrays (one copy each; through the frame reader it was two, and five more
     /// locks): the first is taken, the rest go to the inbox, all under one lock. Anything else (control frames,
-    /// a frame larger than the ring, one not yet whole) is read as ``receive(inPlace:)`` reads it.
+    /// a frame larger than the ring, one not yet whole) is read as ``receive(inPlace:)`` reads it. (`ring!`
+    /// rather than a binding: see ``writeToRing(_:)``.)
     private func receiveFromRing() async throws(IPCError) -> [UInt8]? {
         var taken: [UInt8]?
         var readInPlaceWithCredit: Bool?
@@ -143,7 +144,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 case .none: break
                 }
             }
-            return readInPlace(ring!, { taken = [UInt8]($0) }, delivered: &readInPlaceWithCredit)
+            return readInPlace(ring!, upTo: Self.ringTakeLimit, { taken = [UInt8]($0) }, delivered: &readInPlaceWithCredit)
         }) { state throws(IPCError) -> ([UInt8]?, Bool)? in
             if let credit = readInPlaceWithCredit { return (nil, credit) }
             let step = try Self.receiveStep(&state)
@@ -158,8 +159,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return message
     }
 
-    /// Most data frames taken from the ring at once by ``receive(from:)``: the rest wait there.
+    /// Most data frames taken from the ring at once by ``receiveFromRing()``: the rest wait there.
     private static let ringBatch = 256
+    /// Larger data frames are read by ``receiveFromRing()`` through the frame reader, which copies a payload out
+    /// piece by piece as it is published (taken whole, a large message was copied only once all of it was in
+    /// the ring: no overlap with the writer's copy).
+    private static let ringTakeLimit = 64 << 10
 
     /// Copies the data frames that lie whole at the front of the ring (at most ``ringBatch``) into arrays: the
     /// first into `first` (taken, as if read in place), the others into the inbox, under one lock. Caller holds
@@ -171,7 +176,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var outcome = TakeOutcome.none
         var violation: IPCError?
         var wake = false
-        let capacity = ring.inPlaceCapacity
+        let capacity = min(ring.inPlaceCapacity, Self.ringTakeLimit)
         try? ring.consumeReadable { bytes -> Int in
             guard let bytes else { return 0 }
             // Each frame's fields are read from shared memory once, into locals, and checked before use; its
@@ -620,7 +625,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             state.readerBusy = true
             return true
         }) {
-            if reader.pendingBytes == 0 { _ = readInPlace(ring!, body, delivered: &readInPlaceWithCredit) }
+            if reader.pendingBytes == 0 { _ = readInPlace(ring!, upTo: .max, body, delivered: &readInPlaceWithCredit) }
             releaseReader(armIfWaiters: true)
             if let credit = readInPlaceWithCredit {
                 if credit { afterAppend(data: false) }
@@ -628,7 +633,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             }
         }
         let (message, flag): ([UInt8]?, Bool) = try await waitFor(spin: true, inPlace: true, read: {
-            readInPlace(ring!, body, delivered: &readInPlaceWithCredit)
+            readInPlace(ring!, upTo: .max, body, delivered: &readInPlaceWithCredit)
         }) { state throws(IPCError) -> ([UInt8]?, Bool)? in
             if let credit = readInPlaceWithCredit { return ([], credit) }
             let step = try Self.receiveStep(&state)
@@ -650,10 +655,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// One step of reading in place (caller holds the reader role, and nothing is queued in the inbox). A data
     /// frame that lies whole in the stream goes to `body` where it is; anything else (control frames, a frame
-    /// larger than the ring, the rest of a frame the frame reader started) goes through the frame reader, which
+    /// larger than the ring or than `limit`, the rest of a frame the frame reader started) goes through the frame reader, which
     /// reads exactly up to the end of that frame, so the next data frame is again read in place.
     /// When a message was read in place, `delivered` says whether a credit frame was appended.
-    private func readInPlace(_ ring: any InPlaceStream, _ body: (UnsafeRawBufferPointer) -> Void, delivered: inout Bool?) -> ReadStep {
+    private func readInPlace(_ ring: any InPlaceStream, upTo limit: Int, _ body: (UnsafeRawBufferPointer) -> Void, delivered: inout Bool?) -> ReadStep {
         if reader.pendingBytes > 0 {
             var read = 0
             let woke = pump(limit: reader.bytesToFrameEnd, bytesRead: &read)
@@ -684,7 +689,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     return .creditApplied(wake: effects.wake)
                 }
                 guard bytes[4] == FrameType.data.rawValue, length >= Wire.dataPrefixSize,
-                      length - Wire.dataPrefixSize <= configuration.maxPayload, frameSize <= ring.inPlaceCapacity
+                      length - Wire.dataPrefixSize <= configuration.maxPayload, frameSize <= min(ring.inPlaceCapacity, limit)
                 else { return .frame(frameSize) }
                 guard bytes.count >= frameSize else { return .waiting(frameSize) }
                 let seq = bytes.loadLE(UInt64.self, at: Wire.frameHeaderSize)
@@ -1169,6 +1174,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if locked.withLock({ state in writeDecision(&state, data: data) && !writeToRing(&state) }) { writeInline(data: data) }
     }
 
+    /// Larger outboxes are left to ``writeOutbox()``: the ring's `write` publishes every 256 KiB, so that the
+    /// reader copies a large message out while the rest is copied in, and not under the connection's lock.
+    private static let ringWriteLimit = 64 << 10
+
     /// Shared memory: writes the whole outbox into the ring at once, under the lock (held by the caller, who
     /// took the writer role in ``writeDecision(_:data:)``), when it fits in the room there is. Writing into the
     /// ring is a copy and a release store: done under the lock it needs no snapshot of the outbox and no second
@@ -1179,7 +1188,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         // for a stream referred to weakly (its count lives in a side table), 15% of a W2 sender.
         guard ring != nil, !state.closed, !state.writeFailed else { return false }
         let count = state.channel.outbox.count
-        guard count > 0, count <= ring!.inPlaceCapacity else { return false }
+        guard count > 0, count <= Self.ringWriteLimit else { return false }
         let written = (try? ring!.publish(count) { state.channel.outbox.drain(into: $0) }) ?? false
         guard written else { return false }
         state.writerBusy = false
