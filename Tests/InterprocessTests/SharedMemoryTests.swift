@@ -107,40 +107,13 @@ struct SharedMemoryTests {
 
     @Test("messages larger than the ring, both ways at once, arrive whole and in order", arguments: [1 << 20, 4096])
     func largeMessagesBothWays(_ ringSize: Int) async throws {
-        let endpoint = Endpoint.sharedMemory(name: uniqueName())
-        var options = ChannelOptions()
-        options.sharedMemoryRingSize = ringSize
-        let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
-        defer { listener.close() }
-        let helper = try ChildProcess.helper("echo", endpoint)
-        let connection = try await within(20) { try await listener.accept() }
-        let count = ringSize == 4096 ? 64 : 24
         let size = ringSize == 4096 ? 100_003 : 3 << 20  // many times the ring; an odd size wraps at every offset
-        @Sendable func message(_ i: Int) -> [UInt8] {
+        try await echoThroughHelper(ringSize: ringSize, count: ringSize == 4096 ? 64 : 24) { i in
             var m = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: size)
             m[size / 2] = 0xEE
             m[size - 1] = UInt8(truncatingIfNeeded: i &* 7)
             return m
         }
-        try await within(60) {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for i in 0..<count { try await connection.sender.send(message(i)) }
-                    try await connection.sender.close()
-                }
-                group.addTask {
-                    var i = 0
-                    while let m = try await connection.receiver.receive() {
-                        #expect(m == message(i), "echo \(i) differs")
-                        i += 1
-                    }
-                    #expect(i == count)
-                }
-                try await group.waitForAll()
-            }
-        }
-        let (status, output) = await helper.finish()
-        #expect(status == 0, "helper said: \(output)")
     }
 
     @Test("messages nearly as large as the ring after small ones, both ways at once, keep flowing: a reader publishes what it consumed before it waits")
@@ -148,19 +121,24 @@ struct SharedMemoryTests {
         // In a 4 KiB ring, two 100-byte messages (less than the eighth of the ring a reader consumes before it
         // publishes its position unasked), then one of 3,900 bytes, which a reader takes whole, in place: the
         // writer can put it whole into the ring only once the reader published the two small ones.
-        let endpoint = Endpoint.sharedMemory(name: uniqueName())
-        var options = ChannelOptions()
-        options.sharedMemoryRingSize = 4096
-        let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
-        defer { listener.close() }
-        let helper = try ChildProcess.helper("echo", endpoint)
-        let connection = try await within(20) { try await listener.accept() }
-        let count = 6_000
-        @Sendable func message(_ i: Int) -> [UInt8] {
+        try await echoThroughHelper(ringSize: 4096, count: 6_000) { i in
             var m = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: i % 3 == 2 ? 3_900 : 100)
             m.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(i).littleEndian, as: UInt32.self) }
             return m
         }
+    }
+
+    /// Sends `count` messages to the helper's echo over a ring of `ringSize` bytes while receiving the echoes
+    /// (both directions at once), and checks that every echo is the message sent, in order, and that the helper
+    /// ended cleanly.
+    private func echoThroughHelper(ringSize: Int, count: Int, _ message: @escaping @Sendable (Int) -> [UInt8]) async throws {
+        let endpoint = Endpoint.sharedMemory(name: uniqueName())
+        var options = ChannelOptions()
+        options.sharedMemoryRingSize = ringSize
+        let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("echo", endpoint)
+        let connection = try await within(20) { try await listener.accept() }
         try await within(60) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
