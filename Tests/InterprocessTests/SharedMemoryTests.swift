@@ -202,8 +202,18 @@ struct SharedMemoryTests {
             frame.appendFrameHeader(.data, length: Int(UInt32.max))
             hostile.publish(frame)
         case .wholeMemoryRandom: hostile.scribbleEverything()
+        case .goodFrameThenWrongSequence:
+            // Published together, so that a receive finds both at once: the good one is delivered, then the error.
+            var frames: [UInt8] = []
+            frames.appendControlFrame(.data(seq: 2, payload: [4, 5, 6]))
+            frames.appendControlFrame(.data(seq: 9, payload: [7]))
+            hostile.publish(frames)
         }
         hostile.wake()
+        if scribble == .goodFrameThenWrongSequence {
+            let first = try await within(20) { inPlace ? try await rx.receive({ [UInt8]($0) }) : try await rx.receive() }
+            #expect(first == [4, 5, 6])
+        }
         let error = await #expect(throws: IPCError.self) {
             try await within(20) {
                 if inPlace {
@@ -228,7 +238,7 @@ struct SharedMemoryTests {
     }
 
     enum Scribble: String, CaseIterable, CustomTestStringConvertible, Sendable {
-        case headBeyondTheRing, headBackwards, garbageFrames, hugeLength, wholeMemoryRandom
+        case headBeyondTheRing, headBackwards, garbageFrames, hugeLength, wholeMemoryRandom, goodFrameThenWrongSequence
         var testDescription: String { rawValue }
     }
 }
