@@ -1180,9 +1180,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// Shared memory: writes the whole outbox into the ring at once, under the lock (held by the caller, who
     /// took the writer role in ``writeDecision(_:data:)``), when it fits in the room there is. Writing into the
-    /// ring is a copy and a release store: done under the lock it needs no snapshot of the outbox and no second
-    /// and third lock, which were most of a ping-pong's sending side. Returns true when written (the writer role is
-    /// given back); false when ``writeInline(data:)`` must write it (not a ring, not enough room, a failure).
+    /// ring is a copy and a release store: done under the lock it needs no snapshot of the outbox and none of the
+    /// five more locks ``writeInline(data:)`` takes. Returns true when written (the writer role is given back);
+    /// false when ``writeInline(data:)`` must write it (not a ring, too much or too little room, a failure).
     private func writeToRing(_ state: inout Locked) -> Bool {
         // `ring!` rather than `guard let ring`: a binding is a copy, a retain and a release per call, slow ones
         // for a stream referred to weakly (its count lives in a side table), 15% of a W2 sender.
