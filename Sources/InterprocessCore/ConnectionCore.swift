@@ -129,8 +129,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// ``receive()`` from shared memory: the data frames that lie whole at the front of the ring are copied from
     /// there into their messages' arrays (one copy each; through the frame reader it was two, and five more
     /// locks): the first is taken, the rest go to the inbox, all under one lock. Anything else (control frames,
-    /// a frame larger than the ring, one not yet whole) is read as ``receive(inPlace:)`` reads it. (`ring!`
-    /// rather than a binding: see ``writeToRing(_:)``.)
+    /// a frame larger than ``ringTakeLimit``, one not yet whole) is read as ``receive(inPlace:)`` reads it, a
+    /// larger data frame through the frame reader. (`ring!` rather than a binding: see ``writeToRing(_:)``.)
     private func receiveFromRing() async throws(IPCError) -> [UInt8]? {
         var taken: [UInt8]?
         var readInPlaceWithCredit: Bool?
@@ -182,7 +182,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             // Each frame's fields are read from shared memory once, into locals, and checked before use; its
             // payload is copied out before the frame is applied, so the peer cannot change it meanwhile. All under
             // one lock, as the frame reader's frames are applied (a list of them first cost a retain, a release
-            // and an append per message more, 60% more time in W2).
+            // and an append per message more: 60% more samples in W2).
             return locked.withLock { state -> Int in
                 var count = 0
                 var at = 0
@@ -655,8 +655,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// One step of reading in place (caller holds the reader role, and nothing is queued in the inbox). A data
     /// frame that lies whole in the stream goes to `body` where it is; anything else (control frames, a frame
-    /// larger than the ring or than `limit`, the rest of a frame the frame reader started) goes through the frame reader, which
-    /// reads exactly up to the end of that frame, so the next data frame is again read in place.
+    /// larger than the ring or than `limit`, the rest of a frame the frame reader started) goes through the
+    /// frame reader, which reads exactly up to the end of that frame, so the next data frame is again read in
+    /// place.
     /// When a message was read in place, `delivered` says whether a credit frame was appended.
     private func readInPlace(_ ring: any InPlaceStream, upTo limit: Int, _ body: (UnsafeRawBufferPointer) -> Void, delivered: inout Bool?) -> ReadStep {
         if reader.pendingBytes > 0 {
