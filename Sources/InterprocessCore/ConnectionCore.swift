@@ -227,7 +227,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         guard let first = try await receive() else { return nil }
         guard maxCount > 1 else { return [first] }
         let (batch, credit) = locked.withLock { state -> ([[UInt8]], Bool) in
-            var batch = [first]
+            // Sized once: grown from one element, the array was reallocated about six times per call.
+            var batch: [[UInt8]] = []
+            batch.reserveCapacity(min(maxCount, 1 + state.channel.inbox.count))
+            batch.append(first)
             var credit = false
             while batch.count < maxCount, case .message(let bytes, let grant) = state.channel.receive() {
                 batch.append(bytes)
