@@ -68,6 +68,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var inPlaceWaiting = 0
 
         var hasPendingOutput: Bool { !channel.outbox.isEmpty }
+
+        /// Takes the reader role if it is free and input is wanted (and the connection is open); whether it did.
+        mutating func takeReaderRole() -> Bool {
+            guard !readerBusy, channel.wantsMoreInput, !closed else { return false }
+            readerBusy = true
+            return true
+        }
     }
 
     package let stream: any ByteStream
@@ -267,11 +274,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// and nobody else is reading.
     package func pollReceive() throws(IPCError) -> [UInt8]?? {
         if let ready = try tryReceive() { return ready }
-        let take = locked.withLock { state -> Bool in
-            guard !state.readerBusy, state.channel.wantsMoreInput, !state.closed else { return false }
-            state.readerBusy = true
-            return true
-        }
+        let take = locked.withLock { $0.takeReaderRole() }
         guard take else { return nil }
         _ = pump()
         releaseReader(armIfWaiters: true)
@@ -623,11 +626,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var readInPlaceWithCredit: Bool?
         // A message lying whole in the ring is read at once, without an async call to wait (whose frames, clock
         // reading and locks were most of a receiver's time in a stream of small messages).
-        if locked.withLock({ state in
-            guard state.channel.inbox.isEmpty, !state.readerBusy, !state.closed, state.channel.wantsMoreInput else { return false }
-            state.readerBusy = true
-            return true
-        }) {
+        if locked.withLock({ state in state.channel.inbox.isEmpty && state.takeReaderRole() }) {
             if reader.pendingBytes == 0 { _ = readInPlace(ring!, upTo: .max, body, delivered: &readInPlaceWithCredit) }
             releaseReader(armIfWaiters: true)
             if let credit = readInPlaceWithCredit {
@@ -929,10 +928,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     flush = true
                 }
                 if holdingReader { return (.read, flush, false) }
-                if !state.readerBusy && state.channel.wantsMoreInput && !state.closed {
-                    state.readerBusy = true
-                    return (.read, flush, false)
-                }
+                if state.takeReaderRole() { return (.read, flush, false) }
                 return (.park, flush, false)
             }
             if flush { writeOutbox() }

@@ -208,24 +208,31 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         return .bytes(count)
     }
 
-    /// The free room at the write position (contiguous). Caller has entered. The consumer's position is read
-    /// from shared memory only when the room known from its last reading is less than `wanted`: that line is
-    /// written by the peer, and loading it on every write cost a transfer between the CPUs' caches each time.
+    /// The free room at the write position (contiguous), at least `wanted` bytes if there are (see
+    /// ``consumerPosition(wanted:)``). Caller has entered.
     private func room(wanted: Int) throws(IPCError) -> UnsafeMutableRawBufferPointer {
         if peerGone.load(ordering: .acquiring) {
             throw IPCError(.peerClosed, "the peer process is gone (its end of the shared memory closed)")
         }
         let head = txHead.load(ordering: .relaxed)
-        var tail = txTailSeen.load(ordering: .relaxed)
-        if tx.capacity - Int(head - tail) < wanted {
-            let seen = tail
-            tail = cipc_load_acquire_u64(tx.tail)
-            guard tail >= seen, tail <= head else {
-                throw Self.corrupt("the outgoing ring's read position \(tail) is outside \(seen)...\(head)")
-            }
-            txTailSeen.store(tail, ordering: .relaxed)
-        }
+        let tail = try consumerPosition(wanted: wanted)
         return UnsafeMutableRawBufferPointer(start: tx.data + (Int(head) & (tx.capacity - 1)), count: tx.capacity - Int(head - tail))
+    }
+
+    /// The consumer's position as far as this side needs it: the one kept from the last reading while the room it
+    /// leaves is at least `wanted`, otherwise read again from shared memory and checked (it never moves back and
+    /// never passes what this side wrote). That line is written by the peer: loading it on every write cost a
+    /// transfer between the CPUs' caches each time.
+    private func consumerPosition(wanted: Int) throws(IPCError) -> UInt64 {
+        let head = txHead.load(ordering: .relaxed)
+        let seen = txTailSeen.load(ordering: .relaxed)
+        if tx.capacity - Int(head - seen) >= wanted { return seen }
+        let tail = cipc_load_acquire_u64(tx.tail)
+        guard tail >= seen, tail <= head else {
+            throw Self.corrupt("the outgoing ring's read position \(tail) is outside \(seen)...\(head)")
+        }
+        txTailSeen.store(tail, ordering: .relaxed)
+        return tail
     }
 
     package func publish(_ count: Int) {
@@ -425,15 +432,9 @@ extension SharedMemoryStream: InPlaceStream {
     }
 
     package func hasRoom(_ count: Int) -> Bool {
-        let head = txHead.load(ordering: .relaxed)
-        let seen = txTailSeen.load(ordering: .relaxed)
-        if tx.capacity - Int(head - seen) >= count { return true }
-        // As in `room(wanted:)`: the peer's position is read only when the one known is not enough; a position
-        // out of bounds is reported by the write that follows.
-        let tail = cipc_load_acquire_u64(tx.tail)
-        guard tail >= seen, tail <= head else { return false }
-        txTailSeen.store(tail, ordering: .relaxed)
-        return tx.capacity - Int(head - tail) >= count
+        // A position out of bounds reads as no room; the write that follows reports it.
+        guard let tail = try? consumerPosition(wanted: count) else { return false }
+        return tx.capacity - Int(txHead.load(ordering: .relaxed) - tail) >= count
     }
 
     package func armRead(atLeast count: Int) {
