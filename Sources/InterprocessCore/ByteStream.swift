@@ -57,9 +57,13 @@ package protocol InPlaceStream: ByteStream {
     /// (Callers in the per-message path use this rather than capturing the stream to call ``consume(_:)``:
     /// capturing it retains it, and a stream others refer to weakly keeps its count in a side table.)
     func consumeReadable(_ body: (UnsafeRawBufferPointer?) throws -> Int) throws
-    /// Writes `count` bytes with `body` at the write position and publishes them; false, without running `body`,
-    /// when that much room is not free now.
-    func publish(_ count: Int, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool
+    /// Writes `count` bytes with `body` at the write position and publishes them (`publish`), or only writes them,
+    /// to be published with whatever is published next (a later write, ``publishWritten()``); false, without
+    /// running `body`, when that much room is not free now. Bytes written and not yet published take room but
+    /// are not readable; every write that publishes publishes them too.
+    func write(_ count: Int, publish: Bool, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool
+    /// Publishes the bytes written without publishing, if any.
+    func publishWritten() throws
     /// A cheap check without a lock: whether at least `count` bytes are readable, or the stream ended.
     func hasReadable(atLeast count: Int) -> Bool
     /// Whether `count` bytes of room are free now.

@@ -51,17 +51,19 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     /// (no value is lost by cancelling).
     public func receive() async throws(IPCError) -> Value? {
         if let local { return try await local.receive() }
-        // A message already here is taken without another async call.
-        if let ready = try core!.tryReceive() {
-            guard let bytes = ready else { return nil }
+        // A message already here, or arriving while this task spins, is taken without another async call.
+        switch try core!.receiveNow() {
+        case .done(let bytes):
+            guard let bytes else { return nil }
             return try value(of: bytes)
+        case .park(let parking):
+            return try await receiveWaiting(parking)
         }
-        return try await receiveWaiting()
     }
 
-    /// The slow path of ``receive()`` across processes: waits for a message.
-    private func receiveWaiting() async throws(IPCError) -> Value? {
-        guard let bytes = try await core!.receive() else { return nil }
+    /// The slow path of ``receive()`` across processes: parks until a message arrives.
+    private func receiveWaiting(_ parking: Parking) async throws(IPCError) -> Value? {
+        guard let bytes = try await core!.receive(after: parking) else { return nil }
         return try value(of: bytes)
     }
 

@@ -109,6 +109,8 @@ public final class Sender<Value: Sendable>: Sendable {
     /// ``send(_:)`` or ``select(_:)``).
     public func trySend(_ value: Value) throws(IPCError) -> Bool {
         if let core {
+            // Raw bytes over shared memory go straight into the ring when they can.
+            if isRaw, let sent = try core.trySend(raw: unsafeBitCast(value, to: [UInt8].self)) { return sent }
             return try core.trySend { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
         }
         return try local!.trySend(value)

@@ -70,6 +70,9 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     /// This side's own positions (it is the only producer of `tx` and the only consumer of `rx`), never read back
     /// from shared memory. Accessed by the writer and the reader role respectively, one task at a time.
     private let txHead = Atomic<UInt64>(0)
+    /// The write position last published: `txHead` runs ahead of it while bytes are written without being
+    /// published (``write(_:publish:writing:)``).
+    private let txPublished = Atomic<UInt64>(0)
     private let txTailSeen = Atomic<UInt64>(0)
     private let rxTail = Atomic<UInt64>(0)
     /// The read position last published to the producer: the consumer publishes it once an eighth of the ring was
@@ -238,6 +241,7 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
     package func publish(_ count: Int) {
         let position = txHead.load(ordering: .relaxed) + UInt64(count)
         txHead.store(position, ordering: .relaxed)
+        txPublished.store(position, ordering: .relaxed)
         cipc_store_release_u64(tx.head, position)
         cipc_fence()
         if cipc_load_u32(tx.consumerSleeping) != 0 && cipc_exchange_u32(tx.consumerSleeping, 0) != 0 {
@@ -249,6 +253,9 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         guard !segments.isEmpty else { return 0 }
         try enter()
         defer { leave() }
+        // Bytes written before without publishing go first: the peer must be able to read them (and make room)
+        // even when this write finds no room.
+        publishPendingEntered()
         var wanted = -offset
         for segment in segments { wanted += segment.count }
         let room = try room(wanted: wanted)
@@ -413,14 +420,29 @@ extension SharedMemoryStream: InPlaceStream {
         if consumed > 0 { consume(consumed) }
     }
 
-    package func publish(_ count: Int, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool {
+    package func write(_ count: Int, publish now: Bool, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool {
         try enter()
         defer { leave() }
         let room = try room(wanted: count)
         guard room.count >= count else { return false }
         body(UnsafeMutableRawBufferPointer(rebasing: room[..<count]))
-        publish(count)
+        if now {
+            publish(count)
+        } else {
+            txHead.store(txHead.load(ordering: .relaxed) + UInt64(count), ordering: .relaxed)
+        }
         return true
+    }
+
+    package func publishWritten() throws {
+        try enter()
+        defer { leave() }
+        publishPendingEntered()
+    }
+
+    /// Publishes what was written without publishing, if anything (caller has entered).
+    private func publishPendingEntered() {
+        if txHead.load(ordering: .relaxed) != txPublished.load(ordering: .relaxed) { publish(0) }
     }
 
     package func withWritableBytes<R>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer?) throws -> R) throws -> R {

@@ -128,6 +128,19 @@ struct SharedMemoryTests {
         }
     }
 
+    @Test("small messages written straight into the ring and large ones written from the outbox, mixed in bursts both ways, arrive in order")
+    func directAndOutboxWritesInterleave() async throws {
+        // Up to 32 KiB a raw message is written into the ring by the send itself and published with its burst;
+        // larger ones (and the receivers' credit frames) go through the outbox, whose write must publish the
+        // frames written before it first. In a 64 KiB ring the large ones also find it full of small ones.
+        let sizes = [0, 64, 40_000, 1, 32 << 10 - 16, 64, 100_000, 7, 3_000]
+        try await echoThroughHelper(ringSize: 64 << 10, count: 4_000) { i in
+            var m = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: sizes[i % sizes.count])
+            if m.count >= 4 { m.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(i).littleEndian, as: UInt32.self) } }
+            return m
+        }
+    }
+
     /// Sends `count` messages to the helper's echo over a ring of `ringSize` bytes while receiving the echoes
     /// (both directions at once), and checks that every echo is the message sent, in order, and that the helper
     /// ended cleanly.
