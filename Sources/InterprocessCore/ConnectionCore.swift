@@ -391,24 +391,31 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package func trySend(raw payload: [UInt8]) throws(IPCError) -> Bool? {
         let frameSize = Wire.dataFrameOverhead + payload.count
         guard ring != nil, frameSize <= Self.directLimit else { return nil }
-        let step: (sent: Bool, writeNow: Bool)? = try locked.withLock { state throws(IPCError) in
+        return try locked.withLock { state throws(IPCError) -> Bool? in
             guard !state.loanActive, !state.writerBusy, state.channel.outbox.isEmpty, !state.closed, !state.writeFailed,
                   !state.channel.isRendezvous else { return nil }
-            guard try state.channel.checkSend(size: payload.count) else { return (false, false) }
+            guard try state.channel.checkSend(size: payload.count) else { return false }
+            // The room is checked first (against the consumer position kept, rarely read again), so that whether to
+            // publish now is decided before the frame is written, and it is written and published in one call.
+            guard ring!.hasRoom(frameSize) else { return nil }
+            let wasStaged = state.staged
+            state.staged = true
+            let publish = writeDecision(&state, data: true)
             let seq = state.channel.nextSeq
-            let written = (try? ring!.write(frameSize, publish: false) { region in
+            let written = (try? ring!.write(frameSize, publish: publish) { region in
                 region.storeBytes(of: Wire.dataFrameHeader(seq: seq, payloadCount: payload.count), as: (UInt64, UInt64).self)
                 payload.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: region[Wire.dataFrameOverhead...]).copyMemory(from: $0) }
             }) ?? false
-            // No room now (or the ring failed, which the usual path reports): sent as usual.
-            guard written else { return nil }
+            guard written else {
+                // The room was there: the peer is gone or broke the ring. The usual path reports it.
+                state.staged = wasStaged
+                if publish { state.writerBusy = false }
+                return nil
+            }
             _ = try state.channel.commitInPlaceData(size: payload.count)
-            state.staged = true
-            return (true, writeDecision(&state, data: true) && !writeToRing(&state))
+            if publish { ringWritten(&state) }
+            return true
         }
-        guard let step else { return nil }
-        if step.writeNow { writeInline(data: true) }
-        return step.sent
     }
 
     /// Frames up to this size are written straight into the ring by ``trySend(raw:)``; larger payloads go to the
@@ -1287,6 +1294,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         } catch {
             return false
         }
+        ringWritten(&state)
+        return true
+    }
+
+    /// Everything pending was written into the ring and published by the writer (lock held): the role is given
+    /// back, and a deferred flush asked for is withdrawn.
+    private func ringWritten(_ state: inout Locked) {
         state.staged = false
         state.writerBusy = false
         state.unflushedFrames = 0
@@ -1294,7 +1308,6 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             state.flushScheduled = false
             stream.cancelFlush()
         }
-        return true
     }
 
     /// Decides how appended output gets written (lock held): true when the caller writes it now (it took the
@@ -1492,12 +1505,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 private enum WaitStep<T> { case done(T), read, park }
 
 /// How a round of waiting ended: with the value, or with the task to park.
+@usableFromInline
 enum WaitRound<T> { case done(T), park(Parking) }
 
 /// A task about to park (``ConnectionCore/park(_:)``). With `handingOverReader`, it holds the reader role and
 /// gives it to the I/O thread, which reads once the stream is readable. It does not park if a wake-up happened
 /// since it looked at the state (generation `seen`). With `inPlace` (a count of bytes), it waits to read a frame
 /// in place: the I/O thread wakes it once that many bytes are readable instead of reading them itself.
+@usableFromInline
 struct Parking: Sendable {
     fileprivate let handingOverReader: Bool
     fileprivate let seen: UInt64
