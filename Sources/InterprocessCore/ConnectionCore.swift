@@ -388,7 +388,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// ``writeDecision(_:data:)`` decides for any send; until then it is pending output (`staged`). Returns nil
     /// when this path does not apply (the caller sends as usual), otherwise whether it was sent (false: no credit
     /// now).
-    package func trySend(raw payload: [UInt8]) throws(IPCError) -> Bool? {
+    package func trySend(raw payload: UnsafeRawBufferPointer) throws(IPCError) -> Bool? {
         let frameSize = Wire.dataFrameOverhead + payload.count
         guard ring != nil, frameSize <= Self.directLimit else { return nil }
         return try locked.withLock { state throws(IPCError) -> Bool? in
@@ -404,7 +404,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             let seq = state.channel.nextSeq
             let written = (try? ring!.write(frameSize, publish: publish) { region in
                 region.storeBytes(of: Wire.dataFrameHeader(seq: seq, payloadCount: payload.count), as: (UInt64, UInt64).self)
-                payload.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: region[Wire.dataFrameOverhead...]).copyMemory(from: $0) }
+                UnsafeMutableRawBufferPointer(rebasing: region[Wire.dataFrameOverhead...]).copyMemory(from: payload)
             }) ?? false
             guard written else {
                 // The room was there: the peer is gone or broke the ring. The usual path reports it.

@@ -15,7 +15,7 @@ public final class Sender<Value: Sendable>: Sendable {
     /// bytes themselves).
     private let core: ConnectionCore?
     private let encode: @Sendable (Value, inout [UInt8]) throws(IPCError) -> Void
-    private let isRaw: Bool
+    @usableFromInline let isRaw: Bool
 
     package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
         self.local = nil
@@ -63,9 +63,22 @@ public final class Sender<Value: Sendable>: Sendable {
         // Inlined into the caller, so that a send with credit available completes in the synchronous
         // `sendIfReady` without an async call of its own (the callee's frame from the task allocator, the executor
         // check on entry: a sixth of a raw W2 sender). Its closure's context lives on the thread's stack (in an
-        // async function it comes from the task's allocator on every call).
-        if try sendIfReady(value) { return }
+        // async function it comes from the task's allocator on every call). A raw value's bytes are handed over
+        // here, where `Value` is concrete: in the unspecialized callee the cast was a retain and a release per send.
+        if isRaw {
+            if try trySendRaw(unsafeBitCast(value, to: [UInt8].self)) { return }
+        } else if try sendIfReady(value) {
+            return
+        }
         try await sendWaiting(value)
+    }
+
+    /// ``trySend(_:)`` for the raw codec's values (`isRaw`, always across processes). Over shared memory the
+    /// frame goes straight into the ring when it can (``ConnectionCore/trySend(raw:)``).
+    @usableFromInline
+    func trySendRaw(_ bytes: [UInt8]) throws(IPCError) -> Bool {
+        if let sent = try bytes.span.withUnsafeBytes({ raw throws(IPCError) in try core!.trySend(raw: raw) }) { return sent }
+        return try core!.trySend { state throws(IPCError) in try state.appendData(bytes: bytes, asSegment: bytes.count >= Self.segmentThreshold) }
     }
 
     /// The fast path of ``send(_:)`` across processes: ``trySend(_:)``. False within a process (whose `send`
@@ -108,9 +121,8 @@ public final class Sender<Value: Sendable>: Sendable {
     /// capacity-0 send always waits for the other process to take the value, so it never succeeds here (use
     /// ``send(_:)`` or ``select(_:)``).
     public func trySend(_ value: Value) throws(IPCError) -> Bool {
+        if isRaw { return try trySendRaw(unsafeBitCast(value, to: [UInt8].self)) }
         if let core {
-            // Raw bytes over shared memory go straight into the ring when they can.
-            if isRaw, let sent = try core.trySend(raw: unsafeBitCast(value, to: [UInt8].self)) { return sent }
             return try core.trySend { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
         }
         return try local!.trySend(value)
