@@ -167,6 +167,41 @@ struct Helper {
                     report("\(error.code) after \(elapsed.components.seconds) s: \(error.message)")
                 }
                 withExtendedLifetime(server) {}
+            case "release-check":
+                // Opens `number` connections on the endpoint one after another (both ends in this process),
+                // sends small and large messages both ways, closes them, and checks that every descriptor and
+                // every shared-memory mapping they took is released: counted after a first round (which creates
+                // the I/O thread's own descriptors once) and again, within 20 seconds (the teardown finishes in
+                // the background), after the rest.
+                var before = (fds: 0, mappings: 0)
+                var open = (fds: 0, mappings: 0)
+                for round in 0..<number {
+                    let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
+                    let client = try await IPC.connect(to: listener.endpoint, sending: .raw, receiving: .raw, options: options)
+                    let server = try await listener.accept()
+                    open = resources()
+                    for size in [64, 100_000, 1, 3 << 20] {
+                        let m = [UInt8](repeating: UInt8(truncatingIfNeeded: size), count: size)
+                        try await client.sender.send(m)
+                        let received = try await server.receiver.receive()
+                        try await server.sender.send(m)
+                        guard received == m, try await client.receiver.receive() == m else {
+                            report("the message or its echo of \(size) bytes differs")
+                            exit(1)
+                        }
+                    }
+                    try await client.sender.closeAndWait()
+                    try await server.sender.closeAndWait()
+                    guard try await server.receiver.receive() == nil, try await client.receiver.receive() == nil else {
+                        report("a message after the close")
+                        exit(1)
+                    }
+                    listener.close()
+                    if round == 0 { before = await settled(at: nil, resources) }
+                }
+                let after = await settled(at: before, resources)
+                report("descriptors \(before.fds) -> \(after.fds) (\(open.fds) while open), mappings \(before.mappings) -> \(after.mappings) (\(open.mappings) while open)")
+                exit(after == before ? 0 : 1)
             default:
                 report("unknown role \(args[0])")
                 exit(2)
@@ -197,6 +232,57 @@ struct Helper {
         }
         try await c.sender.closeAndWait()
         report("echoed \(count)")
+    }
+
+    /// This process's open descriptors and its mappings of the library's shared memory.
+    static func resources() -> (fds: Int, mappings: Int) {
+        let fds = (try? directoryEntries("/proc/self/fd")) ?? -1
+        let maps = String(decoding: readFile("/proc/self/maps"), as: UTF8.self)
+        return (fds, maps.split(separator: "\n").filter { $0.contains("memfd:interprocess") }.count)
+    }
+
+    /// A file's bytes (empty if it cannot be read).
+    static func readFile(_ path: String) -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { return bytes }
+            bytes += chunk[0..<n]
+        }
+    }
+
+    /// What `count` reads once it has settled at `target` (within 20 seconds; nil: once it stopped changing for a
+    /// tenth of a second, for a baseline), or what it read last.
+    static func settled(at target: (fds: Int, mappings: Int)?, _ count: () -> (fds: Int, mappings: Int)) async -> (fds: Int, mappings: Int) {
+        let deadline = ContinuousClock.now + .seconds(20)
+        var last = count()
+        var steadySince = ContinuousClock.now
+        while ContinuousClock.now < deadline {
+            if let target, last == target { return last }
+            if target == nil, ContinuousClock.now - steadySince >= .milliseconds(100) { return last }
+            try? await Task.sleep(for: .milliseconds(10))
+            let now = count()
+            if now != last { steadySince = ContinuousClock.now }
+            last = now
+        }
+        return last
+    }
+
+    /// The number of entries in a directory (without `.` and `..`).
+    static func directoryEntries(_ path: String) throws(IPCError) -> Int {
+        guard let dir = opendir(path) else { throw IPCError(.systemCallFailed, "cannot list \(path)") }
+        defer { closedir(dir) }
+        var count = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { count += 1 }
+        }
+        // The directory's own descriptor, open while it was listed.
+        return count - 1
     }
 
     /// Runs a command found on the PATH and waits for it; throws unless it succeeds. (Not Foundation's `Process`:

@@ -264,6 +264,24 @@ struct CrossProcessTests {
         #expect(try await rx.receive() == Point(x: 5))
         #expect(try await rx.receive() == nil)
     }
+
+    /// In a process of its own (whose descriptors no other test opens meanwhile), 20 connections one after
+    /// another, each with messages both ways (one larger than the shared-memory ring) and closed: the helper
+    /// counts its descriptors and the mappings of the library's shared memory after the first and after the last,
+    /// and exits 1 unless they are the same.
+    @Test("closed connections give back every descriptor and shared-memory mapping they took", arguments: TransportKind.allCases)
+    func closedConnectionsReleaseEverything(_ kind: TransportKind) async throws {
+        let helper = try ChildProcess.helper("release-check", kind.endpoint(in: temporaryDirectory()), 20)
+        let (status, output) = await helper.finish(within: 90)
+        #expect(status == 0, "helper said: \(output)")
+        // "descriptors A -> B (C while open), mappings D -> E (F while open)": what was counted must have been
+        // taken while a connection was open, or the counts say nothing.
+        let numbers = output.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        #expect(numbers.count == 6, "helper said: \(output)")
+        guard numbers.count == 6 else { return }
+        #expect(numbers[2] > numbers[0])
+        #expect(kind == .sharedMemory ? numbers[5] > 0 : numbers[5] == 0)
+    }
 }
 
 /// This process's resident memory, in KiB.
