@@ -268,7 +268,7 @@ struct CrossProcessTests {
     /// In a process of its own (whose descriptors no other test opens meanwhile), 20 connections one after
     /// another, each with messages both ways (one larger than the shared-memory ring) and closed: the helper
     /// counts its descriptors and the mappings of the library's shared memory after the first and after the last,
-    /// and exits 1 unless they are the same.
+    /// and exits 1 if there are more after the last.
     @Test("closed connections give back every descriptor and shared-memory mapping they took", arguments: TransportKind.allCases)
     func closedConnectionsReleaseEverything(_ kind: TransportKind) async throws {
         let helper = try ChildProcess.helper("release-check", kind.endpoint(in: temporaryDirectory()), 20)
