@@ -139,10 +139,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     func receiveNow() throws(IPCError) -> WaitRound<[UInt8]?> {
         if let ready = try tryReceive() { return .done(ready) }
         if ring != nil { return try receiveFromRing() }
-        switch try waitRound(spin: true, inPlace: false, read: { pump() ? .progressed : .waiting(1) }, { state throws(IPCError) -> ([UInt8]?, Bool)? in
-            let step = try Self.receiveStep(&state)
-            if step == nil { state.waitedForInput = true }
-            return step
+        switch try waitRound(spin: true, inPlace: false, read: { pump() ? .progressed : .waiting(1) }, { state throws(IPCError) in
+            try Self.receiveStepOrWait(&state)
         }) {
         case .done(let (message, flag)):
             afterTaken(message, flag)
@@ -185,9 +183,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             return readInPlace(ring!, upTo: Self.ringTakeLimit, { taken = [UInt8]($0) }, delivered: &readInPlaceWithCredit)
         }) { state throws(IPCError) -> ([UInt8]?, Bool)? in
             if let credit = readInPlaceWithCredit { return (nil, credit) }
-            let step = try Self.receiveStep(&state)
-            if step == nil { state.waitedForInput = true }
-            return step
+            return try Self.receiveStepOrWait(&state)
         }
         switch round {
         case .park(let parking):
@@ -315,6 +311,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         _ = pump()
         releaseReader(armIfWaiters: true)
         return try tryReceive()
+    }
+
+    /// ``receiveStep(_:)`` of a receive that waits when nothing is here: the wait is noted (`waitedForInput`), so
+    /// that the next send, which answers what arrives, is written at once.
+    private static func receiveStepOrWait(_ state: inout Locked) throws(IPCError) -> ([UInt8]?, Bool)? {
+        let step = try receiveStep(&state)
+        if step == nil { state.waitedForInput = true }
+        return step
     }
 
     /// The next message and whether a credit frame was appended; or nil (the end) and whether the end is
@@ -721,9 +725,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 readInPlace(ring!, upTo: .max, body, delivered: &readInPlaceWithCredit)
             }, { state throws(IPCError) -> ([UInt8]?, Bool)? in
                 if let credit = readInPlaceWithCredit { return ([], credit) }
-                let step = try Self.receiveStep(&state)
-                if step == nil { state.waitedForInput = true }
-                return step
+                return try Self.receiveStepOrWait(&state)
             }) {
             case .done(let step):
                 (message, flag) = step
