@@ -25,26 +25,42 @@ let package = Package(
     targets: [
         // Every syscall Swift cannot reach directly (futex, CMSG, SO_PEERCRED, accept4, pause).
         .target(name: "CInterprocessShim"),
-        // Channel semantics, wire protocol and codecs. No syscalls.
+        // The little every waiting layer needs from the system: a monotonic clock, the spin hint, yielding, and
+        // the one spin policy.
+        .target(name: "InterprocessPlatform", dependencies: ["CInterprocessShim"], swiftSettings: swiftSettings),
+        // Channel semantics, the wire protocol's state machine, codecs and select. Makes no system calls.
         .target(
             name: "InterprocessCore",
             dependencies: [
-                "CInterprocessShim",
+                "InterprocessPlatform",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
-        // Unix domain sockets and TCP: a lean non-blocking socket path with one epoll thread per process.
+        // What every transport shares: the process's one I/O thread (epoll), system-call wrappers that map errno
+        // to IPCError, descriptor ownership.
+        .target(
+            name: "InterprocessIO",
+            dependencies: ["InterprocessCore", "InterprocessPlatform", "CInterprocessShim"],
+            swiftSettings: swiftSettings
+        ),
+        // Transport: Unix domain sockets and TCP.
         .target(
             name: "InterprocessSockets",
-            dependencies: ["InterprocessCore", "CInterprocessShim"],
+            dependencies: ["InterprocessCore", "InterprocessIO", "CInterprocessShim"],
+            swiftSettings: swiftSettings
+        ),
+        // Transport: shared memory (a sealed memfd with one byte ring per direction, handed over a socket).
+        .target(
+            name: "InterprocessSharedMemory",
+            dependencies: ["InterprocessCore", "InterprocessIO", "InterprocessPlatform", "CInterprocessShim"],
             swiftSettings: swiftSettings
         ),
         // What users import.
         .target(
             name: "Interprocess",
-            dependencies: ["InterprocessCore", "InterprocessSockets", "CInterprocessShim"],
+            dependencies: ["InterprocessCore", "InterprocessSockets", "InterprocessSharedMemory", "CInterprocessShim"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -52,10 +68,17 @@ let package = Package(
             dependencies: ["InterprocessCore", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
+        // What the benchmark and the test helper need besides the public API: pinning to a CPU, spawning a child
+        // with an inherited descriptor, peak memory, and the raw baselines (plain syscalls, a C ring).
+        .target(
+            name: "BenchmarkSupport",
+            dependencies: ["CInterprocessShim"],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "ipc",
             dependencies: [
-                "Interprocess", "CInterprocessShim",
+                "Interprocess", "BenchmarkSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Only for `ipc bench-local`, which measures in-process channels beside AsyncChannel.
                 .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
@@ -65,12 +88,15 @@ let package = Package(
         // Spawned by the tests: the other process of every cross-process test.
         .executableTarget(
             name: "ipc-test-helper",
-            dependencies: ["Interprocess", "CInterprocessShim"],
+            dependencies: ["Interprocess", "BenchmarkSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "InterprocessTests",
-            dependencies: ["Interprocess", "InterprocessCore", "InterprocessSockets", "InterprocessNIO", "CInterprocessShim", "ipc-test-helper", "ipc"],
+            dependencies: [
+                "Interprocess", "InterprocessCore", "InterprocessPlatform", "InterprocessIO", "InterprocessSockets",
+                "InterprocessSharedMemory", "InterprocessNIO", "BenchmarkSupport", "CInterprocessShim", "ipc-test-helper", "ipc",
+            ],
             swiftSettings: swiftSettings
         ),
     ],

@@ -1,4 +1,5 @@
 @_exported import InterprocessCore
+import InterprocessSharedMemory
 import InterprocessSockets
 import Logging
 
@@ -92,9 +93,12 @@ public enum IPC {
                 socket.stream.close()
                 throw refusal
             }
+            // The rendezvous socket's descriptor goes to the shared-memory transport, which owns it from now on.
+            let peer = socket.stream.peerDescription
+            let rendezvous = socket.stream.detachDescriptor()
             stream = listening
-                ? try SharedMemorySetup.create(socket: socket.stream, ringCapacity: options.sharedMemoryRingSize)
-                : try await SharedMemorySetup.join(socket: socket.stream, deadline: deadline)
+                ? try SharedMemorySetup.create(rendezvous: rendezvous, peer: peer, ringCapacity: options.sharedMemoryRingSize)
+                : try await SharedMemorySetup.join(rendezvous: rendezvous, peer: peer, deadline: deadline)
         } else {
             if case .tcp = endpoint, let timeout = options.deadPeerTimeout { socket.stream.detectDeadPeer(after: timeout) }
             stream = socket.stream

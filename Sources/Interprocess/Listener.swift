@@ -67,6 +67,11 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
         try await ready.take()
     }
 
+    /// ``accept()``, waiting at most `timeout`: throws `timeout` when no connection completed its handshake by then.
+    public func accept(timeout: Duration) async throws(IPCError) -> Element {
+        try await withDeadline(.now + timeout) { () async throws(IPCError) in try await self.accept() }
+    }
+
     func acceptOrEnd() async throws(IPCError) -> Element? {
         do {
             return try await accept()

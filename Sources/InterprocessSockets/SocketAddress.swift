@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CInterprocessShim
 import InterprocessCore
+import InterprocessIO
 
 /// A resolved socket address for bind/connect.
 enum SocketAddress {

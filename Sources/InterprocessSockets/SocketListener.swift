@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CInterprocessShim
 import InterprocessCore
+import InterprocessIO
 import Synchronization
 
 /// A socket just accepted or connected, with what the kernel says about the peer.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CInterprocessShim
 import InterprocessCore
+import InterprocessIO
 import Synchronization
 
 /// A connected, non-blocking stream socket (Unix domain or TCP) as a ``ByteStream``.

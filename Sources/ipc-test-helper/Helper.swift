@@ -3,7 +3,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CInterprocessShim
+import BenchmarkSupport
 import Interprocess
 
 @main
@@ -289,12 +289,10 @@ struct Helper {
     /// Runs a command found on the PATH and waits for it; throws unless it succeeds. (Not Foundation's `Process`:
     /// it needs a loopback socket of its own, which the dead-peer drill takes away.)
     static func command(_ arguments: [String]) throws(IPCError) {
-        let argv = (["env"] + arguments).map { strdup($0) } + [nil]
-        defer { for arg in argv { free(arg) } }
-        let pid = cipc_spawn("/usr/bin/env", argv, -1)
-        var code: Int32 = 0
-        guard pid > 0, cipc_wait(pid, &code) == 0, code == 0 else {
-            throw IPCError(.systemCallFailed, "\(arguments.joined(separator: " ")) failed (status \(code))")
+        let pid = ProcessControl.spawn("/usr/bin/env", arguments: ["env"] + arguments)
+        let code = pid.flatMap(ProcessControl.wait)
+        guard code == 0 else {
+            throw IPCError(.systemCallFailed, "\(arguments.joined(separator: " ")) failed (status \(code.map(String.init) ?? "unknown"))")
         }
     }
 

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
-import CInterprocessShim
+import BenchmarkSupport
 import Foundation
 import Interprocess
 
@@ -89,7 +89,7 @@ struct BenchResult {
     static func throughput(_ workload: Workload, count: Int, since start: UInt64, done: String) -> BenchResult {
         let seconds = Double(monotonicNanos() - start) / 1e9
         let rate = workload == .w3 ? Double(count) * Double(1 << 20) / seconds / 1e9 : Double(count) / seconds / 1e6
-        return BenchResult(values: [rate], parentRSSKiB: cipc_peak_rss_kib(), childRSSKiB: Int(done.split(separator: " ").last ?? "0") ?? 0)
+        return BenchResult(values: [rate], parentRSSKiB: ProcessControl.peakResidentKiB(), childRSSKiB: Int(done.split(separator: " ").last ?? "0") ?? 0)
     }
 }
 
@@ -119,7 +119,7 @@ struct Bench: AsyncParsableCommand {
         case "free": childCPU = nil
         default: throw ValidationError("--placement must be split, same or free")
         }
-        if childCPU != nil { _ = cipc_pin_to_cpu(0) }
+        if childCPU != nil { ProcessControl.pinToCPU(0) }
         var options = ChannelOptions()
         if let capacity { options.capacity = capacity }
         if let spin { options.spinMicroseconds = spin }
@@ -203,8 +203,8 @@ struct Bench: AsyncParsableCommand {
         var options = options
         if ringSize == nil, let size = Self.ringSize(for: workload) { options.sharedMemoryRingSize = size }
         if transport == .baseline {
-            var fds: [Int32] = [0, 0]
-            guard cipc_socketpair(&fds) == 0 else { throw ChildError(message: "socketpair failed") }
+            guard let pair = ProcessControl.socketPair() else { throw ChildError(message: "socketpair failed") }
+            let fds = [pair.0, pair.1]
             let child = try ChildProcess.spawnSelf(args, inheritFD: fds[1], pinCPU: childCPU)
             close(fds[1])
             let stream = RawStream(fd: fds[0])
@@ -545,7 +545,7 @@ struct BenchPeer: AsyncParsableCommand {
                 guard let ok else { throw ChildError(message: "stream ended at \(i)") }
                 guard ok else { throw ChildError(message: "message \(i) corrupt or out of order") }
             }
-            try await connection.sender.send(Array("done \(cipc_peak_rss_kib())".utf8))
+            try await connection.sender.send(Array("done \(ProcessControl.peakResidentKiB())".utf8))
         }
         guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
         try await connection.sender.closeAndWait()
@@ -557,7 +557,7 @@ struct BenchPeer: AsyncParsableCommand {
             guard let sample = try await connection.receiver.receive() else { throw ChildError(message: "stream ended at \(i)") }
             guard sample.seq == UInt64(i), sample.body.count == 48 else { throw ChildError(message: "sample \(i) wrong") }
         }
-        try await connection.sender.send("done \(cipc_peak_rss_kib())")
+        try await connection.sender.send("done \(ProcessControl.peakResidentKiB())")
         guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
         try await connection.sender.closeAndWait()
     }
@@ -583,7 +583,7 @@ struct BenchPeer: AsyncParsableCommand {
                 let tag = UInt8(truncatingIfNeeded: i)
                 precondition(message[0] == tag && message[message.count - 1] == tag, "baseline: message \(i) corrupt")
             }
-            Array("done \(cipc_peak_rss_kib())".utf8).withUnsafeBytes { stream.send($0) }
+            Array("done \(ProcessControl.peakResidentKiB())".utf8).withUnsafeBytes { stream.send($0) }
         }
     }
 }

@@ -39,7 +39,7 @@ struct Demo: AsyncParsableCommand {
         say("\(listener.endpoint):")
         let child = try ChildProcess.spawnSelf(["demo-peer", listener.endpoint.description])
         do {
-            let connection = try await withDeadline(.now + .seconds(20)) { () async throws(IPCError) in try await listener.accept() }
+            let connection = try await listener.accept(timeout: .seconds(20))
             let hello = "Hello from process 1!"
             say("  \(me) sends:    \(hello)")
             try await connection.sender.send(hello)

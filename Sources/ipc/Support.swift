@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CInterprocessShim
+import BenchmarkSupport
 import Foundation
 import Interprocess
 
@@ -47,11 +47,7 @@ struct ChildProcess: Sendable {
         if let pinCPU {
             argv = ["/usr/bin/taskset", "-c", String(pinCPU)] + argv
         }
-        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
-        cargs.append(nil)
-        defer { for p in cargs { free(p) } }
-        let pid = cipc_spawn(argv[0], cargs, inheritFD)
-        guard pid > 0 else { throw ChildError(message: "cannot start \(argv[0]): \(String(cString: strerror(errno)))") }
+        guard let pid = ProcessControl.spawn(argv[0], arguments: argv, inheritFD: inheritFD) else { throw ChildError(message: "cannot start \(argv[0]): \(String(cString: strerror(errno)))") }
         return ChildProcess(pid: pid)
     }
 
@@ -82,4 +78,4 @@ func removeDirectory(_ path: String) {
     try? FileManager.default.removeItem(atPath: path)
 }
 
-func monotonicNanos() -> UInt64 { cipc_monotonic_ns() }
+func monotonicNanos() -> UInt64 { ProcessControl.monotonicNanoseconds() }

@@ -9,13 +9,13 @@ import Synchronization
 /// The process's one I/O thread: an epoll loop that tells parked connections when their sockets are ready,
 /// runs deferred flushes, and accepts on listening sockets. It sleeps in `epoll_wait` when nothing happens,
 /// so an idle process uses no CPU.
-final class Poller: Sendable {
-    static let shared = Poller()
+package final class Poller: Sendable {
+    package static let shared = Poller()
 
     private let epollFD: Int32
     private let timerFD: Int32
     /// How long a deferred flush waits, so a burst of sends is written at once.
-    static let flushDelayNanos: UInt64 = 50_000
+    package static let flushDelayNanos: UInt64 = 50_000
     private struct Registry {
         var handlers: [UInt64: @Sendable (_ events: UInt32) -> Void] = [:]
         var nextToken: UInt64 = 1
@@ -35,7 +35,7 @@ final class Poller: Sendable {
     }
 
     /// Registers `fd`; `handler` gets each event (CIPC_EV_* bits) on the I/O thread. Nothing is armed yet.
-    func register(fd: Int32, handler: @escaping @Sendable (UInt32) -> Void) -> UInt64 {
+    package func register(fd: Int32, handler: @escaping @Sendable (UInt32) -> Void) -> UInt64 {
         let token = registry.withLock { r in
             let t = r.nextToken
             r.nextToken += 1
@@ -47,18 +47,18 @@ final class Poller: Sendable {
     }
 
     /// Arms one event for `fd` (CIPC_EV_READ and/or CIPC_EV_WRITE).
-    func arm(fd: Int32, token: UInt64, events: UInt32) {
+    package func arm(fd: Int32, token: UInt64, events: UInt32) {
         _ = cipc_epoll_arm(epollFD, fd, 1, events, token)
     }
 
-    func unregister(fd: Int32, token: UInt64) {
+    package func unregister(fd: Int32, token: UInt64) {
         _ = cipc_epoll_remove(epollFD, fd)
         _ = registry.withLock { $0.handlers.removeValue(forKey: token) }
     }
 
     /// Runs `handler.flushRequested()` on the I/O thread after ``flushDelayNanos``. Arming a timer wakes no
     /// thread now, so the sender keeps its CPU and the flush carries everything appended meanwhile.
-    func requestFlush(_ handler: any ByteStreamHandler) {
+    package func requestFlush(_ handler: any ByteStreamHandler) {
         // The timer is armed and disarmed under the lock, so that its state always matches `timerArmed`.
         registry.withLock { r in
             r.flushQueue.append(handler)
@@ -72,7 +72,7 @@ final class Poller: Sendable {
     /// timer is disarmed, so the I/O thread does not wake: during a long burst of sends, each batch is written
     /// by the sender and a wake-up per batch would take the sender's CPU (measured: W2 ran up to twice as fast
     /// without those wake-ups).
-    func cancelFlush(_ handler: any ByteStreamHandler) {
+    package func cancelFlush(_ handler: any ByteStreamHandler) {
         registry.withLock { r in
             r.flushQueue.removeAll { $0 === handler }
             guard r.flushQueue.isEmpty, r.timerArmed else { return }

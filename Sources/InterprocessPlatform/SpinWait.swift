@@ -1,5 +1,3 @@
-import CInterprocessShim
-
 /// Bounded waiting by polling, the one policy every waiter in the package uses before it sleeps: the CPU's
 /// spin hint for the first microseconds (a peer on another CPU answers within them), then yielding the CPU
 /// between polls (a peer that shares this CPU must get to run), until the budget is spent.
@@ -14,7 +12,7 @@ package struct SpinWait {
     package static let defaultYieldAfterNanoseconds: UInt64 = 5_000
 
     package init(budgetNanoseconds: UInt64, yieldAfterNanoseconds: UInt64 = defaultYieldAfterNanoseconds) {
-        start = cipc_monotonic_ns()
+        start = Platform.monotonicNanoseconds()
         deadline = start &+ budgetNanoseconds
         yieldAfter = yieldAfterNanoseconds
     }
@@ -25,10 +23,10 @@ package struct SpinWait {
     /// few loads from memory passes more, as reading the clock (tens of nanoseconds on a VM) would otherwise be
     /// most of each poll and delay the moment the peer's write is seen.
     package mutating func pause(clockEvery: Int = 1) -> Bool {
-        if yielding { cipc_yield() } else { cipc_cpu_relax() }
+        if yielding { Platform.yieldCPU() } else { Platform.relaxCPU() }
         pauses &+= 1
         if !yielding && pauses % clockEvery != 0 { return true }
-        let now = cipc_monotonic_ns()
+        let now = Platform.monotonicNanoseconds()
         if now >= deadline { return false }
         yielding = now &- start >= yieldAfter
         return true

@@ -6,15 +6,15 @@ import Synchronization
 ///
 /// Lock-free, because every read and write takes part: one word holds the number of users (bits 0-61), whether
 /// the stream is closed (bit 62) and whether it was released (bit 63). Exactly one caller is told to release.
-struct DescriptorUse: ~Copyable {
+package struct DescriptorUse: ~Copyable {
     private let word = Atomic<UInt64>(0)
     private static let closedBit: UInt64 = 1 << 62
     private static let releasedBit: UInt64 = 1 << 63
 
-    init() {}
+    package init() {}
 
     /// A read or write begins; false once the stream is closed.
-    func enter() -> Bool {
+    package func enter() -> Bool {
         var current = word.load(ordering: .relaxed)
         while true {
             if current & Self.closedBit != 0 { return false }
@@ -25,22 +25,22 @@ struct DescriptorUse: ~Copyable {
     }
 
     /// A read or write ended; true when the caller must release the descriptors now (the last user after a close).
-    func leave() -> Bool {
+    package func leave() -> Bool {
         word.subtract(1, ordering: .acquiringAndReleasing).newValue == Self.closedBit && claimRelease()
     }
 
     /// The stream is closed; true when the caller must release the descriptors now (nobody is using them).
-    func close() -> Bool {
+    package func close() -> Bool {
         let before = word.bitwiseOr(Self.closedBit, ordering: .acquiringAndReleasing).oldValue
         return before == 0 && claimRelease()
     }
 
     /// The descriptors were handed to another owner: never release them here.
-    func detach() {
+    package func detach() {
         word.store(Self.closedBit | Self.releasedBit, ordering: .releasing)
     }
 
-    var released: Bool { word.load(ordering: .acquiring) & Self.releasedBit != 0 }
+    package var released: Bool { word.load(ordering: .acquiring) & Self.releasedBit != 0 }
 
     /// Closed and unused: whoever sets the released bit first releases.
     private func claimRelease() -> Bool {

@@ -1,4 +1,4 @@
-import CInterprocessShim
+import InterprocessPlatform
 import Synchronization
 
 /// Drives one connection: owns its ``ConnectionState`` behind a mutex and moves bytes through a ``ByteStream``.
@@ -1328,12 +1328,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             // the sender's CPU in the middle of the burst (two context switches, and the lock contended).
             if !urgent {
                 if !state.flushScheduled {
-                    let now = cipc_monotonic_ns()
+                    let now = Platform.monotonicNanoseconds()
                     urgent = now &- state.lastAppendNanos >= Self.burstNanos
                     state.lastAppendNanos = now
                     state.flushRequestedNanos = now
                 } else if state.unflushedFrames % 16 == 0 {
-                    urgent = cipc_monotonic_ns() &- state.flushRequestedNanos >= Self.batchNanos
+                    urgent = Platform.monotonicNanoseconds() &- state.flushRequestedNanos >= Self.batchNanos
                 }
             }
             state.waitedForInput = false
@@ -1359,7 +1359,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private func writeInline(data: Bool) {
         writeOutbox()
         // Measure the next gap from the end of this write, not its start.
-        if data { locked.withLock { $0.lastAppendNanos = cipc_monotonic_ns() } }
+        if data { locked.withLock { $0.lastAppendNanos = Platform.monotonicNanoseconds() } }
     }
 
     /// Writes the outbox now if nobody else is writing it.

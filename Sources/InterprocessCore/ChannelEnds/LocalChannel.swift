@@ -1,4 +1,5 @@
 import DequeModule
+import InterprocessPlatform
 import Synchronization
 
 /// Identifies parked tasks and select registrations (unique per process).

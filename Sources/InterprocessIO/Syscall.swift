@@ -8,7 +8,7 @@ import InterprocessCore
 /// Runs a system call that returns -1 and sets errno on failure, retrying EINTR.
 /// Returns nil for EAGAIN/EWOULDBLOCK; throws ``IPCError`` for anything else.
 @inline(__always)
-func nonBlockingCall<T: FixedWidthInteger>(_ what: @autoclosure () -> String, _ call: () -> T) throws(IPCError) -> T? {
+package func nonBlockingCall<T: FixedWidthInteger>(_ what: @autoclosure () -> String, _ call: () -> T) throws(IPCError) -> T? {
     while true {
         let result = call()
         if result >= 0 { return result }
@@ -23,7 +23,7 @@ func nonBlockingCall<T: FixedWidthInteger>(_ what: @autoclosure () -> String, _ 
 
 /// Like ``nonBlockingCall`` for calls that cannot block.
 @inline(__always)
-func systemCall<T: FixedWidthInteger>(_ what: @autoclosure () -> String, _ call: () -> T) throws(IPCError) -> T {
+package func systemCall<T: FixedWidthInteger>(_ what: @autoclosure () -> String, _ call: () -> T) throws(IPCError) -> T {
     while true {
         let result = call()
         if result >= 0 { return result }
@@ -34,7 +34,7 @@ func systemCall<T: FixedWidthInteger>(_ what: @autoclosure () -> String, _ call:
 }
 
 /// Maps an errno to the error code a user can act on.
-func errnoError(_ what: String, _ err: Int32) -> IPCError {
+package func errnoError(_ what: String, _ err: Int32) -> IPCError {
     let text = String(cString: strerror(err))
     switch err {
     case ECONNREFUSED, ENOENT:
