@@ -444,3 +444,107 @@ struct SelectAcrossTransportsTests {
         }
     }
 }
+
+/// Go's channel rules that only a channel between two ends of a connection can get wrong: what one end learns
+/// from the other (room, a waiting receiver) and when a capacity-0 send may happen. Every transport.
+@Suite("Channel semantics across a connection", .timeLimit(.minutes(2)))
+struct CrossConnectionSemanticsTests {
+    @Test("a non-blocking send sees the slot the receiver freed", arguments: ChannelKind.allCases)
+    func trySendSeesFreedSlot(_ kind: ChannelKind) async throws {
+        let (tx, rx) = try await makeChannel(kind, .raw, capacity: 1)
+        #expect(try tx.trySend(numbered(1)))
+        #expect(try !tx.trySend(numbered(2)), "the channel holds one untaken value")
+        #expect(try await within(20) { try await rx.receive() }.map(index) == 1)
+        // The receiver's acknowledgement is on its way: trySend must see it once it arrives (it is never read
+        // when nothing polls the connection).
+        try await within(20) { () async throws in
+            while try !tx.trySend(numbered(2)) {
+                try Task.checkCancellation()
+                await Task.yield()
+            }
+        }
+        #expect(try await within(20) { try await rx.receive() }.map(index) == 2)
+        let outcome = try await within(20) { () async throws -> String in
+            while true {
+                let picked = try await select {
+                    tx.onSend(numbered(3)) { "sent" }
+                    SelectCase.default { "default" }
+                }
+                if picked == "sent" { return picked }
+                if try rx.tryReceive() != nil { return "took a value nobody sent" }
+                try Task.checkCancellation()
+                await Task.yield()
+            }
+        }
+        #expect(outcome == "sent")
+        #expect(try await within(20) { try await rx.receive() }.map(index) == 3)
+    }
+
+    @Test("trySend on a closed capacity-0 channel throws sendOnClosedChannel", arguments: ChannelKind.allCases)
+    func trySendOnClosedRendezvous(_ kind: ChannelKind) async throws {
+        let (tx, rx) = try await makeChannel(kind, .raw, capacity: 0)
+        try await tx.close()
+        let error = #expect(throws: IPCError.self) { _ = try tx.trySend(numbered(1)) }
+        #expect(error?.code == .sendOnClosedChannel)
+        #expect(try await within(20) { try await rx.receive() } == nil)
+    }
+
+    @Test("a capacity-0 send still waiting when its sender is closed fails, and its value is not delivered", arguments: ChannelKind.allCases)
+    func rendezvousSendFailsOnClose(_ kind: ChannelKind) async throws {
+        let (tx, rx) = try await makeChannel(kind, .raw, capacity: 0)
+        let returned = Flag()
+        let sending = Task { () async -> IPCError? in
+            defer { returned.set() }
+            do { try await tx.send(numbered(1)) } catch { return error as? IPCError }
+            return nil
+        }
+        #expect(await staysUnset(returned, milliseconds: 200), "a rendezvous send returned with nobody receiving")
+        try await tx.close()
+        // Nobody received: whether the send was waiting (as it almost surely was by now) or not, it fails.
+        let error = try await within(20) { await sending.value }
+        #expect(error?.code == .sendOnClosedChannel, "got \(String(describing: error))")
+        #expect(try await within(20) { try await rx.receive() } == nil, "the value of a failed send was delivered")
+    }
+
+    @Test("a select's send case on capacity 0 is ready only while a receiver waits", arguments: ChannelKind.allCases)
+    func rendezvousSendCaseNeedsReceiver(_ kind: ChannelKind) async throws {
+        let (tx, rx) = try await makeChannel(kind, .raw, capacity: 0)
+        let idle = try await within(20) {
+            try await select {
+                tx.onSend(numbered(1)) { "sent" }
+                SelectCase.timeout(.milliseconds(100)) { "timeout" }
+            }
+        }
+        #expect(idle == "timeout", "a send case was chosen with nobody receiving")
+        // A receive that timed out no longer waits: the send case is not ready again.
+        let timedOut = await #expect(throws: IPCError.self) { _ = try await rx.receive(timeout: .milliseconds(50)) }
+        #expect(timedOut?.code == .timeout)
+        let afterTimeout = try await within(20) {
+            try await select {
+                tx.onSend(numbered(2)) { "sent" }
+                SelectCase.timeout(.milliseconds(100)) { "timeout" }
+            }
+        }
+        #expect(afterTimeout == "timeout", "a send case was chosen after the receive had given up")
+        for round in 0..<3 {
+            let receiving = Task { try await rx.receive() }
+            let picked = try await within(20) {
+                try await select {
+                    tx.onSend(numbered(UInt64(10 + round))) { "sent" }
+                    SelectCase.timeout(.seconds(15)) { "timeout" }
+                }
+            }
+            #expect(picked == "sent")
+            #expect(try await within(20) { try await receiving.value }.map(index) == UInt64(10 + round))
+        }
+        // A select's receive case waits as a receive does: a plain send meets it.
+        let selecting = Task {
+            try await select {
+                rx.onReceive { $0.map(index) }
+                SelectCase.timeout(.seconds(15)) { nil }
+            }
+        }
+        try await within(20) { try await tx.send(numbered(20)) }
+        #expect(try await within(20) { try await selecting.value } == 20)
+    }
+}

@@ -300,6 +300,46 @@ struct ChannelStateTests {
         #expect(state.granted == 6)
     }
 
+    @Test func rendezvousReceiverGrantsWhileAReceiveWaitsAndSenderSendsOnlyWhatIsGranted() throws {
+        var receiving = try makeState(capacity: 0, peerCapacity: 0)
+        var sending = try makeState(capacity: 0, peerCapacity: 0)
+        var effects = ConnectionState.Effects()
+        #expect(sending.canSend() == .wait, "nothing granted: a capacity-0 send waits")
+        #expect { try receiving.apply(.data(seq: 1, payload: [1]), effects: &effects) } throws: { ($0 as! IPCError).code == .protocolViolation }
+
+        receiving = try makeState(capacity: 0, peerCapacity: 0)
+        let granted = receiving.beginWaiting(), grantedAgain = receiving.beginWaiting()
+        #expect(granted, "a waiting receive grants the next message")
+        #expect(!grantedAgain, "a second waiting receive changes nothing")
+        #expect(receiving.outbox.count == Wire.frameHeaderSize + 8)
+        try sending.apply(.grant(upTo: 1), effects: &effects)
+        #expect(sending.canSend() == .ready)
+        _ = try sending.appendData { $0 += [7] }
+        #expect(sending.canSend() == .wait, "one message per grant")
+
+        try receiving.apply(.data(seq: 1, payload: [7]), effects: &effects)
+        #expect(receiving.receive() == .message([7], grantCredit: true), "taken while another receive waits: credit and a new grant")
+        let firstEnds = receiving.endWaiting(), secondEnds = receiving.endWaiting()
+        #expect(!firstEnds, "the other receive still waits: the new grant stands")
+        #expect(secondEnds, "nobody waits any more and nothing arrived: the grant is withdrawn")
+        try sending.apply(.credit(consumed: 1), effects: &effects)
+        try sending.apply(.grant(upTo: 2), effects: &effects)
+        #expect(sending.canSend() == .ready)
+        try sending.apply(.grant(upTo: 1), effects: &effects)
+        #expect(sending.canSend() == .wait, "a withdrawn grant")
+
+        // A message sent under a grant withdrawn meanwhile is accepted and queued for the next receive.
+        try receiving.apply(.data(seq: 2, payload: [8]), effects: &effects)
+        #expect(receiving.receive() == .message([8], grantCredit: true))
+        #expect { try receiving.apply(.data(seq: 3, payload: [9]), effects: &effects) } throws: { ($0 as! IPCError).code == .protocolViolation }
+
+        var buffered = try makeState(capacity: 4, peerCapacity: 4)
+        let bufferedGrant = buffered.beginWaiting()
+        #expect(!bufferedGrant, "no grants at a capacity above 0")
+        #expect { try buffered.apply(.grant(upTo: 1), effects: &effects) } throws: { ($0 as! IPCError).code == .protocolViolation }
+        #expect { try sending.apply(.grant(upTo: 5), effects: &effects) } throws: { ($0 as! IPCError).code == .protocolViolation }
+    }
+
     @Test func closingTwiceIsAnError() throws {
         var state = try makeState(capacity: 8, peerCapacity: 8)
         try state.closeSender()

@@ -86,7 +86,7 @@ public final class Sender<Value: Sendable>: Sendable {
     @usableFromInline
     func sendIfReady(_ value: Value) throws(IPCError) -> Bool {
         guard core != nil else { return false }
-        return try trySend(value)
+        return try trySendOnce(value)
     }
 
     /// The slow path of ``send(_:)``: waits for credit, or sends within a process. Each path gets its own
@@ -119,8 +119,17 @@ public final class Sender<Value: Sendable>: Sendable {
     ///
     /// On a channel of capacity 0 within a process, that means a receiver is waiting. Across processes a
     /// capacity-0 send always waits for the other process to take the value, so it never succeeds here (use
-    /// ``send(_:)`` or ``select(_:)``).
+    /// ``send(_:)`` or ``select(_:)``). Across processes it first reads what the peer already sent, so room the
+    /// receiver made is seen. Throws what ``send(_:)`` throws (`sendOnClosedChannel` after `close()`).
     public func trySend(_ value: Value) throws(IPCError) -> Bool {
+        if try trySendOnce(value) { return true }
+        guard let core, core.pollInput() else { return false }
+        return try trySendOnce(value)
+    }
+
+    /// ``trySend(_:)`` without reading the peer's news first.
+    @usableFromInline
+    func trySendOnce(_ value: Value) throws(IPCError) -> Bool {
         if isRaw { return try trySendRaw(unsafeBitCast(value, to: [UInt8].self)) }
         if let core {
             return try core.trySend { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
@@ -162,6 +171,9 @@ public final class Sender<Value: Sendable>: Sendable {
         let core = core!, encode = encode, isRaw = isRaw
         return SelectCase(.operation(SelectOperation(
             poll: {
+                // What the peer announced (room, a receiver's grant or its withdrawal) is read first, so that the
+                // case is ready exactly when the channel is.
+                _ = core.pollInput()
                 let attempt = try core.sendNow { state throws(IPCError) in
                     try Self.append(value, to: &state, encode: encode, isRaw: isRaw)
                 }

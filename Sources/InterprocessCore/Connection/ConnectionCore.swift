@@ -57,6 +57,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var closedWaiters: [CheckedContinuation<Void, Never>] = []
         /// Selects waiting on this connection, notified (once) on the next wake-up.
         var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
+        /// Rendezvous receiver: the select receive cases counted as waiting (``ConnectionState/beginWaiting()``)
+        /// until they are unwatched; kept apart from `watchers`, which a wake-up empties.
+        var receiveWatches: [UInt64] = []
         /// A message is being written in place (``ConnectionCore/send(byteCount:inPlace:)``): other sends wait,
         /// so that sequence numbers stay in the order the frames are published.
         var loanActive = false
@@ -86,6 +89,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// The stream when frames can be written and read in place (shared memory), cast once.
     private let ring: (any InPlaceStream)?
     package let configuration: Configuration
+    /// This side receives at capacity 0: its receives grant the peer one message each (no fast path).
+    private let rendezvousReceiver: Bool
     private let reader: FrameReader
     private let locked: Mutex<Locked>
     /// Burst detection: a send within this time of the end of the previous one leaves its write to a deferred
@@ -103,6 +108,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         self.stream = stream
         self.ring = configuration.mode == .framed ? stream as? any InPlaceStream : nil
         self.configuration = configuration
+        self.rendezvousReceiver = configuration.mode == .framed && configuration.local.capacity == 0 && configuration.hasReceiver
         self.reader = FrameReader(mode: configuration.mode == .framed ? .framed : .lines, maxPayload: configuration.maxPayload)
         self.locked = Mutex(Locked(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver, maxBytesInFlight: configuration.maxBytesInFlight)))
         stream.start(handler: self)
@@ -138,6 +144,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// receive's time in a ping-pong); otherwise the task must park, and continues with ``receive(after:)``.
     func receiveNow() throws(IPCError) -> WaitRound<[UInt8]?> {
         if let ready = try tryReceive() { return .done(ready) }
+        if rendezvousReceiver { return .park(.rendezvous) }
         if ring != nil { return try receiveFromRing() }
         switch try waitRound(spin: true, inPlace: false, read: { pump() ? .progressed : .waiting(1) }, { state throws(IPCError) in
             try Self.receiveStepOrWait(&state)
@@ -152,6 +159,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// ``receive()`` once ``receiveNow()`` said to park.
     func receive(after parking: Parking) async throws(IPCError) -> [UInt8]? {
+        if parking.rendezvous { return try await receiveRendezvous() }
         var parking = parking
         while true {
             try await park(parking)
@@ -196,6 +204,26 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             afterTaken(message, flag)
             return .done(message)
         }
+    }
+
+    /// ``receive()`` at capacity 0: the receive counts as waiting from its first look until it ends, whichever way
+    /// (a message, the end, an error, cancellation), so that the peer is granted one message only while it waits.
+    private func receiveRendezvous() async throws(IPCError) -> [UInt8]? {
+        if locked.withLock({ $0.channel.beginWaiting() }) { afterAppend(data: false) }
+        var counted = true
+        defer {
+            if counted, locked.withLock({ $0.channel.endWaiting() }) { afterAppend(data: false) }
+        }
+        let (message, flag) = try await waitFor { state throws(IPCError) -> ([UInt8]?, Bool)? in
+            guard state.channel.receive(peek: true) != .wait else { return nil }
+            // Ends the wait before taking: the grant stays as it is (the message it granted is here).
+            counted = false
+            let changed = state.channel.endWaiting()
+            guard let (message, flag) = try Self.receiveStep(&state) else { return nil }
+            return (message, flag || message != nil && changed)
+        }
+        afterTaken(message, flag)
+        return message
     }
 
     /// Most data frames taken from the ring at once by ``receiveFromRing()``: the rest wait there.
@@ -306,11 +334,18 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// and nobody else is reading.
     package func pollReceive() throws(IPCError) -> [UInt8]?? {
         if let ready = try tryReceive() { return ready }
-        let take = locked.withLock { $0.takeReaderRole() }
-        guard take else { return nil }
+        guard pollInput() else { return nil }
+        return try tryReceive()
+    }
+
+    /// Reads and applies what the stream has now, without waiting, when nobody else is reading: a non-blocking
+    /// receive, send or select poll then sees the messages, credits and grants the peer already sent. Returns
+    /// whether the reader role was free (and so the state is as fresh as the stream).
+    package func pollInput() -> Bool {
+        guard locked.withLock({ $0.takeReaderRole() }) else { return false }
         _ = pump()
         releaseReader(armIfWaiters: true)
-        return try tryReceive()
+        return true
     }
 
     /// ``receiveStep(_:)`` of a receive that waits when nothing is here: the wait is noted (`waitedForInput`), so
@@ -434,11 +469,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package func sendNow(_ append: (inout ConnectionState) throws(IPCError) -> UInt64, allowRendezvous: Bool = true) throws(IPCError) -> SendAttempt {
         let step: (UInt64, Bool, Bool)? = try locked.withLock { state throws(IPCError) in
             let rendezvous = state.channel.isRendezvous
-            if rendezvous && !allowRendezvous || state.loanActive { return nil }
+            if state.loanActive { return nil }
             switch state.channel.canSend() {
             case .failed(let error): throw error
             case .wait: return nil
             case .ready:
+                if rendezvous && !allowRendezvous { return nil }
                 let seq = try append(&state.channel)
                 return (seq, rendezvous, writeDecision(&state, data: true) && !writeToRing(&state))
             }
@@ -467,22 +503,35 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Registers a select's case: `waiter` is notified on the next change. Returns nil when the case may
     /// proceed now (a message, the end or a failure is here; or, for a send, credit or a failure).
     package func watch(_ waiter: SelectWaiter, receiving: Bool) -> UInt64? {
-        let (id, arm) = locked.withLock { state -> (UInt64?, Bool) in
+        let (id, arm, granted) = locked.withLock { state -> (UInt64?, Bool, Bool) in
             let ready = receiving ? state.channel.receive(peek: true) != .wait : state.channel.canSend() != .wait
-            if ready || state.closed { return (nil, false) }
+            if ready || state.closed { return (nil, false, false) }
             state.nextWaiterID += 1
             state.watchers.append((state.nextWaiterID, waiter))
+            // At capacity 0 a waiting receive case grants the peer one message (taken back when unwatched).
+            var granted = false
+            if receiving && rendezvousReceiver {
+                state.receiveWatches.append(state.nextWaiterID)
+                granted = state.channel.beginWaiting()
+            }
             // Somebody must read for the news to arrive: hand the reader role to the I/O thread if it is free.
-            guard !state.readerBusy, state.channel.wantsMoreInput else { return (state.nextWaiterID, false) }
+            guard !state.readerBusy, state.channel.wantsMoreInput else { return (state.nextWaiterID, false, granted) }
             state.readerBusy = true
-            return (state.nextWaiterID, true)
+            return (state.nextWaiterID, true, granted)
         }
+        if granted { afterAppend(data: false) }
         if arm { stream.arm(read: true, write: false) }
         return id
     }
 
     package func unwatch(_ id: UInt64) {
-        locked.withLock { state in state.watchers.removeAll { $0.id == id } }
+        let changed = locked.withLock { state -> Bool in
+            state.watchers.removeAll { $0.id == id }
+            guard let i = state.receiveWatches.firstIndex(of: id) else { return false }
+            state.receiveWatches.remove(at: i)
+            return state.channel.endWaiting()
+        }
+        if changed { afterAppend(data: false) }
     }
 
     /// Appends one data frame once credit allows (waiting for it, reading meanwhile) and arranges for it to be
@@ -514,6 +563,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             return state.channel.mode == .lines
         }
         flushNow()
+        // Sends waiting for credit (or, at capacity 0, for a receiver) fail now, with nothing sent.
+        wakeAll()
         guard waitForPeer else {
             if lines {
                 Task {
@@ -695,7 +746,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// ``receive(inPlace:)`` with the result kept by `body`: false at the end.
     private nonisolated(nonsending) func receive(inPlaceErased body: (UnsafeRawBufferPointer) -> Void) async throws(IPCError) -> Bool {
-        guard ring != nil else {
+        guard ring != nil, !rendezvousReceiver else {
             guard let bytes = try await receive() else { return false }
             bytes.withUnsafeBytes(body)
             // The caller never saw the array: its storage serves the next large message.
@@ -1519,6 +1570,11 @@ struct Parking: Sendable {
     fileprivate let handingOverReader: Bool
     fileprivate let seen: UInt64
     fileprivate let inPlace: Int?
+    /// Not a park: a receive at capacity 0, which has no synchronous part and goes on in
+    /// ``ConnectionCore/receive(after:)``.
+    fileprivate var rendezvous = false
+
+    fileprivate static let rendezvous = Parking(handingOverReader: false, seen: 0, inPlace: nil, rendezvous: true)
 }
 
 /// What one read in place did: read or decoded something (look at the state again), or nothing until this many

@@ -8,6 +8,10 @@ import DequeModule
 /// `max(N, 1)` data frames that the receiver has not yet taken; the receiver reports what it has taken with
 /// cumulative credit frames. Capacity 0 is a rendezvous: the sender also waits until its own message is taken.
 ///
+/// Capacity 0 is a rendezvous across processes as in Go: the receiver *grants* one message (a grant frame) while a
+/// receive or a select's receive case waits, and takes the grant back when none waits any more; the sender sends
+/// only what was granted, so a send (or a select's send case) is ready only while somebody receives.
+///
 /// Bytes are bounded too, on the sender's side: it sends only while the bytes of its data frames not yet taken
 /// are below its own limit (so a stream of large messages holds a few of them in each process, not a window of
 /// them). The receiver's part is to credit at least every ``Wire/creditBytes`` of data frames taken, which keeps a
@@ -39,8 +43,16 @@ package struct ConnectionState {
     /// The peer closed its sending direction after this sequence number.
     package var peerClosedAfter: UInt64?
     package var receiverDone: Bool
+    /// Rendezvous receiver: receives (and select receive cases) waiting for a message now.
+    package private(set) var waitingReceives = 0
+    /// Rendezvous receiver: what the last grant frame offered, and the most any grant offered (a message sent
+    /// under a grant taken back meanwhile is still accepted).
+    private var grantOffered: UInt64 = 0
+    private var grantCeiling: UInt64 = 0
 
     // Sending direction.
+    /// Rendezvous sender: the peer's last grant (it waits for messages up to this sequence number).
+    package private(set) var peerGrant: UInt64 = 0
     package var nextSeq: UInt64 = 1
     /// The peer has taken every message up to this sequence number.
     package var peerConsumed: UInt64 = 0
@@ -127,6 +139,12 @@ package struct ConnectionState {
         case .stop:
             peerReceiverGone = true
             effects.wake = true
+        case .grant(let upTo):
+            guard peer?.capacity == 0, upTo == peerConsumed || upTo == peerConsumed + 1 else {
+                throw IPCError(.protocolViolation, "the peer granted message \(upTo) while \(peerConsumed) were taken; grants are sent only at capacity 0, for the next message")
+            }
+            peerGrant = upTo
+            effects.wake = true
         }
     }
 
@@ -150,7 +168,7 @@ package struct ConnectionState {
             guard seq == received + 1 else {
                 throw IPCError(.protocolViolation, "the peer sent message \(seq) after message \(received); messages were lost or reordered")
             }
-            guard seq <= taken + receiveWindow else {
+            guard seq <= taken + receiveWindow, local.capacity > 0 || seq <= grantCeiling else {
                 throw IPCError(.protocolViolation, "the peer sent message \(seq) without credit (this side has taken \(taken) of capacity \(local.capacity)); the peer ignores flow control")
             }
         }
@@ -167,7 +185,8 @@ package struct ConnectionState {
         received += 1
         taken += 1
         takenBytesSinceCredit += size + Wire.dataFrameOverhead
-        return appendCreditIfDue()
+        let credit = appendCreditIfDue()
+        return updateGrant() || credit
     }
 
     /// The peer's stream ended (read returned end-of-file).
@@ -197,7 +216,8 @@ package struct ConnectionState {
         if let message = inbox.popFirst() {
             taken += 1
             takenBytesSinceCredit += message.count + Wire.dataFrameOverhead
-            return .message(message, grantCredit: appendCreditIfDue())
+            let credit = appendCreditIfDue()
+            return .message(message, grantCredit: updateGrant() || credit)
         }
         // Everything the peer sent before its close was delivered: that direction ended cleanly, whatever
         // happened to the connection afterwards (a credit that could not be written, say).
@@ -219,6 +239,38 @@ package struct ConnectionState {
         granted = taken
         takenBytesSinceCredit = 0
         outbox.append { $0.appendControlFrame(.credit(consumed: taken)) }
+        return true
+    }
+
+    /// A receive (or a select's receive case) starts waiting for a message. On a rendezvous this grants the peer
+    /// the next message. Returns whether a frame was appended (write it at once: the peer waits for it).
+    package mutating func beginWaiting() -> Bool {
+        guard isRendezvousReceiver else { return false }
+        waitingReceives += 1
+        return updateGrant()
+    }
+
+    /// A receive that ``beginWaiting()`` counted ends (with a message or without). When none waits any more and
+    /// nothing arrived, the grant is taken back. Returns whether a frame was appended.
+    package mutating func endWaiting() -> Bool {
+        guard isRendezvousReceiver else { return false }
+        waitingReceives = max(waitingReceives - 1, 0)
+        return updateGrant()
+    }
+
+    private var isRendezvousReceiver: Bool {
+        @inline(__always) get { mode == .framed && local.capacity == 0 && carriesIncoming }
+    }
+
+    /// Rendezvous receiver: offers the next message while a receive waits (or a granted one arrived and is not
+    /// taken yet), else nothing beyond what was taken; appends a grant frame when that changes.
+    private mutating func updateGrant() -> Bool {
+        guard isRendezvousReceiver, !receiverDone, failure == nil, !endOfStream, peerClosedAfter == nil else { return false }
+        let wanted = waitingReceives > 0 || received > taken ? taken + 1 : taken
+        guard wanted != grantOffered else { return false }
+        grantOffered = wanted
+        grantCeiling = max(grantCeiling, wanted)
+        outbox.append { $0.appendControlFrame(.grant(upTo: wanted)) }
         return true
     }
 
@@ -257,6 +309,7 @@ package struct ConnectionState {
         guard let peer else { return .wait }
         if mode == .lines { return .ready }
         let inFlight = (nextSeq - 1) - peerConsumed
+        guard peer.capacity > 0 || nextSeq <= peerGrant else { return .wait }
         return inFlight < UInt64(max(peer.capacity, 1)) && untakenBytes < maxBytesInFlight ? .ready : .wait
     }
 

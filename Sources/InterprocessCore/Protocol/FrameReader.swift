@@ -155,7 +155,7 @@ package final class FrameReader {
         switch type {
         case .data: limit = Wire.dataPrefixSize + maxPayload
         case .error: limit = 2 + Wire.maxErrorMessage
-        case .credit, .close, .ping, .pong, .stop: limit = 8
+        case .credit, .close, .ping, .pong, .stop, .grant: limit = 8
         }
         guard length <= limit else {
             if type == .data {
@@ -195,6 +195,7 @@ package final class FrameReader {
         case .ping: return .frame(.ping(b.loadLE(UInt64.self, at: 0)))
         case .pong: return .frame(.pong(b.loadLE(UInt64.self, at: 0)))
         case .stop: return .frame(.stop(taken: b.loadLE(UInt64.self, at: 0)))
+        case .grant: return .frame(.grant(upTo: b.loadLE(UInt64.self, at: 0)))
         case .error:
             let code = b.loadLE(UInt16.self, at: 0)
             return .frame(.error(code: code, message: String(decoding: b[2...], as: UTF8.self)))

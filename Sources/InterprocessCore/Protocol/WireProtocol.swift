@@ -45,6 +45,7 @@ package enum FrameType: UInt8 {
     case pong = 6
     /// The receiver is gone: it takes no more messages.
     case stop = 7
+    case grant = 8
 }
 
 /// What each side announces before any frame.
@@ -142,6 +143,9 @@ package enum Frame: Sendable, Equatable {
     case pong(UInt64)
     /// The peer's receiver is gone after taking `taken` messages; later ones are discarded.
     case stop(taken: UInt64)
+    /// Rendezvous (capacity 0) only: the receiver waits for messages up to and including `upTo` (it offers
+    /// `taken + 1` while a receive waits, and takes the offer back with `taken` when none waits any more).
+    case grant(upTo: UInt64)
 }
 
 extension Array where Element == UInt8 {
@@ -236,6 +240,9 @@ extension Array where Element == UInt8 {
         case .stop(let taken):
             appendFrameHeader(.stop, length: 8)
             appendLE(taken)
+        case .grant(let upTo):
+            appendFrameHeader(.grant, length: 8)
+            appendLE(upTo)
         }
     }
 }
