@@ -20,8 +20,13 @@ extension MessageCodec {
 }
 
 /// Each message is one JSON document (UTF-8), via Foundation's `JSONEncoder`/`JSONDecoder`.
+///
+/// The codec keeps one encoder and one decoder for all its messages (setting them up is a large part of coding
+/// a small value); both are safe to use from several tasks at once.
 public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
     public let typeName: String
+    private let encoder = JSONEncoder()
+    private let decoder = JSONDecoder()
     public init(_ type: Value.Type = Value.self, typeName: String? = nil) {
         self.typeName = typeName ?? String(reflecting: Value.self)
     }
@@ -29,7 +34,7 @@ public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
 
     public func encode(_ value: Value, into buffer: inout [UInt8]) throws(IPCError) {
         do {
-            buffer.append(contentsOf: try JSONEncoder().encode(value))
+            buffer.append(contentsOf: try encoder.encode(value))
         } catch {
             throw IPCError(.encodingFailed, "could not encode a \(typeName) as JSON", underlying: "\(error)")
         }
@@ -37,7 +42,10 @@ public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
 
     public func decode(_ bytes: [UInt8]) throws(IPCError) -> Value {
         do {
-            return try JSONDecoder().decode(Value.self, from: Data(bytes))
+            // The message's bytes are read where they are, not copied into a `Data` first.
+            return try bytes.withUnsafeBytes { raw in
+                try decoder.decode(Value.self, from: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!), count: raw.count, deallocator: .none))
+            }
         } catch {
             throw IPCError(.decodingFailed, "a message is not a valid JSON \(typeName) (\(bytes.count) bytes starting \(preview(bytes)))", underlying: "\(error)")
         }
