@@ -4,7 +4,7 @@
 package enum Wire {
     /// "IPCH": the first four bytes each side sends.
     package static let helloMagic: [UInt8] = [0x49, 0x50, 0x43, 0x48]
-    package static let version: UInt16 = 1
+    package static let version: UInt16 = 2
     /// Fixed part of a hello: magic, version, flags, body length.
     package static let helloHeaderSize = 12
     /// Largest hello body accepted.
