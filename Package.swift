@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // Every syscall Swift cannot reach directly (futex, CMSG, SO_PEERCRED, accept4, pause).
@@ -96,6 +97,7 @@ let package = Package(
             dependencies: [
                 "Interprocess", "InterprocessCore", "InterprocessPlatform", "InterprocessIO", "InterprocessSockets",
                 "InterprocessSharedMemory", "InterprocessNIO", "BenchmarkSupport", "CInterprocessShim", "ipc-test-helper", "ipc",
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -548,3 +548,121 @@ struct CrossConnectionSemanticsTests {
         #expect(try await within(20) { try await selecting.value } == 20)
     }
 }
+
+/// Several tasks on one end of a connection: the reader role passes between them and the I/O thread, and a task
+/// that waits must never be left with nobody reading for it. Each round is bounded, so a lost wake-up fails the
+/// test instead of hanging it.
+@Suite("Several tasks on one end", .timeLimit(.minutes(3)))
+struct SharedEndTests {
+    @Test("two tasks waiting in receive both get a value", arguments: ChannelKind.allCases)
+    func twoReceivers(_ kind: ChannelKind) async throws {
+        let (tx, rx) = try await makeChannel(kind, .raw, capacity: 4)
+        for round in 0..<150 {
+            let base = UInt64(round * 2)
+            // Child tasks, so that the time limit cancels a receive left waiting.
+            let got = try await within(10) {
+                try await withThrowingTaskGroup(of: UInt64?.self) { group in
+                    group.addTask { try await rx.receive().map(index) }
+                    group.addTask { try await rx.receive().map(index) }
+                    try await tx.send(numbered(base))
+                    try await tx.send(numbered(base + 1))
+                    var got: Set<UInt64?> = []
+                    for try await value in group { got.insert(value) }
+                    return got
+                }
+            }
+            #expect(got == [base, base + 1], "round \(round)")
+        }
+    }
+
+    @Test("tasks selecting over two channels under load take every value once", arguments: ChannelKind.allCases)
+    func selectUnderLoad(_ kind: ChannelKind) async throws {
+        let (txA, rxA) = try await makeChannel(kind, .raw, capacity: 8)
+        let (txB, rxB) = try await makeChannel(kind, .raw, capacity: 8)
+        let perChannel: UInt64 = 3_000
+        let received = try await within(90) { () async throws -> [UInt64] in
+            try await withThrowingTaskGroup(of: [UInt64].self) { group in
+                group.addTask {
+                    for i in 0..<perChannel { try await txA.send(numbered(i)) }
+                    try await txA.close()
+                    return []
+                }
+                group.addTask {
+                    for i in 0..<perChannel { try await txB.send(numbered(perChannel + i)) }
+                    try await txB.close()
+                    return []
+                }
+                for _ in 0..<3 {
+                    group.addTask {
+                        var taken: [UInt64] = []
+                        var open = (a: true, b: true)
+                        while open.a || open.b {
+                            try Task.checkCancellation()
+                            let picked: UInt64?? = try await select {
+                                if open.a { rxA.onReceive { $0.map(index).map { .some($0) } ?? .some(nil) } }
+                                if open.b { rxB.onReceive { $0.map(index).map { .some($0) } ?? .none } }
+                            }
+                            switch picked {
+                            case .some(.some(let value)): taken.append(value)
+                            case .some(.none): open.a = false
+                            case .none: open.b = false
+                            }
+                        }
+                        return taken
+                    }
+                }
+                var all: [UInt64] = []
+                for try await part in group { all += part }
+                return all
+            }
+        }
+        #expect(received.count == Int(2 * perChannel))
+        #expect(Set(received).count == Int(2 * perChannel), "a value was taken twice")
+    }
+
+    @Test("select with a default never takes it while the channel holds a value", arguments: ChannelKind.allCases)
+    func defaultWhileAnotherTaskReceives(_ kind: ChannelKind) async throws {
+        let total: UInt64 = 2_000
+        let (tx, rx) = try await makeChannel(kind, .raw, capacity: Int(total))
+        // Everything is sent first and the channel closed: from then on the channel always holds a value or is
+        // closed, so a select with a default must always take a value or the end.
+        let sending = Task {
+            for i in 0..<total { try await tx.send(numbered(i)) }
+            try await tx.close()
+        }
+        let outcome = try await within(60) { () async throws -> (taken: Int, defaults: Int) in
+            try await sending.value
+            return try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+                group.addTask {
+                    var taken = 0
+                    while try await rx.receive() != nil { taken += 1 }
+                    return (taken, 0)
+                }
+                group.addTask {
+                    var taken = 0, defaults = 0
+                    polling: while true {
+                        try Task.checkCancellation()
+                        let picked: Int = try await select {
+                            rx.onReceive { $0 == nil ? 0 : 1 }
+                            SelectCase.default { 2 }
+                        }
+                        switch picked {
+                        case 0: break polling
+                        case 1: taken += 1
+                        default: defaults += 1
+                        }
+                    }
+                    return (taken, defaults)
+                }
+                var taken = 0, defaults = 0
+                for try await (t, d) in group {
+                    taken += t
+                    defaults += d
+                }
+                return (taken, defaults)
+            }
+        }
+        #expect(outcome.taken == Int(total))
+        #expect(outcome.defaults == 0, "default taken \(outcome.defaults) times while values were waiting")
+    }
+}

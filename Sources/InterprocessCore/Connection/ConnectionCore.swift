@@ -32,58 +32,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
     }
 
-    private struct Locked {
-        var channel: ConnectionState
-        var readerBusy = false
-        var writerBusy = false
-        var flushScheduled = false
-        var writeArmed = false
-        var lastAppendNanos: UInt64 = 0
-        /// When the pending deferred flush was asked for (the batch it stands for began).
-        var flushRequestedNanos: UInt64 = 0
-        /// Data frames appended since the writer last took the outbox.
-        var unflushedFrames = 0
-        /// A receive waited for the peer since the last send: the next send answers something (a request after
-        /// its reply, a ping after its pong) and is written at once, however short the gap since the last one.
-        var waitedForInput = false
-        var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
-        /// Bumped on every wake-up, so a task that decided to park can tell whether news arrived meanwhile.
-        var generation: UInt64 = 0
-        var nextWaiterID: UInt64 = 0
-        var tearingDown = false
-        /// A write failed: the stream takes no more bytes.
-        var writeFailed = false
-        var closed = false
-        var closedWaiters: [CheckedContinuation<Void, Never>] = []
-        /// Selects waiting on this connection, notified (once) on the next wake-up.
-        var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
-        /// Rendezvous receiver: the select receive cases counted as waiting (``ConnectionState/beginWaiting()``)
-        /// until they are unwatched; kept apart from `watchers`, which a wake-up empties.
-        var receiveWatches: [UInt64] = []
-        /// A message is being written in place (``ConnectionCore/send(byteCount:inPlace:)``): other sends wait,
-        /// so that sequence numbers stay in the order the frames are published.
-        var loanActive = false
-        /// A task waits for the writer to give up its role (a loan, or a wait for everything to be written): the
-        /// writer wakes everyone when it does, or when its write blocks for room.
-        var writerWaited = false
-        /// Tasks parked in ``ConnectionCore/receive(inPlace:)``: the I/O thread then wakes them instead of
-        /// reading, so the next message stays where it lies.
-        var inPlaceWaiting = 0
-
-        /// Shared memory: data frames were written straight into the ring and not yet published
-        /// (``ConnectionCore/trySend(raw:)``). Output pending, as the outbox's is; whatever writes to the ring
-        /// next publishes them.
-        var staged = false
-
-        var hasPendingOutput: Bool { staged || !channel.outbox.isEmpty }
-
-        /// Takes the reader role if it is free and input is wanted (and the connection is open); whether it did.
-        mutating func takeReaderRole() -> Bool {
-            guard !readerBusy, channel.wantsMoreInput, !closed else { return false }
-            readerBusy = true
-            return true
-        }
-    }
+    /// Everything this connection decides, held under ``locked``.
+    package typealias State = IOState<CheckedContinuation<Void, Never>, SelectWaiter>
 
     package let stream: any ByteStream
     /// The stream when frames can be written and read in place (shared memory), cast once.
@@ -92,15 +42,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// This side receives at capacity 0: its receives grant the peer one message each (no fast path).
     private let rendezvousReceiver: Bool
     private let reader: FrameReader
-    private let locked: Mutex<Locked>
-    /// Burst detection: a send within this time of the end of the previous one leaves its write to a deferred
-    /// flush.
-    private static let burstNanos: UInt64 = 5_000
-    /// A burst's batch gathered this long is written by the sender itself: well before a transport's deferred
-    /// flush (50 µs on this package's transports) would wake the I/O thread in the middle of the burst.
-    private static let batchNanos: UInt64 = 25_000
-    /// An outbox at least this large is written inline even in a burst.
-    private static let flushThreshold = 32 << 10
+    private let locked: Mutex<State>
+    /// Read steps ended by the task holding the reader role: a poll that finds the role taken waits for a step
+    /// to end (``pollInput()``).
+    private let readSteps = Atomic<UInt64>(0)
     /// ``send(byteCount:inPlace:)`` without a ring: below this a message is copied into the outbox's tail.
     private static let smallCopy = 32 << 10
 
@@ -110,7 +55,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         self.configuration = configuration
         self.rendezvousReceiver = configuration.mode == .framed && configuration.local.capacity == 0 && configuration.hasReceiver
         self.reader = FrameReader(mode: configuration.mode == .framed ? .framed : .lines, maxPayload: configuration.maxPayload)
-        self.locked = Mutex(Locked(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver, maxBytesInFlight: configuration.maxBytesInFlight)))
+        self.locked = Mutex(State(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver, maxBytesInFlight: configuration.maxBytesInFlight)))
         stream.start(handler: self)
     }
 
@@ -147,7 +92,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if rendezvousReceiver { return .park(.rendezvous) }
         if ring != nil { return try receiveFromRing() }
         switch try waitRound(spin: true, inPlace: false, read: { pump() ? .progressed : .waiting(1) }, { state throws(IPCError) in
-            try Self.receiveStepOrWait(&state)
+            try state.takeMessage(noteWait: true)
         }) {
         case .done(let (message, flag)):
             afterTaken(message, flag)
@@ -191,7 +136,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             return readInPlace(ring!, upTo: Self.ringTakeLimit, { taken = [UInt8]($0) }, delivered: &readInPlaceWithCredit)
         }) { state throws(IPCError) -> ([UInt8]?, Bool)? in
             if let credit = readInPlaceWithCredit { return (nil, credit) }
-            return try Self.receiveStepOrWait(&state)
+            return try state.takeMessage(noteWait: true)
         }
         switch round {
         case .park(let parking):
@@ -219,7 +164,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             // Ends the wait before taking: the grant stays as it is (the message it granted is here).
             counted = false
             let changed = state.channel.endWaiting()
-            guard let (message, flag) = try Self.receiveStep(&state) else { return nil }
+            guard let (message, flag) = try state.takeMessage() else { return nil }
             return (message, flag || message != nil && changed)
         }
         afterTaken(message, flag)
@@ -274,7 +219,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 } catch {
                     violation = error
                 }
-                wake = count > 1 && (!state.waiters.isEmpty || !state.watchers.isEmpty)
+                // Messages went to the inbox: a wake-up, even with nobody parked yet, so that a task which looked
+                // before (and found the reader role taken) does not park beside them.
+                wake = count > 1
                 return at
             }
         }
@@ -324,50 +271,51 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// A message if one is already here, without waiting: `.some(nil)` at the end, `nil` when none is here.
     package func tryReceive() throws(IPCError) -> [UInt8]?? {
-        let step = try locked.withLock { state throws(IPCError) in try Self.receiveStep(&state) }
+        let step = try locked.withLock { state throws(IPCError) in try state.takeMessage() }
         guard let (message, flag) = step else { return nil }
         afterTaken(message, flag)
         return .some(message)
     }
 
-    /// Like ``tryReceive()``, but first reads what the stream has now (without waiting) when nothing is here
-    /// and nobody else is reading.
+    /// Like ``tryReceive()``, but first reads what the stream has now (without waiting), so that a message
+    /// already sent counts as here.
     package func pollReceive() throws(IPCError) -> [UInt8]?? {
         if let ready = try tryReceive() { return ready }
-        guard pollInput() else { return nil }
+        _ = pollInput()
         return try tryReceive()
     }
 
-    /// Reads and applies what the stream has now, without waiting, when nobody else is reading: a non-blocking
-    /// receive, send or select poll then sees the messages, credits and grants the peer already sent. Returns
-    /// whether the reader role was free (and so the state is as fresh as the stream).
+    /// Reads and applies what the stream has now, without waiting: a non-blocking receive, send or select poll
+    /// then sees the messages, credits and grants the peer already sent. When another task holds the reader
+    /// role and the stream may have input, it waits (yielding, bounded by ``pollPatienceNanos``) until that
+    /// task finished a read it began after this call, or gave the role up; a reader that is merely waiting for
+    /// input (the stream shows none) is not waited for. Returns whether the state is as fresh as the stream.
     package func pollInput() -> Bool {
-        guard locked.withLock({ $0.takeReaderRole() }) else { return false }
-        _ = pump()
-        releaseReader(armIfWaiters: true)
-        return true
-    }
-
-    /// ``receiveStep(_:)`` of a receive that waits when nothing is here: the wait is noted (`waitedForInput`), so
-    /// that the next send, which answers what arrives, is written at once.
-    private static func receiveStepOrWait(_ state: inout Locked) throws(IPCError) -> ([UInt8]?, Bool)? {
-        let step = try receiveStep(&state)
-        if step == nil { state.waitedForInput = true }
-        return step
-    }
-
-    /// The next message and whether a credit frame was appended; or nil (the end) and whether the end is
-    /// reported for the first time; or nil when there is nothing yet.
-    private static func receiveStep(_ state: inout Locked) throws(IPCError) -> ([UInt8]?, Bool)? {
-        switch state.channel.receive() {
-        case .message(let bytes, let credit): return (bytes, credit)
-        case .end:
-            defer { state.channel.receiverDone = true }
-            return (nil, !state.channel.receiverDone)
-        case .failed(let error): throw error
-        case .wait: return nil
+        var firstStep: UInt64?
+        var deadline: UInt64 = 0
+        while true {
+            if locked.withLock({ $0.takeReaderRole(fromIOThread: true) }) {
+                _ = pump()
+                releaseReader(armIfWaiters: true)
+                return true
+            }
+            guard stream.mayHaveInput else { return false }
+            let steps = readSteps.load(ordering: .acquiring)
+            if let firstStep {
+                // Two steps on: a read that began after this call ended.
+                if steps &- firstStep >= 2 { return true }
+                if Platform.monotonicNanoseconds() >= deadline { return false }
+            } else {
+                firstStep = steps
+                deadline = Platform.monotonicNanoseconds() + Self.pollPatienceNanos
+            }
+            Platform.yieldCPU()
         }
     }
+
+    /// How long a poll waits at most for another task's read in progress (see ``pollInput()``): a read takes
+    /// microseconds, unless its thread was preempted.
+    private static let pollPatienceNanos: UInt64 = 2_000_000
 
     // MARK: Sending
 
@@ -381,7 +329,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             var failure: IPCError?
             let writeNow = locked.withLock { state -> Bool in
                 // A loan in progress or a rendezvous: one at a time, below.
-                if state.loanActive || state.channel.isRendezvous { return false }
+                if state.isLending || state.channel.isRendezvous { return false }
                 appending: while next + appended < count {
                     switch state.channel.canSend() {
                     case .ready: break
@@ -400,9 +348,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 }
                 // The caller handed over everything it has: written now (by this task, or by the writer at work,
                 // which writes until the outbox is empty).
-                guard appended > 0, !state.writerBusy else { return false }
-                state.writerBusy = true
-                return true
+                return appended > 0 && state.takeWriterRole()
             }
             if writeNow { writeInline(data: true) }
             next += appended
@@ -424,22 +370,21 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// ``trySend(_:)`` of a raw payload over shared memory: the frame is written straight into the ring, under the
     /// lock (one copy of the payload; through the outbox it was two, with the outbox's bookkeeping), when nothing
     /// waits in the outbox and nobody else writes. It is published at once or with the rest of its burst, as
-    /// ``writeDecision(_:data:)`` decides for any send; until then it is pending output (`staged`). Returns nil
+    /// ``decideWrite(_:data:)`` decides for any send; until then it is pending output (`staged`). Returns nil
     /// when this path does not apply (the caller sends as usual), otherwise whether it was sent (false: no credit
     /// now).
     package func trySend(raw payload: UnsafeRawBufferPointer) throws(IPCError) -> Bool? {
         let frameSize = Wire.dataFrameOverhead + payload.count
         guard ring != nil, frameSize <= Self.directLimit else { return nil }
         return try locked.withLock { state throws(IPCError) -> Bool? in
-            guard !state.loanActive, !state.writerBusy, state.channel.outbox.isEmpty, !state.closed, !state.writeFailed,
-                  !state.channel.isRendezvous else { return nil }
+            guard state.mayWriteDirectly else { return nil }
             guard try state.channel.checkSend(size: payload.count) else { return false }
             // The room is checked first (against the consumer position kept, rarely read again), so that whether to
             // publish now is decided before the frame is written, and it is written and published in one call.
             guard ring!.hasRoom(frameSize) else { return nil }
-            let wasStaged = state.staged
-            state.staged = true
-            let publish = writeDecision(&state, data: true)
+            let now = state.flushNeedsClock ? Platform.monotonicNanoseconds() : 0
+            let (publish, requestFlush, wasStaged) = state.stageDirect(now: now)
+            if requestFlush { stream.requestFlush() }
             let seq = state.channel.nextSeq
             let written = (try? ring!.write(frameSize, publish: publish) { region in
                 region.storeBytes(of: Wire.dataFrameHeader(seq: seq, payloadCount: payload.count), as: (UInt64, UInt64).self)
@@ -447,12 +392,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             }) ?? false
             guard written else {
                 // The room was there: the peer is gone or broke the ring. The usual path reports it.
-                state.staged = wasStaged
-                if publish { state.writerBusy = false }
+                state.unstageDirect(wasStaged: wasStaged, published: publish)
                 return nil
             }
             _ = try state.channel.commitInPlaceData(size: payload.count)
-            if publish { ringWritten(&state) }
+            if publish, state.ringWritten() { stream.cancelFlush() }
             return true
         }
     }
@@ -469,14 +413,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package func sendNow(_ append: (inout ConnectionState) throws(IPCError) -> UInt64, allowRendezvous: Bool = true) throws(IPCError) -> SendAttempt {
         let step: (UInt64, Bool, Bool)? = try locked.withLock { state throws(IPCError) in
             let rendezvous = state.channel.isRendezvous
-            if state.loanActive { return nil }
+            if state.isLending { return nil }
             switch state.channel.canSend() {
             case .failed(let error): throw error
             case .wait: return nil
             case .ready:
                 if rendezvous && !allowRendezvous { return nil }
                 let seq = try append(&state.channel)
-                return (seq, rendezvous, writeDecision(&state, data: true) && !writeToRing(&state))
+                return (seq, rendezvous, decideWrite(&state, data: true) && !writeToRing(&state))
             }
         }
         guard let (seq, rendezvous, writeNow) = step else { return .wouldBlock }
@@ -503,34 +447,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Registers a select's case: `waiter` is notified on the next change. Returns nil when the case may
     /// proceed now (a message, the end or a failure is here; or, for a send, credit or a failure).
     package func watch(_ waiter: SelectWaiter, receiving: Bool) -> UInt64? {
-        let (id, arm, granted) = locked.withLock { state -> (UInt64?, Bool, Bool) in
-            let ready = receiving ? state.channel.receive(peek: true) != .wait : state.channel.canSend() != .wait
-            if ready || state.closed { return (nil, false, false) }
-            state.nextWaiterID += 1
-            state.watchers.append((state.nextWaiterID, waiter))
-            // At capacity 0 a waiting receive case grants the peer one message (taken back when unwatched).
-            var granted = false
-            if receiving && rendezvousReceiver {
-                state.receiveWatches.append(state.nextWaiterID)
-                granted = state.channel.beginWaiting()
-            }
-            // Somebody must read for the news to arrive: hand the reader role to the I/O thread if it is free.
-            guard !state.readerBusy, state.channel.wantsMoreInput else { return (state.nextWaiterID, false, granted) }
-            state.readerBusy = true
-            return (state.nextWaiterID, true, granted)
-        }
-        if granted { afterAppend(data: false) }
-        if arm { stream.arm(read: true, write: false) }
-        return id
+        let watch = locked.withLock { $0.watch(waiter, receiving: receiving, rendezvousReceiver: rendezvousReceiver) }
+        if watch.granted { afterAppend(data: false) }
+        if watch.armRead { stream.arm(read: true, write: false) }
+        return watch.id
     }
 
     package func unwatch(_ id: UInt64) {
-        let changed = locked.withLock { state -> Bool in
-            state.watchers.removeAll { $0.id == id }
-            guard let i = state.receiveWatches.firstIndex(of: id) else { return false }
-            state.receiveWatches.remove(at: i)
-            return state.channel.endWaiting()
-        }
+        let changed = locked.withLock { $0.unwatch(id) }
         if changed { afterAppend(data: false) }
     }
 
@@ -538,7 +462,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// written; at capacity 0, returns once the peer took it. The caller tried ``trySend(_:)`` first.
     package func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
         let seq: UInt64 = try await waitFor { state throws(IPCError) -> UInt64? in
-            if state.loanActive { return nil }
+            if state.isLending { return nil }
             switch state.channel.canSend() {
             case .failed(let error): throw error
             case .wait: return nil
@@ -597,9 +521,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Waits until the outbox is written out; throws the connection's failure if it fails first.
     private func waitUntilWritten() async throws(IPCError) {
         _ = try await waitFor { state throws(IPCError) -> Bool? in
-            if !state.hasPendingOutput && !state.writerBusy { return true }
+            // A task that waits is noted, so that the writer wakes it when done.
+            if state.outputDrained(note: state.channel.failure == nil) { return true }
             if let failure = state.channel.failure { throw failure }
-            state.writerWaited = true
             return nil
         }
     }
@@ -628,13 +552,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Tears the connection down when both directions are done: flush, end the sending direction, wait
     /// (bounded by the close timeout) for the peer to end its side, and close the stream.
     package func finishIfDone(wait: Bool) async {
-        let start = locked.withLock { state -> Bool? in
-            let failed = state.channel.failure != nil
-            guard (state.channel.senderClosed || failed) && (state.channel.receiverDone || failed) else { return nil }
-            if state.tearingDown { return false }
-            state.tearingDown = true
-            return true
-        }
+        let start = locked.withLock { $0.beginTeardown() }
         switch start {
         case nil: return
         case false?:
@@ -652,7 +570,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         // unread bytes make the kernel reset the connection and drop what the peer has not read yet.
         while ContinuousClock.now < deadline {
             let (drained, ended) = locked.withLock { state in
-                (!state.hasPendingOutput && !state.writerBusy || state.writeFailed, state.channel.endOfStream)
+                (state.outputDrained(note: false) || state.writeFailed, state.channel.endOfStream)
             }
             if drained {
                 stream.shutdownWrite()
@@ -660,10 +578,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             }
             let outcome: Void? = try? await withDeadline(deadline) { () async throws(IPCError) in
                 _ = try await self.waitFor(spin: false) { state throws(IPCError) -> Bool? in
-                    let progressed = state.channel.endOfStream
-                        || (!state.hasPendingOutput && !state.writerBusy && !drained)
-                    if !progressed && !drained { state.writerWaited = true }
-                    return progressed ? true : nil
+                    if state.channel.endOfStream { return true }
+                    if drained { return nil }
+                    return state.outputDrained() ? true : nil
                 }
             }
             if outcome == nil { break }
@@ -672,28 +589,15 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     private func closeStream() {
-        let waiters = locked.withLock { state -> ([CheckedContinuation<Void, Never>], [(id: UInt64, waiter: SelectWaiter)]) in
-            state.closed = true
-            state.generation &+= 1
-            state.channel.fail(IPCError(.alreadyClosed, "the connection is closed"))
-            defer {
-                state.closedWaiters = []
-                state.watchers = []
-            }
-            return (state.closedWaiters + state.waiters.map(\.continuation), state.watchers)
-        }
+        let (waiters, watchers) = locked.withLock { $0.close() }
         stream.close()
-        for w in waiters.0 { w.resume() }
-        for w in waiters.1 { w.waiter.notify() }
+        for w in waiters { w.resume() }
+        for w in watchers { w.watcher.notify() }
     }
 
     private func waitClosed() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = locked.withLock { state -> Bool in
-                if state.closed { return true }
-                state.closedWaiters.append(c)
-                return false
-            }
+            let now = !locked.withLock { $0.waitForClose(c) }
             if now { c.resume() }
         }
     }
@@ -776,7 +680,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 readInPlace(ring!, upTo: .max, body, delivered: &readInPlaceWithCredit)
             }, { state throws(IPCError) -> ([UInt8]?, Bool)? in
                 if let credit = readInPlaceWithCredit { return ([], credit) }
-                return try Self.receiveStepOrWait(&state)
+                return try state.takeMessage(noteWait: true)
             }) {
             case .done(let step):
                 (message, flag) = step
@@ -890,10 +794,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             return try await sendCopy(byteCount: byteCount, body)
         }
         // Claimed at once when nothing is in the way (no async call to wait); otherwise waited for.
-        var claimed = try locked.withLock { state throws(IPCError) in try loanStep(&state, frameSize: frameSize, byteCount: byteCount) } == .claimed
+        var claimed = try locked.withLock { state throws(IPCError) in try claimLoan(&state, frameSize: frameSize, byteCount: byteCount) } == .claimed
         while !claimed {
-            let step: LoanStep = try await waitFor { state throws(IPCError) -> LoanStep? in
-                try loanStep(&state, frameSize: frameSize, byteCount: byteCount)
+            let step: State.LoanStep = try await waitFor { state throws(IPCError) -> State.LoanStep? in
+                let step = try claimLoan(&state, frameSize: frameSize, byteCount: byteCount)
+                return step == .wait ? nil : step
             }
             if step == .flushFirst {
                 flushNow()
@@ -906,7 +811,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var rendezvous = false
         var inBody = false
         var commitError: IPCError?
-        var ended: (flush: Bool, wake: Bool)?
+        var ended: (write: Bool, wake: Bool)?
         do {
             try ring!.withWritableBytes(frameSize) { region in
                 // Room only grows while this side is the one writer; none means the peer corrupted its position.
@@ -928,7 +833,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     } catch {
                         commitError = error
                     }
-                    return Self.endLoanLocked(&state)
+                    return state.endLoan()
                 }
             }
         } catch {
@@ -940,7 +845,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             throw error
         }
         if let ended {
-            if ended.flush { writeOutbox() }
+            if ended.write { writeOutbox() }
             if ended.wake { wakeAll() }
         } else {
             endLoan()
@@ -949,44 +854,18 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if let seq, rendezvous { try await awaitTaken(seq) }
     }
 
-    /// Whether a loan of `frameSize` bytes can be claimed now (lock held): `.claimed` (claimed: the writer role and
-    /// the loan are this task's), `.flushFirst`, `.copy`, or nil to wait.
-    private func loanStep(_ state: inout Locked, frameSize: Int, byteCount: Int) throws(IPCError) -> LoanStep? {
-        if state.loanActive { return nil }
-        guard try state.channel.checkSend(size: byteCount) else { return nil }
-        if state.writerBusy {
-            // A write in progress ends soon, unless it waits for the peer to make room: never wait for that.
-            if state.writeArmed { return .copy }
-            state.writerWaited = true
-            return nil
-        }
-        // Frames appended before (a credit, say) go first: write them, then try again.
-        if state.hasPendingOutput { return .flushFirst }
-        guard ring!.hasRoom(frameSize) else { return .copy }
-        state.writerBusy = true
-        state.loanActive = true
-        return .claimed
+    /// ``IOState/claimLoan(byteCount:hasRoom:)`` for a frame of `frameSize` bytes (lock held). The room is looked
+    /// at only when the loan could be claimed: then nobody else writes, so it cannot shrink before the claim.
+    private func claimLoan(_ state: inout State, frameSize: Int, byteCount: Int) throws(IPCError) -> State.LoanStep {
+        let mayClaim = !state.isLending && state.writerIsIdle && !state.hasPendingOutput
+        return try state.claimLoan(byteCount: byteCount, hasRoom: mayClaim && ring!.hasRoom(frameSize))
     }
-
-    private enum LoanStep { case claimed, flushFirst, copy }
 
     /// A loan ended (published or not): other sends may go on, and what was appended meanwhile is written.
     private func endLoan() {
-        let (flush, wake) = locked.withLock { state in Self.endLoanLocked(&state) }
-        if flush { writeOutbox() }
+        let (write, wake) = locked.withLock { $0.endLoan() }
+        if write { writeOutbox() }
         if wake { wakeAll() }
-    }
-
-    /// Ends a loan (lock held). Returns whether the caller must write the outbox (it keeps the writer role) and
-    /// whether it must wake the waiting tasks.
-    private static func endLoanLocked(_ state: inout Locked) -> (flush: Bool, wake: Bool) {
-        state.loanActive = false
-        state.waitedForInput = false
-        // Keep the writer role if output was appended meanwhile: it is written now.
-        state.writerBusy = state.hasPendingOutput
-        // A task that decided to park before this sees the change (and does not park); parked ones are woken.
-        state.generation &+= 1
-        return (state.writerBusy, !state.waiters.isEmpty || !state.watchers.isEmpty)
     }
 
     /// The private buffer of ``send(byteCount:inPlace:)``. A small message is written into temporary memory and
@@ -1034,14 +913,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// Runs `check` under the lock until it returns a value. In between, this task reads input itself
     /// (spinning for a bounded time) or parks until another reader or the I/O thread has news.
-    private func waitFor<T: Sendable>(spin: Bool = true, _ check: (inout Locked) throws(IPCError) -> T?) async throws(IPCError) -> T {
+    private func waitFor<T: Sendable>(spin: Bool = true, _ check: (inout State) throws(IPCError) -> T?) async throws(IPCError) -> T {
         try await waitFor(spin: spin, inPlace: false, read: { pump() ? .progressed : .waiting(1) }, check)
     }
 
     /// ``waitFor(spin:_:)`` with the reader's step given: `read` (holding the reader role) reads what it can and
     /// says how many bytes it waits for. With `inPlace` (shared memory, reading where the bytes lie), a parked
     /// task is woken once that many are readable, and the I/O thread does not read for it.
-    private nonisolated(nonsending) func waitFor<T: Sendable>(spin: Bool, inPlace: Bool, read: () -> ReadStep, _ check: (inout Locked) throws(IPCError) -> T?) async throws(IPCError) -> T {
+    private nonisolated(nonsending) func waitFor<T: Sendable>(spin: Bool, inPlace: Bool, read: () -> ReadStep, _ check: (inout State) throws(IPCError) -> T?) async throws(IPCError) -> T {
         while true {
             switch try waitRound(spin: spin, inPlace: inPlace, read: read, check) {
             case .done(let value): return value
@@ -1053,7 +932,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// The synchronous part of ``waitFor(spin:inPlace:read:_:)``: runs `check`, reading (and spinning) meanwhile
     /// when this task can take the reader role, until `check` gives a value or the task must park. Parking is
     /// left to the caller, so that a caller whose value is here or arrives while it spins makes no async call.
-    private func waitRound<T>(spin: Bool, inPlace: Bool, read: () -> ReadStep, _ check: (inout Locked) throws(IPCError) -> T?) throws(IPCError) -> WaitRound<T> {
+    private func waitRound<T>(spin: Bool, inPlace: Bool, read: () -> ReadStep, _ check: (inout State) throws(IPCError) -> T?) throws(IPCError) -> WaitRound<T> {
         var spinner: SpinWait?
         var holdingReader = false
         while true {
@@ -1064,25 +943,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 do throws(IPCError) {
                     result = try check(&state)
                 } catch {
-                    if holdingReader, Self.releaseReaderLocked(&state) {
-                        // Parked tasks still need input: the I/O thread reads for them.
-                        stream.arm(read: true, write: false)
-                    }
+                    // Parked tasks still need input: the I/O thread reads for them.
+                    if holdingReader, state.releaseReader() { stream.arm(read: true, write: false) }
                     throw error
                 }
                 if let result {
-                    let arm = holdingReader && Self.releaseReaderLocked(&state)
+                    let arm = holdingReader && state.releaseReader()
                     return (.done(result), false, arm)
                 }
-                // About to wait for the peer: whatever is pending must go out first.
-                var flush = false
-                if state.hasPendingOutput && !state.writerBusy {
-                    state.writerBusy = true
-                    flush = true
-                }
-                if holdingReader { return (.read, flush, false) }
-                if state.takeReaderRole() { return (.read, flush, false) }
-                return (.park, flush, false)
+                let (next, write) = state.mustWait(holdingReader: holdingReader)
+                return (next == .read ? .read : .park, write, false)
             }
             if flush { writeOutbox() }
             if arm { stream.arm(read: true, write: false) }
@@ -1092,6 +962,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .read:
                 holdingReader = true
                 var step = read()
+                readSteps.add(1, ordering: .releasing)
                 // The clock is read only once there is something to wait for.
                 if case .waiting = step, spinner == nil { spinner = SpinWait(budgetNanoseconds: spin ? configuration.spinNanoseconds : 0) }
                 // Poll the stream's cheap hint until it may have input, so that a spinning reader notices the
@@ -1102,6 +973,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     while case .waiting(let needed) = step,
                           spinner!.poll(clockEvery: 16, until: { ring!.hasReadable(atLeast: needed) }) {
                         step = read()
+                        readSteps.add(1, ordering: .releasing)
                     }
                 } else if case .waiting = step, spinner!.poll(until: { stream.mayHaveInput }) {
                     continue
@@ -1114,28 +986,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
     }
 
-    /// Releases the reader role (lock held). Returns true when parked tasks still wait for input, in which case
-    /// the role stays taken and the caller must arm the stream so the I/O thread reads for them.
-    private static func releaseReaderLocked(_ state: inout Locked) -> Bool {
-        if !state.waiters.isEmpty && state.channel.wantsMoreInput && !state.closed { return true }
-        state.readerBusy = false
-        return false
-    }
-
     /// Suspends until woken (see ``Parking``), then throws if the task was cancelled.
     private func park(_ parking: Parking) async throws(IPCError) {
         let handingOverReader = parking.handingOverReader, seen = parking.seen, inPlace = parking.inPlace
-        let id = locked.withLock { state -> UInt64 in
-            state.nextWaiterID += 1
-            return state.nextWaiterID
-        }
+        let id = locked.withLock { $0.nextWaiterID() }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let resumeNow = locked.withLock { state -> Bool in
-                    if Task.isCancelled || state.closed || state.generation != seen { return true }
-                    state.waiters.append((id, c))
-                    if inPlace != nil { state.inPlaceWaiting += 1 }
-                    return false
+                    !state.park(id, c, seen: seen, holdingReader: handingOverReader, inPlace: inPlace != nil, cancelled: Task.isCancelled)
                 }
                 if resumeNow {
                     if handingOverReader { releaseReader(armIfWaiters: true) }
@@ -1149,11 +1007,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 }
             }
         } onCancel: {
-            let c = locked.withLock { state -> CheckedContinuation<Void, Never>? in
-                guard let i = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-                if inPlace != nil { state.inPlaceWaiting = max(state.inPlaceWaiting - 1, 0) }
-                return state.waiters.remove(at: i).continuation
-            }
+            let c = locked.withLock { $0.cancelWaiter(id, inPlace: inPlace != nil) }
             c?.resume()
         }
         if Task.isCancelled {
@@ -1162,24 +1016,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     private func wakeAll() {
-        let (waiters, watchers) = locked.withLock { state in
-            state.generation &+= 1
-            state.inPlaceWaiting = 0
-            defer {
-                state.waiters.removeAll(keepingCapacity: true)
-                if !state.watchers.isEmpty { state.watchers = [] }
-            }
-            return (state.waiters, state.watchers)
-        }
-        for w in waiters { w.continuation.resume() }
-        for w in watchers { w.waiter.notify() }
+        let (waiters, watchers) = locked.withLock { $0.wakeAll() }
+        for w in waiters { w.waiter.resume() }
+        for w in watchers { w.watcher.notify() }
     }
 
     /// Gives up the reader role. When tasks are parked waiting for input, the role goes to the I/O thread.
     private func releaseReader(armIfWaiters: Bool) {
         let arm = locked.withLock { state -> Bool in
-            if armIfWaiters { return Self.releaseReaderLocked(&state) }
-            state.readerBusy = false
+            if armIfWaiters { return state.releaseReader() }
+            state.dropReader()
             return false
         }
         if arm { stream.arm(read: true, write: false) }
@@ -1239,7 +1085,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         if tally.applied == 0 && !ended && tally.protocolError == nil { return false }
         // The I/O thread gives the role back before waking anyone, so a woken task can take it.
-        if releasingReader { locked.withLock { $0.readerBusy = false } }
+        if releasingReader { locked.withLock { $0.dropReader() } }
         if let protocolError = tally.protocolError {
             fail(protocolError, tellPeer: protocolError.code != .peerClosed && protocolError.code != .peerError)
             return true
@@ -1259,7 +1105,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Decodes every complete frame the reader holds and applies it at once (lock held: no list of events is
     /// built, and a read costs one lock). Returns whether more input is wanted. A method rather than a function
     /// nested in `pump`, whose captured variables were checked for exclusive access at run time on every frame.
-    private func decodeAndApply(_ state: inout Locked, _ tally: inout PumpTally) -> Bool {
+    private func decodeAndApply(_ state: inout State, _ tally: inout PumpTally) -> Bool {
         do throws(IPCError) {
             while true {
                 if let (seq, payload) = reader.nextData() {
@@ -1303,7 +1149,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         guard progressed || ended else { return false }
         locked.withLock { state in
             if ended { state.channel.applyEndOfStream() }
-            if releasingReader { state.readerBusy = false }
+            if releasingReader { state.dropReader() }
         }
         wakeAll()
         return true
@@ -1320,7 +1166,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Anything still pending when a task is about to wait is written by that task before it waits, and a
     /// deferred flush on the I/O thread writes the tail of a burst that ends without a wait.
     private func afterAppend(data: Bool) {
-        if locked.withLock({ state in writeDecision(&state, data: data) && !writeToRing(&state) }) { writeInline(data: data) }
+        if locked.withLock({ state in decideWrite(&state, data: data) && !writeToRing(&state) }) { writeInline(data: data) }
     }
 
     /// Larger outboxes are left to ``writeOutbox()``: the ring's `write` publishes every 256 KiB, so that the
@@ -1328,14 +1174,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private static let ringWriteLimit = 64 << 10
 
     /// Shared memory: writes the whole outbox into the ring at once, under the lock (held by the caller, who
-    /// took the writer role in ``writeDecision(_:data:)``), when it fits in the room there is. Writing into the
+    /// took the writer role in ``decideWrite(_:data:)``), when it fits in the room there is. Writing into the
     /// ring is a copy and a release store: done under the lock it needs no snapshot of the outbox and none of the
     /// five more locks ``writeInline(data:)`` takes. Returns true when written (the writer role is given back);
     /// false when ``writeInline(data:)`` must write it (not a ring, too much or too little room, a failure).
-    private func writeToRing(_ state: inout Locked) -> Bool {
+    private func writeToRing(_ state: inout State) -> Bool {
         // `ring!` rather than `guard let ring`: a binding is a copy, a retain and a release per call, slow ones
         // for a stream referred to weakly (its count lives in a side table), 15% of a W2 sender.
-        guard ring != nil, !state.closed, !state.writeFailed else { return false }
+        guard ring != nil, state.mayWriteRing else { return false }
         let count = state.channel.outbox.count
         guard count <= Self.ringWriteLimit else { return false }
         do {
@@ -1347,80 +1193,39 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         } catch {
             return false
         }
-        ringWritten(&state)
+        if state.ringWritten() { stream.cancelFlush() }
         return true
     }
 
-    /// Everything pending was written into the ring and published by the writer (lock held): the role is given
-    /// back, and a deferred flush asked for is withdrawn.
-    private func ringWritten(_ state: inout Locked) {
-        state.staged = false
-        state.writerBusy = false
-        state.unflushedFrames = 0
-        if state.flushScheduled {
-            state.flushScheduled = false
-            stream.cancelFlush()
-        }
-    }
-
-    /// Decides how appended output gets written (lock held): true when the caller writes it now (it took the
-    /// writer role); otherwise a deferred flush is asked for, unless one is already due or someone is writing.
-    /// The request is made under the lock, so that it cannot cross a ``writeOutbox()`` withdrawing it.
-    private func writeDecision(_ state: inout Locked, data: Bool) -> Bool {
-        var urgent: Bool
-        if data {
-            state.unflushedFrames += 1
-            let batch = max(Int(state.channel.peer?.capacity ?? 1) / 4, 1)
-            urgent = state.channel.isRendezvous || state.unflushedFrames >= batch || state.waitedForInput
-            // Outside a burst the gap since the last send tells a lone send (written now) from the start of a
-            // burst. Inside one (a deferred flush is pending) the clock is read only every 16th frame (on every
-            // frame it was 8% of a sender's time in W2), to write the batch once it has gathered for `batchNanos`:
-            // a slow burst would otherwise leave its writes to the deferred flush, which wakes the I/O thread on
-            // the sender's CPU in the middle of the burst (two context switches, and the lock contended).
-            if !urgent {
-                if !state.flushScheduled {
-                    let now = Platform.monotonicNanoseconds()
-                    urgent = now &- state.lastAppendNanos >= Self.burstNanos
-                    state.lastAppendNanos = now
-                    state.flushRequestedNanos = now
-                } else if state.unflushedFrames % 16 == 0 {
-                    urgent = Platform.monotonicNanoseconds() &- state.flushRequestedNanos >= Self.batchNanos
-                }
-            }
-            state.waitedForInput = false
-        } else {
-            // A credit is due only once per quarter window (or 256 KiB taken): write it at once so the sender never
-            // stalls.
-            urgent = true
-        }
-        urgent = urgent || state.channel.outbox.count >= Self.flushThreshold
-        if state.writerBusy || !state.hasPendingOutput { return false }
-        if urgent {
-            state.writerBusy = true
+    /// Decides how appended output gets written (``IOState/outputAppended(data:now:)``, lock held, the clock read
+    /// only when the decision needs it): true when the caller writes it now (it took the writer role); a deferred
+    /// flush is asked for here, under the lock, so that the request cannot cross a ``writeOutbox()`` withdrawing it.
+    private func decideWrite(_ state: inout State, data: Bool) -> Bool {
+        let now = data && state.flushNeedsClock ? Platform.monotonicNanoseconds() : 0
+        switch state.outputAppended(data: data, now: now) {
+        case .writeNow:
             return true
-        }
-        if !state.flushScheduled {
-            state.flushScheduled = true
+        case .requestFlush:
             stream.requestFlush()
+            return false
+        case .none:
+            return false
         }
-        return false
     }
 
-    /// Writes the outbox (caller took the writer role in ``writeDecision(_:data:)``).
+    /// Writes the outbox (caller took the writer role in ``decideWrite(_:data:)``).
     private func writeInline(data: Bool) {
         writeOutbox()
         // Measure the next gap from the end of this write, not its start.
-        if data { locked.withLock { $0.lastAppendNanos = Platform.monotonicNanoseconds() } }
+        if data {
+            let now = Platform.monotonicNanoseconds()
+            locked.withLock { $0.sendWritten(now: now) }
+        }
     }
 
     /// Writes the outbox now if nobody else is writing it.
     private func flushNow() {
-        let take = locked.withLock { state -> Bool in
-            guard !state.writerBusy && state.hasPendingOutput else { return false }
-            state.writerBusy = true
-            return true
-        }
-        if take { writeOutbox() }
+        if locked.withLock({ $0.takeWriterRole() }) { writeOutbox() }
     }
 
     private typealias Snapshot = (segments: [[UInt8]], offset: Int)
@@ -1436,28 +1241,19 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         while true {
             var wakeWaiters = false
             var next = locked.withLock { state -> Snapshot? in
-                guard !state.channel.outbox.isEmpty, !state.closed, !state.writeFailed else {
-                    if state.staged {
-                        // Frames written into the ring and nothing after them: published here. (If that fails,
-                        // the peer is gone or broke the ring: the next read reports it.)
-                        state.staged = false
-                        if !state.closed && !state.writeFailed { try? ring!.publishWritten() }
-                    }
-                    state.writerBusy = false
-                    if state.flushScheduled {
-                        // Everything is written (or nothing more can be): the deferred flush asked for would find
-                        // nothing to do, so it is withdrawn and the I/O thread need not wake.
-                        state.flushScheduled = false
-                        stream.cancelFlush()
-                    }
-                    wakeWaiters = state.writerWaited
-                    state.writerWaited = false
+                switch state.nextWrite() {
+                case .write:
+                    return state.channel.outbox.snapshot()
+                case .done(let publishStaged, let cancelFlush, let wake):
+                    // Frames written into the ring and nothing after them are published here. (If that fails,
+                    // the peer is gone or broke the ring: the next read reports it.)
+                    if publishStaged { try? ring!.publishWritten() }
+                    // Everything is written (or nothing more can be): the deferred flush asked for would find
+                    // nothing to do, so it is withdrawn and the I/O thread need not wake.
+                    if cancelFlush { stream.cancelFlush() }
+                    wakeWaiters = wake
                     return nil
                 }
-                state.unflushedFrames = 0
-                // The ring's write publishes frames written before it without publishing, first thing.
-                state.staged = false
-                return state.channel.outbox.snapshot()
             }
             guard next != nil else {
                 if wakeWaiters { wakeAll() }
@@ -1469,13 +1265,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 // alone again when `consume` keeps it for reuse (a second reference would make reusing it copy it).
                 written = try Self.write(taking: &next, to: stream)
             } catch {
-                let mayRead = locked.withLock { state -> Bool in
-                    state.writerBusy = false
-                    state.writeFailed = true
-                    guard !state.readerBusy else { return false }
-                    state.readerBusy = true
-                    return true
-                }
+                let mayRead = locked.withLock { $0.writeFailedTakingReader() }
                 // The peer may have said why it closed (an error frame before its end of stream): read that
                 // first, so the error reported is the peer's reason rather than a bare broken pipe.
                 if mayRead {
@@ -1485,17 +1275,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 fail(error, tellPeer: false)
                 return
             }
-            let blocked = locked.withLock { state -> Bool in
-                state.channel.outbox.consume(written)
-                if written == 0 {
-                    state.writeArmed = true
-                    // A loan waiting for this write must not wait for the peer to make room: it copies instead.
-                    wakeWaiters = state.writerWaited
-                    state.writerWaited = false
-                    return true
-                }
-                return false
-            }
+            let blocked: Bool
+            (blocked, wakeWaiters) = locked.withLock { $0.wrote(written) }
             if blocked {
                 stream.arm(read: false, write: true)
                 if wakeWaiters { wakeAll() }
@@ -1508,32 +1289,20 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     // MARK: ByteStreamHandler (I/O thread)
 
     package func streamReady(readable: Bool, writable: Bool) {
-        let resumeWrite = locked.withLock { state -> Bool in
-            guard writable && state.writeArmed else { return false }
-            state.writeArmed = false
-            return true
-        }
+        let resumeWrite = writable && locked.withLock { $0.streamWritable() }
         if resumeWrite {
             writeOutbox()
             wakeAll()
         }
         if readable {
-            enum Next { case nothing, wake, pump }
-            let next = locked.withLock { state -> Next in
-                guard state.readerBusy else { return .nothing }
-                // A task waits to read the next message in place: give the role back and wake it (and everyone)
-                // rather than copy the message out.
-                let inPlace = state.inPlaceWaiting > 0
-                guard !inPlace && state.channel.wantsMoreInput else {
-                    state.readerBusy = false
-                    return inPlace ? .wake : .nothing
-                }
-                return .pump
-            }
-            switch next {
+            switch locked.withLock({ $0.streamReadable() }) {
             case .nothing: break
-            case .wake: wakeAll()
-            case .pump: if !pump(releasingReader: true) { stream.arm(read: true, write: false) }
+            case .wakeInPlaceReaders: wakeAll()
+            case .read:
+                if !pump(releasingReader: true) {
+                    locked.withLock { $0.ioThreadReadNothing() }
+                    stream.arm(read: true, write: false)
+                }
             }
         }
     }
@@ -1541,12 +1310,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package func flushRequested() {
         // The safety net for the tail of a burst. If the lock is busy, its owner is active and will write (or
         // wait, which writes): try again later rather than contend for the lock from the I/O thread.
-        let take = locked.withLockIfAvailable { state -> Bool in
-            state.flushScheduled = false
-            guard !state.writerBusy && state.hasPendingOutput else { return false }
-            state.writerBusy = true
-            return true
-        }
+        let take = locked.withLockIfAvailable { $0.deferredFlushDue() }
         switch take {
         case true?: writeOutbox()
         case false?: break

@@ -1,0 +1,554 @@
+import PropertyBased
+import Testing
+
+@testable import InterprocessCore
+
+/// The connection's I/O decisions (``IOState``) on their own: no stream, no lock, no clock, no task. Waiters and
+/// watchers are plain task numbers.
+typealias TestIOState = IOState<Int, Int>
+
+private func makeIOState(peerCapacity: UInt32 = 16) throws -> TestIOState {
+    let local = Hello(capacity: 16, maxFrame: 1 << 16, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes")
+    var channel = ConnectionState(mode: .framed, local: local, hasSender: true, hasReceiver: true, maxBytesInFlight: 1 << 20)
+    var peer = local
+    peer.capacity = peerCapacity
+    try channel.apply(hello: peer)
+    channel.outbox = Outbox()
+    return TestIOState(channel: channel)
+}
+
+private func appendData(_ state: inout TestIOState) throws {
+    _ = try state.channel.appendData { $0 += [1, 2, 3] }
+}
+
+/// The writer writes everything, as ``ConnectionCore``'s writer does when the stream takes it all.
+private func writeAll(_ state: inout TestIOState) {
+    while case .write = state.nextWrite() {
+        _ = state.wrote(state.channel.outbox.count)
+    }
+}
+
+@Suite("Connection I/O state machine")
+struct IOStateTests {
+    @Test func oneReaderAtATimeAndParkedTasksGetTheIOThread() throws {
+        var state = try makeIOState()
+        let r1 = state.takeReaderRole()
+        #expect(r1)
+        let r2 = state.takeReaderRole()
+        #expect(!r2)
+        // Task 2 finds the role taken and parks: the reader, done, hands the role to the I/O thread for it.
+        let seen = state.generation
+        let r3 = state.mustWait(holdingReader: false).step
+        #expect(r3 == .park)
+        let parked = state.park(state.nextWaiterID(), 2, seen: seen, holdingReader: false, inPlace: false, cancelled: false)
+        #expect(parked)
+        let arm = state.releaseReader()
+        #expect(arm)
+        #expect(state.reader == .ioThread)
+        let r4 = state.streamReadable()
+        #expect(r4 == .read)
+        state.dropReader()
+        let r5 = state.wakeAll().waiters.map(\.waiter)
+        #expect(r5 == [2])
+        #expect(state.reader == .free)
+    }
+
+    /// The lost wake-up: task 2 saw the reader role taken and decided to park; the reader took the last message
+    /// and gave the role up (no wake-up: nothing arrived for anybody else) before task 2 parked. Parking then
+    /// would leave nobody reading: it is refused, and task 2 looks again and reads itself.
+    @Test func aTaskDoesNotParkOnceTheReaderItCountedOnLeft() throws {
+        var state = try makeIOState()
+        let r6 = state.takeReaderRole()
+        #expect(r6)
+        let seen = state.generation
+        let r7 = state.mustWait(holdingReader: false).step
+        #expect(r7 == .park)
+        let arm = state.releaseReader()
+        #expect(!arm)
+        let parked = state.park(state.nextWaiterID(), 2, seen: seen, holdingReader: false, inPlace: false, cancelled: false)
+        #expect(!parked)
+        let r8 = state.mustWait(holdingReader: false).step
+        #expect(r8 == .read)
+    }
+
+    /// The same for a select: a watch registered while a task reads keeps the I/O thread reading once that task
+    /// is done.
+    @Test func aWatchingSelectKeepsTheIOThreadReading() throws {
+        var state = try makeIOState()
+        let r9 = state.takeReaderRole()
+        #expect(r9)
+        let watch = state.watch(7, receiving: true, rendezvousReceiver: false)
+        #expect(watch.id != nil)
+        #expect(!watch.armRead)
+        let arm = state.releaseReader()
+        #expect(arm)
+        #expect(state.reader == .ioThread)
+    }
+
+    @Test func aTaskWaitingToReadInPlaceIsWokenRatherThanReadFor() throws {
+        var state = try makeIOState()
+        let r10 = state.takeReaderRole()
+        #expect(r10)
+        let parked = state.park(state.nextWaiterID(), 1, seen: state.generation, holdingReader: true, inPlace: true, cancelled: false)
+        #expect(parked)
+        #expect(state.reader == .ioThread)
+        let r11 = state.streamReadable()
+        #expect(r11 == .wakeInPlaceReaders)
+        #expect(state.reader == .free)
+    }
+
+    @Test func aWakeUpSinceTheLookKeepsATaskFromParking() throws {
+        var state = try makeIOState()
+        let r12 = state.takeReaderRole()
+        #expect(r12)
+        let seen = state.generation
+        _ = state.wakeAll()
+        let parked = state.park(state.nextWaiterID(), 1, seen: seen, holdingReader: true, inPlace: false, cancelled: false)
+        #expect(!parked)
+    }
+
+    @Test func aLoneSendIsWrittenAtOnceAndABurstWaitsForItsDeferredFlush() throws {
+        var state = try makeIOState(peerCapacity: 64)
+        try appendData(&state)
+        #expect(state.flushNeedsClock)
+        let r13 = state.outputAppended(data: true, now: 1_000_000)
+        #expect(r13 == .writeNow)
+        writeAll(&state)
+        state.sendWritten(now: 1_000_100)
+        // 1 µs later: a burst. Its write is left to one deferred flush, asked for once.
+        try appendData(&state)
+        let r14 = state.outputAppended(data: true, now: 1_001_100)
+        #expect(r14 == .requestFlush)
+        try appendData(&state)
+        #expect(!state.flushNeedsClock)
+        let r15 = state.outputAppended(data: true, now: 0)
+        #expect(r15 == .none)
+        #expect(state.flushScheduled)
+        // The deferred flush writes the batch.
+        let r16 = state.deferredFlushDue()
+        #expect(r16)
+        writeAll(&state)
+        #expect(state.writer == .idle)
+        #expect(!state.hasPendingOutput)
+    }
+
+    @Test func aBurstIsWrittenByTheSenderOnceAQuarterWindowGathered() throws {
+        var state = try makeIOState(peerCapacity: 16)
+        try appendData(&state)
+        let r17 = state.outputAppended(data: true, now: 10_000)
+        #expect(r17 == .writeNow)
+        writeAll(&state)
+        state.sendWritten(now: 10_000)
+        var decisions: [TestIOState.WriteDecision] = []
+        for _ in 0..<4 {
+            try appendData(&state)
+            decisions.append(state.outputAppended(data: true, now: 10_500))
+        }
+        // Frames 1-3 join the burst; the fourth is a quarter of the peer's 16 and is written without a clock read.
+        #expect(decisions == [.requestFlush, .none, .none, .writeNow])
+    }
+
+    @Test func aBatchGatheredForLongIsWrittenByTheSender() throws {
+        var state = try makeIOState(peerCapacity: 1024)
+        try appendData(&state)
+        _ = state.outputAppended(data: true, now: 100_000)
+        writeAll(&state)
+        state.sendWritten(now: 100_000)
+        try appendData(&state)
+        let r18 = state.outputAppended(data: true, now: 100_001)
+        #expect(r18 == .requestFlush)
+        // Inside the burst the clock is wanted every 16th frame only; the 16th finds the batch old enough.
+        var asked = 0
+        var last = TestIOState.WriteDecision.none
+        for _ in 0..<15 {
+            try appendData(&state)
+            if state.flushNeedsClock { asked += 1 }
+            last = state.outputAppended(data: true, now: 100_001 + TestIOState.batchNanos)
+        }
+        #expect(asked == 1)
+        #expect(last == .writeNow)
+    }
+
+    @Test func aSendAnsweringAWaitIsWrittenAtOnce() throws {
+        var state = try makeIOState(peerCapacity: 64)
+        try appendData(&state)
+        _ = state.outputAppended(data: true, now: 50_000)
+        writeAll(&state)
+        state.sendWritten(now: 50_000)
+        let r19 = try state.takeMessage(noteWait: true)
+        #expect(r19 == nil)
+        try appendData(&state)
+        #expect(!state.flushNeedsClock)
+        let r20 = state.outputAppended(data: true, now: 0)
+        #expect(r20 == .writeNow)
+    }
+
+    @Test func aWriterWithoutRoomWaitsForTheStreamAndALoanCopiesMeanwhile() throws {
+        var state = try makeIOState()
+        try appendData(&state)
+        let r21 = state.outputAppended(data: false, now: 0)
+        #expect(r21 == .writeNow)
+        let r22 = state.nextWrite()
+        #expect(r22 == .write)
+        let r23 = state.wrote(0)
+        #expect(r23 == (blocked: true, wake: false))
+        #expect(state.writer == .waitingForRoom)
+        let r24 = try state.claimLoan(byteCount: 8, hasRoom: true)
+        #expect(r24 == .copy)
+        let r25 = state.streamWritable()
+        #expect(r25)
+        #expect(state.writer == .writing)
+        // A loan that finds a write in progress waits, and the writer wakes it when done.
+        let r26 = try state.claimLoan(byteCount: 8, hasRoom: true)
+        #expect(r26 == .wait)
+        _ = state.wrote(state.channel.outbox.count)
+        let r27 = state.nextWrite()
+        #expect(r27 == .done(publishStaged: false, cancelFlush: false, wake: true))
+        let r28 = try state.claimLoan(byteCount: 8, hasRoom: true)
+        #expect(r28 == .claimed)
+        #expect(state.isLending)
+        let r29 = state.outputAppended(data: false, now: 0)
+        #expect(r29 == .none)
+        let ended = state.endLoan()
+        #expect(ended == (write: false, wake: false))
+    }
+}
+
+// MARK: Random event sequences against a model
+
+/// What can happen to a connection, by whom (`task` 0-2; the I/O thread for the stream's events), with `amount`
+/// choosing a variant (nanoseconds for `advance`).
+enum IOEventKind: CaseIterable, Sendable {
+    case takeReader, releaseReader, poll, look, park, cancel, wake, readable, ioReadDone, appendData, appendControl, direct, drain,
+         writable, deferredFlush, loan, endLoan, credit, advance, close, watch, unwatch
+}
+
+struct IOEvent: Sendable, CustomStringConvertible {
+    var kind: IOEventKind
+    var task: Int
+    var amount: Int
+    var description: String { "\(kind)(\(task), \(amount))" }
+}
+
+/// The few rules a reader of the driver would state: who holds which role, who is parked, who waits for the
+/// writer. The state machine must agree with it after every event, and keep its invariants.
+private struct IOModel {
+    enum Holder: Equatable { case task(Int), ioThread, ioThreadReading }
+    enum Task: Equatable {
+        case running
+        /// Looked, found the reader role taken, and decided to park (at generation `seen`).
+        case decided(seen: UInt64)
+        case parked(id: UInt64, inPlace: Bool)
+    }
+    enum Writer: Equatable { case idle, writing, waitingForRoom, lending(Int) }
+
+    var reader: Holder?
+    var writer = Writer.idle
+    var tasks = [Task](repeating: .running, count: 3)
+    var watches: [Int: UInt64] = [:]
+    var flushScheduled = false
+    var writerWaited = false
+    var closed = false
+    var now: UInt64 = 1_000_000
+    var generation: UInt64 = 0
+
+    var parked: Set<Int> { Set(tasks.indices.filter { if case .parked = tasks[$0] { true } else { false } }) }
+}
+
+private func check(_ events: [IOEvent]) throws {
+    var state = try makeIOState(peerCapacity: 16)
+    var model = IOModel()
+    // A decision that does not need the clock must not depend on it.
+    let poison: UInt64 = 0xDEAD_BEEF_0000
+
+    func wakeEveryone() {
+        let (waiters, watchers) = state.wakeAll()
+        #expect(Set(waiters.map(\.waiter)) == model.parked)
+        #expect(Set(watchers.map(\.watcher)) == Set(model.watches.keys))
+        for i in model.parked { model.tasks[i] = .running }
+        model.watches = [:]
+    }
+    func release(_ arm: Bool) {
+        #expect(arm == ((!model.parked.isEmpty || !model.watches.isEmpty) && !model.closed))
+        model.reader = arm ? .ioThread : nil
+    }
+    /// The writer writes until done, or (`blocks`) finds no room on its first write.
+    func writeEverything(blocks: Bool) {
+        model.writer = .writing
+        while true {
+            switch state.nextWrite() {
+            case .write:
+                if blocks {
+                    let (blocked, wake) = state.wrote(0)
+                    #expect(blocked)
+                    #expect(wake == model.writerWaited)
+                    model.writer = .waitingForRoom
+                    model.writerWaited = false
+                    if wake { wakeEveryone() }
+                    return
+                }
+                let r30 = state.wrote(state.channel.outbox.count)
+                #expect(r30 == (blocked: false, wake: false))
+            case .done(_, let cancelFlush, let wake):
+                #expect(cancelFlush == model.flushScheduled)
+                #expect(wake == model.writerWaited)
+                model.writer = .idle
+                model.flushScheduled = false
+                model.writerWaited = false
+                if wake { wakeEveryone() }
+                return
+            }
+        }
+    }
+    func afterAppend(_ decision: TestIOState.WriteDecision, writerWasIdle: Bool, scheduledBefore: Bool, blocks: Bool) {
+        switch decision {
+        case .writeNow:
+            #expect(writerWasIdle)
+            writeEverything(blocks: blocks)
+        case .requestFlush:
+            #expect(writerWasIdle && !scheduledBefore)
+            model.flushScheduled = true
+        case .none:
+            #expect(!writerWasIdle || scheduledBefore || !state.hasPendingOutput)
+        }
+    }
+
+    for event in events {
+        let i = event.task
+        let before = state.generation
+        let blocks = event.amount % 3 == 0
+        switch event.kind {
+        case .takeReader:
+            guard model.tasks[i] == .running, model.reader != .task(i) else { continue }
+            let took = state.takeReaderRole()
+            #expect(took == (model.reader == nil && !model.closed))
+            if took { model.reader = .task(i) }
+        case .releaseReader:
+            guard model.reader == .task(i) else { continue }
+            release(state.releaseReader())
+        case .look:
+            guard model.tasks[i] == .running else { continue }
+            let holding = model.reader == .task(i)
+            let seen = state.generation
+            let pending = state.hasPendingOutput
+            let (step, write) = state.mustWait(holdingReader: holding)
+            #expect(write == (pending && model.writer == .idle))
+            #expect(step == (holding || model.reader == nil && !model.closed ? .read : .park))
+            if write { writeEverything(blocks: blocks) }
+            if step == .read {
+                model.reader = .task(i)
+            } else {
+                model.tasks[i] = .decided(seen: seen)
+            }
+        case .park:
+            let holding = model.reader == .task(i)
+            let seen: UInt64
+            switch model.tasks[i] {
+            case .running where holding: seen = state.generation
+            case .decided(let s): seen = s
+            default: continue
+            }
+            let id = state.nextWaiterID()
+            let inPlace = event.amount % 2 == 0
+            let parked = state.park(id, i, seen: seen, holdingReader: holding, inPlace: inPlace, cancelled: false)
+            let expected = !model.closed && seen == state.generation && (holding || model.reader != nil)
+            #expect(parked == expected)
+            if parked {
+                model.tasks[i] = .parked(id: id, inPlace: inPlace)
+                if holding { model.reader = .ioThread }
+            } else {
+                model.tasks[i] = .running
+                if holding { release(state.releaseReader()) }
+            }
+        case .cancel:
+            guard case .parked(let id, let inPlace) = model.tasks[i] else { continue }
+            let r31 = state.cancelWaiter(id, inPlace: inPlace)
+            #expect(r31 == i)
+            model.tasks[i] = .running
+        case .wake:
+            wakeEveryone()
+        case .readable:
+            let inPlace = model.tasks.contains { if case .parked(_, true) = $0 { true } else { false } }
+            let action = state.streamReadable()
+            guard model.reader == .ioThread else {
+                #expect(action == .nothing)
+                continue
+            }
+            #expect(action == (inPlace ? .wakeInPlaceReaders : .read))
+            if action == .wakeInPlaceReaders {
+                model.reader = nil
+                wakeEveryone()
+            } else {
+                model.reader = .ioThreadReading
+            }
+        case .ioReadDone:
+            guard model.reader == .ioThreadReading else { continue }
+            if event.amount % 2 == 0 {
+                // Something arrived: the I/O thread gives the role back and wakes everyone.
+                state.dropReader()
+                model.reader = nil
+                wakeEveryone()
+            } else {
+                // Nothing: it waits again.
+                state.ioThreadReadNothing()
+                model.reader = .ioThread
+            }
+        case .poll:
+            // A non-blocking poll reads what is there, taking the role from an I/O thread that waits, then
+            // gives it back (to the I/O thread if anyone waits).
+            guard model.tasks[i] == .running, model.reader != .task(i) else { continue }
+            let took = state.takeReaderRole(fromIOThread: true)
+            #expect(took == ((model.reader == nil || model.reader == .ioThread) && !model.closed))
+            guard took else { continue }
+            model.reader = .task(i)
+            release(state.releaseReader())
+        case .appendData:
+            guard model.tasks[i] == .running, !state.isLending, state.channel.canSend() == .ready else { continue }
+            try appendData(&state)
+            let needsClock = state.flushNeedsClock
+            let idle = model.writer == .idle, scheduled = model.flushScheduled
+            var probe = state
+            let decision = state.outputAppended(data: true, now: needsClock ? model.now : poison)
+            if !needsClock {
+                let r32 = probe.outputAppended(data: true, now: poison &+ 12_345_678)
+                #expect(r32 == decision)
+            }
+            afterAppend(decision, writerWasIdle: idle, scheduledBefore: scheduled, blocks: blocks)
+            if decision == .writeNow { state.sendWritten(now: model.now) }
+        case .appendControl:
+            guard model.tasks[i] == .running else { continue }
+            state.channel.outbox.append { $0.appendControlFrame(.ping(UInt64(event.amount))) }
+            let idle = model.writer == .idle
+            let decision = state.outputAppended(data: false, now: poison)
+            #expect(decision == (idle ? .writeNow : .none))
+            afterAppend(decision, writerWasIdle: idle, scheduledBefore: model.flushScheduled, blocks: blocks)
+        case .direct:
+            guard model.tasks[i] == .running, state.mayWriteDirectly, try state.channel.checkSend(size: 8) else { continue }
+            #expect(model.writer == .idle)
+            let scheduled = model.flushScheduled
+            let (publish, requestFlush, _) = state.stageDirect(now: state.flushNeedsClock ? model.now : poison)
+            _ = try state.channel.commitInPlaceData(size: 8)
+            if requestFlush {
+                #expect(!scheduled)
+                model.flushScheduled = true
+            }
+            if publish {
+                let r33 = state.ringWritten()
+                #expect(r33 == model.flushScheduled)
+                model.flushScheduled = false
+            }
+        case .drain:
+            guard model.tasks[i] == .running else { continue }
+            let drained = state.outputDrained()
+            #expect(drained == (!state.hasPendingOutput && model.writer == .idle))
+            if !drained { model.writerWaited = true }
+        case .writable:
+            let resumed = state.streamWritable()
+            #expect(resumed == (model.writer == .waitingForRoom))
+            if resumed { writeEverything(blocks: blocks) }
+        case .deferredFlush:
+            let took = state.deferredFlushDue()
+            #expect(took == (model.writer == .idle && state.hasPendingOutput))
+            model.flushScheduled = false
+            if took { writeEverything(blocks: blocks) }
+        case .loan:
+            guard model.tasks[i] == .running, model.writer != .lending(i) else { continue }
+            let credit = try state.channel.checkSend(size: 8)
+            let hasRoom = event.amount % 4 != 0
+            let pending = state.hasPendingOutput
+            let step = try state.claimLoan(byteCount: 8, hasRoom: hasRoom)
+            let expected: TestIOState.LoanStep
+            switch model.writer {
+            case .lending: expected = .wait
+            case _ where !credit: expected = .wait
+            case .waitingForRoom: expected = .copy
+            case .writing: expected = .wait
+            case .idle: expected = pending ? .flushFirst : hasRoom ? .claimed : .copy
+            }
+            #expect(step == expected)
+            if step == .claimed { model.writer = .lending(i) }
+            if step == .flushFirst {
+                let r34 = state.takeWriterRole()
+                #expect(r34)
+                writeEverything(blocks: blocks)
+            }
+        case .endLoan:
+            guard model.writer == .lending(i) else { continue }
+            if event.amount % 2 == 0 { _ = try state.channel.commitInPlaceData(size: 8) }
+            let pending = state.hasPendingOutput
+            let (write, wake) = state.endLoan()
+            #expect(write == pending)
+            #expect(wake == (!model.parked.isEmpty || !model.watches.isEmpty))
+            model.writer = .idle
+            if write { writeEverything(blocks: blocks) }
+            if wake { wakeEveryone() }
+        case .credit:
+            var effects = ConnectionState.Effects()
+            try state.channel.apply(.credit(consumed: state.channel.nextSeq - 1), effects: &effects)
+        case .advance:
+            model.now += UInt64(event.amount)
+        case .close:
+            guard !model.closed else { continue }
+            let (waiters, watchers) = state.close()
+            #expect(Set(waiters) == model.parked)
+            #expect(Set(watchers.map(\.watcher)) == Set(model.watches.keys))
+            model.closed = true
+            for t in model.parked { model.tasks[t] = .running }
+            model.watches = [:]
+        case .watch:
+            guard model.tasks[i] == .running, model.watches[i] == nil else { continue }
+            let receiving = event.amount % 2 == 0
+            let ready = receiving ? state.channel.receive(peek: true) != .wait : state.channel.canSend() != .wait
+            let readerWasFree = model.reader == nil
+            let watch = state.watch(i, receiving: receiving, rendezvousReceiver: false)
+            #expect((watch.id == nil) == (ready || model.closed))
+            guard let id = watch.id else { continue }
+            model.watches[i] = id
+            #expect(watch.armRead == readerWasFree)
+            if watch.armRead { model.reader = .ioThread }
+        case .unwatch:
+            guard let id = model.watches[i] else { continue }
+            let r35 = state.unwatch(id)
+            #expect(!r35)
+            model.watches[i] = nil
+        }
+
+        // The model's view of the roles.
+        let reader: TestIOState.Reader = switch model.reader {
+        case nil: .free
+        case .task?: .task
+        case .ioThread?: .ioThread
+        case .ioThreadReading?: .ioThreadReading
+        }
+        #expect(state.reader == reader, "after \(event)")
+        let writer: TestIOState.Writer = switch model.writer {
+        case .idle: .idle
+        case .writing: .writing
+        case .waitingForRoom: .waitingForRoom
+        case .lending: .lending
+        }
+        #expect(state.writer == writer, "after \(event)")
+        #expect(state.flushScheduled == model.flushScheduled, "after \(event)")
+        #expect(state.generation >= before)
+        // Nobody waits for news with nobody reading.
+        if state.hasWaiters && !model.closed {
+            #expect(state.reader != .free, "a task or select waits with nobody reading, after \(event)")
+        }
+        // No output waits with nobody to write it.
+        if state.hasPendingOutput && !model.closed {
+            #expect(state.writer != .idle || state.flushScheduled, "output pending with no writer and no flush, after \(event)")
+        }
+        #expect(state.waiters.count == model.parked.count)
+    }
+}
+
+@Suite("Connection I/O state machine, random events")
+struct IOStatePropertyTests {
+    @Test func theStateMachineAgreesWithTheModelAndKeepsItsInvariants() async {
+        let event = zip(Gen<IOEventKind>.case, Gen.int(in: 0...2), Gen.int(in: 0...40_000))
+            .map { IOEvent(kind: $0, task: $1, amount: $2) }
+        await propertyCheck(count: 400, input: event.array(of: 1...120)) { events in
+            try check(events)
+        }
+    }
+}
