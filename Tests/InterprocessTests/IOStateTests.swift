@@ -193,18 +193,18 @@ struct IOStateTests {
         let r23 = state.wrote(0)
         #expect(r23 == (blocked: true, wake: false))
         #expect(state.writer == .waitingForRoom)
-        let r24 = try state.claimLoan(byteCount: 8, hasRoom: true)
+        let r24 = try state.claimLoan(byteCount: 8, hasRoom: { true })
         #expect(r24 == .copy)
         let r25 = state.streamWritable()
         #expect(r25)
         #expect(state.writer == .writing)
         // A loan that finds a write in progress waits, and the writer wakes it when done.
-        let r26 = try state.claimLoan(byteCount: 8, hasRoom: true)
+        let r26 = try state.claimLoan(byteCount: 8, hasRoom: { true })
         #expect(r26 == .wait)
         _ = state.wrote(state.channel.outbox.count)
         let r27 = state.nextWrite()
         #expect(r27 == .done(publishStaged: false, cancelFlush: false, wake: true))
-        let r28 = try state.claimLoan(byteCount: 8, hasRoom: true)
+        let r28 = try state.claimLoan(byteCount: 8, hasRoom: { true })
         #expect(r28 == .claimed)
         #expect(state.isLending)
         let r29 = state.outputAppended(data: false, now: 0)
@@ -456,7 +456,7 @@ private func check(_ events: [IOEvent]) throws {
             let credit = try state.channel.checkSend(size: 8)
             let hasRoom = event.amount % 4 != 0
             let pending = state.hasPendingOutput
-            let step = try state.claimLoan(byteCount: 8, hasRoom: hasRoom)
+            let step = try state.claimLoan(byteCount: 8, hasRoom: { hasRoom })
             let expected: TestIOState.LoanStep
             switch model.writer {
             case .lending: expected = .wait

@@ -43,9 +43,6 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private let rendezvousReceiver: Bool
     private let reader: FrameReader
     private let locked: Mutex<State>
-    /// Read steps ended by the task holding the reader role: a poll that finds the role taken waits for a step
-    /// to end (``pollInput()``).
-    private let readSteps = Atomic<UInt64>(0)
     /// ``send(byteCount:inPlace:)`` without a ring: below this a message is copied into the outbox's tail.
     private static let smallCopy = 32 << 10
 
@@ -219,9 +216,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 } catch {
                     violation = error
                 }
-                // Messages went to the inbox: a wake-up, even with nobody parked yet, so that a task which looked
-                // before (and found the reader role taken) does not park beside them.
-                wake = count > 1
+                // Messages went to the inbox: news, even with nobody parked yet, so that a task which looked before
+                // (and found the reader role taken) does not park beside them.
+                wake = count > 1 && state.newsArrived()
                 return at
             }
         }
@@ -291,22 +288,22 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// task finished a read it began after this call, or gave the role up; a reader that is merely waiting for
     /// input (the stream shows none) is not waited for. Returns whether the state is as fresh as the stream.
     package func pollInput() -> Bool {
-        var firstStep: UInt64?
+        var firstRound: UInt64?
         var deadline: UInt64 = 0
         while true {
-            if locked.withLock({ $0.takeReaderRole(fromIOThread: true) }) {
+            let (took, rounds) = locked.withLock { state in (state.takeReaderRole(fromIOThread: true), state.readRounds) }
+            if took {
                 _ = pump()
                 releaseReader(armIfWaiters: true)
                 return true
             }
             guard stream.mayHaveInput else { return false }
-            let steps = readSteps.load(ordering: .acquiring)
-            if let firstStep {
-                // Two steps on: a read that began after this call ended.
-                if steps &- firstStep >= 2 { return true }
+            if let firstRound {
+                // Two rounds on: a read that began after this call ended.
+                if rounds &- firstRound >= 2 { return true }
                 if Platform.monotonicNanoseconds() >= deadline { return false }
             } else {
-                firstStep = steps
+                firstRound = rounds
                 deadline = Platform.monotonicNanoseconds() + Self.pollPatienceNanos
             }
             Platform.yieldCPU()
@@ -857,8 +854,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// ``IOState/claimLoan(byteCount:hasRoom:)`` for a frame of `frameSize` bytes (lock held). The room is looked
     /// at only when the loan could be claimed: then nobody else writes, so it cannot shrink before the claim.
     private func claimLoan(_ state: inout State, frameSize: Int, byteCount: Int) throws(IPCError) -> State.LoanStep {
-        let mayClaim = !state.isLending && state.writerIsIdle && !state.hasPendingOutput
-        return try state.claimLoan(byteCount: byteCount, hasRoom: mayClaim && ring!.hasRoom(frameSize))
+        try state.claimLoan(byteCount: byteCount, hasRoom: { ring!.hasRoom(frameSize) })
     }
 
     /// A loan ended (published or not): other sends may go on, and what was appended meanwhile is written.
@@ -939,6 +935,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             var generation: UInt64 = 0
             let (step, flush, arm): (WaitStep<T>, Bool, Bool) = try locked.withLock { state throws(IPCError) in
                 generation = state.generation
+                if holdingReader { state.beginReadRound() }
                 let result: T?
                 do throws(IPCError) {
                     result = try check(&state)
@@ -962,7 +959,6 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .read:
                 holdingReader = true
                 var step = read()
-                readSteps.add(1, ordering: .releasing)
                 // The clock is read only once there is something to wait for.
                 if case .waiting = step, spinner == nil { spinner = SpinWait(budgetNanoseconds: spin ? configuration.spinNanoseconds : 0) }
                 // Poll the stream's cheap hint until it may have input, so that a spinning reader notices the
@@ -973,8 +969,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     while case .waiting(let needed) = step,
                           spinner!.poll(clockEvery: 16, until: { ring!.hasReadable(atLeast: needed) }) {
                         step = read()
-                        readSteps.add(1, ordering: .releasing)
-                    }
+                            }
                 } else if case .waiting = step, spinner!.poll(until: { stream.mayHaveInput }) {
                     continue
                 }

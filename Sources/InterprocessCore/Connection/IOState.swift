@@ -93,7 +93,9 @@ package struct IOState<Waiter, Watcher> {
         self.channel = channel
     }
 
+    @inline(__always)
     package var hasPendingOutput: Bool { staged || !channel.outbox.isEmpty }
+    @inline(__always)
     package var hasWaiters: Bool { !waiters.isEmpty || !watchers.isEmpty }
     package var isLending: Bool { writer == .lending }
     package var writerIsIdle: Bool { writer == .idle }
@@ -104,6 +106,7 @@ package struct IOState<Waiter, Watcher> {
     /// `fromIOThread`: also when the I/O thread holds it and waits for the stream to become readable (a
     /// non-blocking poll reads what is there now rather than report nothing); the thread, woken later, finds the
     /// role taken and leaves the reading to the task, which hands the role back on release if anyone waits.
+    @inline(__always)
     package mutating func takeReaderRole(fromIOThread: Bool = false) -> Bool {
         guard reader == .free || fromIOThread && reader == .ioThread, channel.wantsMoreInput, !closed else { return false }
         reader = .task
@@ -112,6 +115,7 @@ package struct IOState<Waiter, Watcher> {
 
     /// The reading task is done. Returns true when parked tasks or watching selects still wait for news: the role
     /// then goes to the I/O thread, and the caller arms the stream for reading.
+    @inline(__always)
     package mutating func releaseReader() -> Bool {
         if hasWaiters && channel.wantsMoreInput && !closed {
             reader = .ioThread
@@ -156,6 +160,7 @@ package struct IOState<Waiter, Watcher> {
     /// A task looked at the state and must wait (`holdingReader`: it holds the reader role). Returns whether it
     /// reads (it holds the reader role then) or parks, and whether it must first write the pending output (it
     /// then holds the writer role): about to wait for the peer, whatever is pending must go out first.
+    @inline(__always)
     package mutating func mustWait(holdingReader: Bool) -> (step: WaitStep, write: Bool) {
         var write = false
         if hasPendingOutput && writer == .idle {
@@ -195,6 +200,24 @@ package struct IOState<Waiter, Watcher> {
         if inPlace { inPlaceWaiting = max(inPlaceWaiting - 1, 0) }
         return waiters.remove(at: i).waiter
     }
+
+    /// News arrived (messages went to the inbox) while the caller held the lock: a task that looked before does
+    /// not park. Returns whether anyone waits, to be woken with ``wakeAll()``.
+    @inline(__always)
+    package mutating func newsArrived() -> Bool {
+        generation &+= 1
+        return hasWaiters
+    }
+
+    /// A reading task begins another round (it looks at the state, then reads): counted, so that a poll finding
+    /// the role taken can wait for a read that began after it (``readRounds``).
+    @inline(__always)
+    package mutating func beginReadRound() {
+        readRounds &+= 1
+    }
+
+    /// Rounds begun by reading tasks (``beginReadRound()``).
+    package private(set) var readRounds: UInt64 = 0
 
     /// Something changed: every parked task and watching select is to be resumed (they look again).
     package mutating func wakeAll() -> (waiters: [(id: UInt64, waiter: Waiter)], watchers: [(id: UInt64, watcher: Watcher)]) {
@@ -251,6 +274,7 @@ package struct IOState<Waiter, Watcher> {
     /// The next message and whether a credit frame was appended; or nil (the end) and whether the end is reported
     /// for the first time; or nil when there is nothing yet. `noteWait`: a receive that waits when nothing is
     /// here notes it, so that the next send, which answers what arrives, is written at once.
+    @inline(__always)
     package mutating func takeMessage(noteWait: Bool = false) throws(IPCError) -> ([UInt8]?, Bool)? {
         switch channel.receive() {
         case .message(let bytes, let credit): return (bytes, credit)
@@ -269,6 +293,7 @@ package struct IOState<Waiter, Watcher> {
     /// Whether ``outputAppended(data:now:)`` of a data frame needs the time: not when the frame is written at
     /// once whatever the time; outside a burst, yes; inside one (a deferred flush is pending), every 16th frame
     /// (on every frame, reading the clock was a noticeable share of a sender's time).
+    @inline(__always)
     package var flushNeedsClock: Bool {
         let frames = unflushedFrames + 1
         if channel.isRendezvous || frames >= batchFrames || waitedForInput { return false }
@@ -276,6 +301,7 @@ package struct IOState<Waiter, Watcher> {
     }
 
     /// A burst is written once this many data frames gathered: a quarter of the peer's window.
+    @inline(__always)
     private var batchFrames: Int { max(Int(channel.peer?.capacity ?? 1) / 4, 1) }
 
     /// How appended output gets written.
@@ -297,6 +323,7 @@ package struct IOState<Waiter, Watcher> {
     /// or once the batch is ``batchNanos`` old; a lone send (a request, a ping-pong), one answering a receive
     /// that waited, and a rendezvous are written at once. A control frame is written at once: a credit is due only
     /// once per quarter window, and the sender must never stall for it.
+    @inline(__always)
     package mutating func outputAppended(data: Bool, now: UInt64) -> WriteDecision {
         var urgent: Bool
         if data {
@@ -330,11 +357,13 @@ package struct IOState<Waiter, Watcher> {
     }
 
     /// An inline write by a sender ended at `now`: the next gap is measured from here, not from its start.
+    @inline(__always)
     package mutating func sendWritten(now: UInt64) {
         lastAppendNanos = now
     }
 
     /// Takes the writer role to write the pending output, if nobody writes and there is some.
+    @inline(__always)
     package mutating func takeWriterRole() -> Bool {
         guard writer == .idle && hasPendingOutput else { return false }
         writer = .writing
@@ -357,6 +386,7 @@ package struct IOState<Waiter, Watcher> {
         case done(publishStaged: Bool, cancelFlush: Bool, wake: Bool)
     }
 
+    @inline(__always)
     package mutating func nextWrite() -> NextWrite {
         guard !channel.outbox.isEmpty, !closed, !writeFailed else {
             let publish = staged && !closed && !writeFailed
@@ -377,6 +407,7 @@ package struct IOState<Waiter, Watcher> {
     /// The writer wrote `count` bytes of its snapshot. Returns true when the stream took nothing: the writer then
     /// waits for room (the caller arms the stream for writing), and `wake` says whether a task waited for the
     /// writer (a loan must not wait for the peer to make room: it copies instead).
+    @inline(__always)
     package mutating func wrote(_ count: Int) -> (blocked: Bool, wake: Bool) {
         channel.outbox.consume(count)
         guard count == 0 else { return (false, false) }
@@ -413,6 +444,7 @@ package struct IOState<Waiter, Watcher> {
 
     /// Whether a small frame may be written straight into the ring now: nothing waits in the outbox, nobody
     /// writes, the connection is open and not a rendezvous.
+    @inline(__always)
     package var mayWriteDirectly: Bool {
         writer == .idle && channel.outbox.isEmpty && !closed && !writeFailed && !channel.isRendezvous
     }
@@ -420,6 +452,7 @@ package struct IOState<Waiter, Watcher> {
     /// A frame is about to be written straight into the ring (``mayWriteDirectly``): it is staged output. Returns
     /// whether it is published at once (the caller holds the writer role then) or with the rest of its burst
     /// (and whether a deferred flush must be asked for).
+    @inline(__always)
     package mutating func stageDirect(now: UInt64) -> (publish: Bool, requestFlush: Bool, wasStaged: Bool) {
         let wasStaged = staged
         staged = true
@@ -438,6 +471,7 @@ package struct IOState<Waiter, Watcher> {
 
     /// Everything pending was written into the ring and published by the writer: the role is given back. Returns
     /// whether a deferred flush asked for must be withdrawn.
+    @inline(__always)
     package mutating func ringWritten() -> Bool {
         staged = false
         writer = .idle
@@ -464,8 +498,10 @@ package struct IOState<Waiter, Watcher> {
         case wait
     }
 
-    /// Claims the ring for a loan of `byteCount` bytes; `hasRoom`: the ring has room for its frame.
-    package mutating func claimLoan(byteCount: Int, hasRoom: Bool) throws(IPCError) -> LoanStep {
+    /// Claims the ring for a loan of `byteCount` bytes; `hasRoom` says whether the ring has room for its frame
+    /// (asked only when the loan could be claimed: reading the peer's position costs a cache miss).
+    @inline(__always)
+    package mutating func claimLoan(byteCount: Int, hasRoom: () -> Bool) throws(IPCError) -> LoanStep {
         if writer == .lending { return .wait }
         guard try channel.checkSend(size: byteCount) else { return .wait }
         switch writer {
@@ -477,13 +513,14 @@ package struct IOState<Waiter, Watcher> {
             return .wait
         }
         if hasPendingOutput { return .flushFirst }
-        guard hasRoom else { return .copy }
+        guard hasRoom() else { return .copy }
         writer = .lending
         return .claimed
     }
 
     /// A loan ended (published or not). Returns whether the caller writes the outbox (output was appended
     /// meanwhile: it keeps the writer role) and whether it wakes the waiting tasks.
+    @inline(__always)
     package mutating func endLoan() -> (write: Bool, wake: Bool) {
         waitedForInput = false
         writer = hasPendingOutput ? .writing : .idle
