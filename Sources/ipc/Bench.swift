@@ -6,10 +6,21 @@ import BenchmarkSupport
 import Foundation
 import Interprocess
 
-/// The typed message of the typed W2 runs: a sequence number and 48 bytes (77 bytes in the binary codec).
-struct BenchSample: Codable, Sendable {
+/// The typed message of the typed W2 lines: 64 bytes of data (seven scalar fields and a 24-character string), as a
+/// service's small messages are. Encoded it is larger: the binary codec writes each field's name and length.
+struct BenchSample: Codable, Sendable, Equatable {
     var seq: UInt64
-    var body: [UInt8]
+    var timestamp: UInt64
+    var worker: UInt32
+    var kind: UInt16
+    var flags: UInt16
+    var value: Double
+    var ratio: Double
+    var label: String
+
+    static func make(_ seq: Int) -> BenchSample {
+        BenchSample(seq: UInt64(seq), timestamp: 1_764_000_000_000 + UInt64(seq), worker: 7, kind: 3, flags: 0x11, value: 2.5, ratio: 0.75, label: "sample-label-0123456789x")
+    }
 }
 
 enum Workload: String, CaseIterable, ExpressibleByArgument {
@@ -38,6 +49,11 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
     /// W2 with `send(contentsOf:)` and `receive(upTo:)`, 64 messages per call (reported apart: not the per-message API).
     case unixBatch = "unix-batch"
     case shmBatch = "shm-batch"
+    /// boost::interprocess message_queue (Benchmarks/peers/boost_mq.cpp; needs libboost-dev).
+    case boostQueue = "boost-mq"
+    /// ZeroMQ PAIR sockets over ipc:// and tcp:// (Benchmarks/peers/zmq_pair.cpp; needs libzmq3-dev).
+    case zmqIPC = "zmq-ipc"
+    case zmqTCP = "zmq-tcp"
 
     var label: String {
         switch self {
@@ -52,6 +68,30 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
         case .unixJSON: "Interprocess unix, JSON Codable"
         case .unixBatch: "Interprocess unix, raw, 64 per call"
         case .shmBatch: "Interprocess shm, raw, 64 per call"
+        case .boostQueue: "boost::interprocess message_queue"
+        case .zmqIPC: "ZeroMQ ipc:// (PAIR)"
+        case .zmqTCP: "ZeroMQ tcp:// (PAIR)"
+        }
+    }
+
+    /// The physical limits: every line's ratio is taken against their best run.
+    var isLimit: Bool { self == .baseline || self == .cRing }
+    /// A library a user would otherwise pick, run by its own program.
+    var isPeer: Bool { self == .boostQueue || self == .zmqIPC || self == .zmqTCP }
+
+    /// The limit a line is compared with: the C ring for shared memory, the raw socketpair otherwise.
+    var limit: BenchTransport? {
+        if isLimit { return nil }
+        return isSharedMemory || self == .boostQueue ? .cRing : .baseline
+    }
+
+    /// The peer library a line is compared with: what a user would pick for the same job.
+    var peer: BenchTransport? {
+        switch self {
+        case .shmRaw, .shmZeroCopy, .shmBatch: .boostQueue
+        case .unixRaw, .unixZeroCopy, .unixBinary, .unixJSON, .unixBatch: .zmqIPC
+        case .tcpRaw: .zmqTCP
+        default: nil
         }
     }
 
@@ -66,7 +106,46 @@ enum BenchTransport: String, CaseIterable, ExpressibleByArgument {
         switch self {
         case .baseline, .unixRaw, .shmRaw, .shmZeroCopy, .unixZeroCopy: true
         case .tcpRaw, .cRing: workload != .w4
+        case .boostQueue, .zmqIPC, .zmqTCP: workload == .w1 || workload == .w2
         case .unixBinary, .unixJSON, .unixBatch, .shmBatch: workload == .w2
+        }
+    }
+}
+
+/// What `ipc bench --json` writes: every line of one invocation.
+struct BenchReport: Codable {
+    var machine: String
+    var date: String
+    var placement: Bench.Placement
+    var runs: Int
+    var counts: BenchCounts
+    var capacity: Int
+    var lines: [BenchLine]
+}
+
+/// One line: its median (W1: p50, p99, max; W4: p50 per size; W2, W3: the rate), every run, the best run's main
+/// figure, and its ratios to the limit's best run and the peer library's median (main figure over main figure).
+struct BenchLine: Codable {
+    var workload: String
+    var transport: String
+    var label: String
+    var unit: String
+    var median: [Double]
+    var runs: [[Double]]
+    var best: Double
+    var limit: String?
+    var ratioToLimit: Double?
+    var peer: String?
+    var ratioToPeer: Double?
+    var peakRSSKiB: [Int]?
+}
+
+extension Workload {
+    var unit: String {
+        switch self {
+        case .w1, .w4: "us"
+        case .w2: "M msg/s"
+        case .w3: "GB/s"
         }
     }
 }
@@ -96,28 +175,31 @@ struct BenchResult {
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the standard workloads W1-W4 over each transport, beside raw-syscall and C shared-memory baselines.",
-        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs, with its ratio to the baseline measured in the same invocation (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory). The shm-zero-copy and unix-zero-copy lines use Sender.send(byteCount:) and Receiver.receive { } (over a socket these reuse one buffer per direction for large messages); in W4 they write only an 8-byte tag at each end of the payload, while the raw lines send whole arrays; every W4 echo is checked by its size and those two tags. The unix-batch and shm-batch lines (W2 only) send with Sender.send(contentsOf:) and receive with Receiver.receive(upTo:), 64 messages per call. Build with -c release.")
+        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs. The limits (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory) show their best run beside their median, and every line's ratio is taken against the best run of its limit, so that a slow phase of the limit never flatters a line. The peer libraries a user would otherwise pick run in the same invocation from Benchmarks/peers (boost::interprocess message_queue beside shared memory, ZeroMQ PAIR over ipc:// beside Unix sockets and over tcp:// beside TCP; W1 and W2; built with g++ when libboost-dev and libzmq3-dev are installed, skipped with a note otherwise), and each line shows its ratio to that library's median. The typed lines (unix-binary, unix-json) send a struct of 64 data bytes: seven scalar fields and a 24-character string. --json FILE writes every line (median, every run, best run, ratios, peak memory) with the machine, date, placement and counts. The shm-zero-copy and unix-zero-copy lines use Sender.send(byteCount:) and Receiver.receive { } (over a socket these reuse one buffer per direction for large messages); in W4 they write only an 8-byte tag at each end of the payload, while the raw lines send whole arrays; every W4 echo is checked by its size and those two tags. The unix-batch and shm-batch lines (W2 only) send with Sender.send(contentsOf:) and receive with Receiver.receive(upTo:), 64 messages per call. Build with -c release.")
 
-    @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement = "split"
+    @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement: Placement = .split
     @Option(help: "Runs per line; the median is reported.") var runs = 3
     @Option(help: "Channel capacity (messages) for the Interprocess lines; default: the library's default.") var capacity: Int?
     @Option(help: "Spin budget in microseconds before a waiting task sleeps; default: the library's default.") var spin: Int?
     @Option(help: "Payload bytes a sender keeps in flight (ChannelOptions.maxBytesInFlight); default: the library's default.") var bytesInFlight: Int?
     @Option(help: "Shared-memory ring size in bytes (a power of two); default: the library's default.") var ringSize: Int?
     @Option(parsing: .upToNextOption, help: "Workloads to run.") var workloads: [Workload] = Workload.allCases
-    @Option(parsing: .upToNextOption, help: "Transports to run.") var transports: [BenchTransport] = BenchTransport.allCases
+    @Option(parsing: .upToNextOption, help: "Transports to run (the limits and peer libraries always run first).") var transports: [BenchTransport] = BenchTransport.allCases
     @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
     @Option(help: "Folder with the C reference programs (shm_ring.c); default: ../shared/baseline if it exists.") var cBaseline: String?
+    @Option(help: "Also write every line as JSON to this file.") var json: String?
+
+    enum Placement: String, ExpressibleByArgument, Codable {
+        case split, same, free
+    }
 
     func run() async throws {
         var counts = BenchCounts()
         if quick { counts = BenchCounts(w1Warmup: 200, w1Iterations: 2000, w2Count: 100_000, w3Count: 100, quick: true) }
-        let childCPU: Int?
-        switch placement {
-        case "split": childCPU = 1
-        case "same": childCPU = 0
-        case "free": childCPU = nil
-        default: throw ValidationError("--placement must be split, same or free")
+        let childCPU: Int? = switch placement {
+        case .split: 1
+        case .same: 0
+        case .free: nil
         }
         if childCPU != nil { ProcessControl.pinToCPU(0) }
         var options = ChannelOptions()
@@ -127,22 +209,30 @@ struct Bench: AsyncParsableCommand {
         if let ringSize { options.sharedMemoryRingSize = ringSize }
         let directory = try makeTemporaryDirectory()
         defer { removeDirectory(directory) }
-        var transports = self.transports
-        var cRing: CRingBaseline?
-        if transports.contains(.cRing) {
-            cRing = CRingBaseline.build(sourceDirectory: cBaseline)
-            if cRing == nil {
-                say("note: the C shared-memory ring baseline (shm_ring.c) was not found or did not build; its line is skipped")
-                transports.removeAll { $0 == .cRing }
+        // The limits and the peer libraries first, so that every Interprocess line has its ratios.
+        var transports = self.transports.filter { $0.isLimit || $0.isPeer } + self.transports.filter { !$0.isLimit && !$0.isPeer }
+        var programs: [NativeProgram.Kind: NativeProgram] = [:]
+        for kind in NativeProgram.Kind.allCases {
+            let users: [BenchTransport] = switch kind {
+            case .cRing: [.cRing]
+            case .boostQueue: [.boostQueue]
+            case .zeroMQ: [.zmqIPC, .zmqTCP]
+            }
+            guard transports.contains(where: users.contains) else { continue }
+            if let program = NativeProgram.build(kind, into: directory, cBaseline: cBaseline) {
+                programs[kind] = program
+            } else {
+                say("note: \(kind.source) was not found or did not build (it needs \(kind.requirement)); its lines are skipped")
+                transports.removeAll(where: users.contains)
             }
         }
-        defer { cRing?.remove() }
 
-        say("Interprocess bench: placement \(placement), \(runs) runs per line (median), capacity \(options.capacity), \(options.maxBytesInFlight >> 10) KiB in flight, \(quick ? "QUICK counts" : "full counts")")
-        say("machine: \(machineDescription())")
+        let machine = machineDescription()
+        say("Interprocess bench: placement \(placement.rawValue), \(runs) runs per line (median), capacity \(options.capacity), \(options.maxBytesInFlight >> 10) KiB in flight, \(quick ? "QUICK counts" : "full counts")")
+        say("machine: \(machine)")
+        say("Ratios are taken against the best run of the limit (the raw socketpair for sockets, the C ring for shared memory) and against the median of the peer library a user would otherwise pick.")
+        var report = BenchReport(machine: machine, date: ISO8601DateFormatter().string(from: Date()), placement: placement, runs: runs, counts: counts, capacity: options.capacity, lines: [])
         for workload in workloads {
-            var baseline: Double?
-            var ringBaseline: Double?
             var header: String
             switch workload {
             case .w1: header = "W1 ping-pong 64 B, round trip us: p50 / p99 / max"
@@ -151,11 +241,21 @@ struct Bench: AsyncParsableCommand {
             case .w4: header = "W4 ping-pong by size, round trip p50 us: " + w4Sizes.map(sizeLabel).joined(separator: " / ")
             }
             header += " (shm ring \(sizeLabel(ringSize ?? Self.ringSize(for: workload) ?? options.sharedMemoryRingSize)))"
+            if workload == .w2 && (transports.contains(.unixBinary) || transports.contains(.unixJSON)) {
+                var binary: [UInt8] = [], json: [UInt8] = []
+                try BinaryCodec(BenchSample.self).encode(.make(0), into: &binary)
+                try JSONCodec(BenchSample.self).encode(.make(0), into: &json)
+                header += "; typed lines: a struct of 64 data bytes (7 scalar fields, a 24-character string), \(binary.count) B binary, \(json.count) B JSON"
+            }
             say("\n" + header)
+            // Lower is better for latencies (W1, W4), higher for rates.
+            let lowerIsBetter = workload == .w1 || workload == .w4
+            var bestOf: [BenchTransport: Double] = [:]
+            var medianOf: [BenchTransport: Double] = [:]
             for transport in transports where transport.applies(to: workload) {
                 var results: [BenchResult] = []
                 for _ in 0..<runs {
-                    results.append(try await runOne(workload, transport, counts: counts, options: options, childCPU: childCPU, directory: directory, cRing: cRing))
+                    results.append(try await runOne(workload, transport, counts: counts, options: options, childCPU: childCPU, directory: directory, programs: programs))
                 }
                 results.sort { $0.values[0] < $1.values[0] }
                 var median = results[results.count / 2]
@@ -164,26 +264,46 @@ struct Bench: AsyncParsableCommand {
                     median.values = median.values.indices.map { i in results.map { $0.values[i] }.sorted()[results.count / 2] }
                 }
                 let main = median.values[0]
-                if transport == .baseline { baseline = main }
-                if transport == .cRing { ringBaseline = main }
+                let best = lowerIsBetter ? results[0].values[0] : results[results.count - 1].values[0]
+                bestOf[transport] = best
+                medianOf[transport] = main
                 var line = transport.label.padding(toLength: 36, withPad: " ", startingAt: 0)
                 switch workload {
                 case .w1, .w4: line += median.values.map { format($0) }.joined(separator: " / ")
                 case .w2, .w3: line += format(main, 2)
                 }
-                // Shared memory is compared with the C ring, sockets with the socketpair. For W1 lower is better: the
-                // ratio is time over baseline time; for W2/W3 rate over baseline rate.
-                if workload == .w4 {
+                // A ratio above 1 is better than the reference for rates, worse for latencies (time over time).
+                var record = BenchLine(workload: workload.rawValue, transport: transport.rawValue, label: transport.label, unit: workload.unit, median: median.values, runs: results.map(\.values), best: best)
+                if transport.isLimit {
+                    line += "   best run \(format(best, 2))"
+                } else if workload == .w4 {
                     line += "   4 MiB / 64 B: \(format(median.values[median.values.count - 1] / main, 1))x"
-                } else if transport.isSharedMemory, let ringBaseline {
-                    line += "   ratio \(format(main / ringBaseline, 2))x (to the C ring)"
-                } else if let baseline, transport != .baseline, transport != .cRing {
-                    line += "   ratio \(format(main / baseline, 2))x"
+                } else {
+                    if let limit = transport.limit, let limitBest = bestOf[limit] {
+                        record.limit = limit.rawValue
+                        record.ratioToLimit = main / limitBest
+                        line += "   \(format(main / limitBest, 2))x \(limit == .cRing ? "the C ring" : "the socketpair")\(lowerIsBetter ? "'s time" : "'s rate")"
+                    }
+                    if let peer = transport.peer, let peerMedian = medianOf[peer] {
+                        record.peer = peer.rawValue
+                        record.ratioToPeer = main / peerMedian
+                        line += "   \(format(main / peerMedian, 2))x \(peer.label)\(lowerIsBetter ? "'s time" : "'s rate")"
+                    }
                 }
-                if workload != .w1 && workload != .w4 && transport != .cRing { line += "   peak RSS \(median.parentRSSKiB / 1024) / \(median.childRSSKiB / 1024) MiB" }
+                if (workload == .w2 || workload == .w3) && !transport.isLimit && !transport.isPeer {
+                    line += "   peak RSS \(median.parentRSSKiB / 1024) / \(median.childRSSKiB / 1024) MiB"
+                    record.peakRSSKiB = [median.parentRSSKiB, median.childRSSKiB]
+                }
                 say(line)
                 say("RESULT \(workload.rawValue) \(transport.rawValue) \(median.values.map { format($0, 2) }.joined(separator: " ")) rss=\(median.parentRSSKiB),\(median.childRSSKiB)")
+                report.lines.append(record)
             }
+        }
+        if let json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+            say("\nwrote \(json)")
         }
     }
 
@@ -198,7 +318,7 @@ struct Bench: AsyncParsableCommand {
         }
     }
 
-    private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, cRing: CRingBaseline?) async throws -> BenchResult {
+    private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, programs: [NativeProgram.Kind: NativeProgram]) async throws -> BenchResult {
         let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--bytes-in-flight", String(options.maxBytesInFlight), "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
         var options = options
         if ringSize == nil, let size = Self.ringSize(for: workload) { options.sharedMemoryRingSize = size }
@@ -215,9 +335,14 @@ struct Bench: AsyncParsableCommand {
             guard await child.wait() == 0 else { throw ChildError(message: "bench peer failed") }
             return result
         }
-        if transport == .cRing {
-            guard let cRing else { throw ChildError(message: "no C ring baseline") }
-            return try cRing.run(workload, childCPU: childCPU, counts: counts)
+        switch transport {
+        case .cRing, .boostQueue, .zmqIPC, .zmqTCP:
+            let kind: NativeProgram.Kind = transport == .cRing ? .cRing : transport == .boostQueue ? .boostQueue : .zeroMQ
+            guard let program = programs[kind] else { throw ChildError(message: "\(kind.source) was not built") }
+            let arguments = transport == .zmqIPC ? ["ipc"] : transport == .zmqTCP ? ["tcp"] : []
+            return try program.run(workload, arguments: arguments, childCPU: childCPU, counts: counts)
+        default:
+            break
         }
         let endpoint: Endpoint = if transport == .tcpRaw {
             .tcp(host: "127.0.0.1", port: 0)
@@ -270,7 +395,7 @@ struct Bench: AsyncParsableCommand {
         defer { listener.close() }
         let child = try ChildProcess.spawnSelf(args + ["--endpoint", listener.endpoint.description], pinCPU: childCPU)
         let connection = try await listener.accept()
-        var sample = BenchSample(seq: 0, body: [UInt8](repeating: 7, count: 48))
+        var sample = BenchSample.make(0)
         let start = monotonicNanos()
         for i in 0..<counts.w2Count {
             sample.seq = UInt64(i)
@@ -555,7 +680,9 @@ struct BenchPeer: AsyncParsableCommand {
         let connection = try await IPC.connect(to: endpoint, sending: .utf8, receiving: codec, options: options)
         for i in 0..<w2 {
             guard let sample = try await connection.receiver.receive() else { throw ChildError(message: "stream ended at \(i)") }
-            guard sample.seq == UInt64(i), sample.body.count == 48 else { throw ChildError(message: "sample \(i) wrong") }
+            var expected = BenchSample.make(0)
+            expected.seq = UInt64(i)
+            guard sample == expected else { throw ChildError(message: "sample \(i) wrong") }
         }
         try await connection.sender.send("done \(ProcessControl.peakResidentKiB())")
         guard try await connection.receiver.receive() == nil else { throw ChildError(message: "unexpected message") }
