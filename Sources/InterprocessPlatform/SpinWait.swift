@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Bounded waiting by polling, the one policy every waiter in the package uses before it sleeps: the CPU's
 /// spin hint for the first microseconds (a peer on another CPU answers within them), then yielding the CPU
 /// between polls (a peer that shares this CPU must get to run), until the budget is spent.
@@ -15,7 +17,11 @@ package struct SpinWait {
         start = Platform.monotonicNanoseconds()
         deadline = start &+ budgetNanoseconds
         yieldAfter = yieldAfterNanoseconds
+        yielding = yieldAfterNanoseconds == 0
     }
+
+    /// Whether the spin hint phase is over (the waiter yields the CPU between polls now).
+    package var isYielding: Bool { yielding }
 
     /// Pauses once. Returns false once the budget is spent. The clock is read every `clockEvery` pauses while
     /// spinning on the CPU hint, and on every pause once yielding: a caller whose polls may be system calls (a
@@ -38,5 +44,37 @@ package struct SpinWait {
             if try ready() { return true }
         }
         return false
+    }
+}
+
+/// Whether spinning on the CPU hint pays off for one waiter's waits: it does when the peer runs on another CPU and
+/// answers within microseconds; it never does when the peer shares this CPU, where spinning only delays it (the
+/// peer runs once this thread yields or sleeps). After ``fruitlessLimit`` spin phases in a row that ended without
+/// the awaited input, waits start yielding at once; every ``probeEvery``-th wait spins again, so a peer that
+/// moved to another CPU is noticed. Shared by the tasks waiting on one connection; a race between them costs at
+/// most one spin phase.
+package final class SpinAdvisor: Sendable {
+    private let fruitless = Atomic<Int>(0)
+    private let waits = Atomic<Int>(0)
+
+    package static let fruitlessLimit = 4
+    package static let probeEvery = 32
+
+    package init() {}
+
+    /// How long the next wait spins on the CPU hint before it yields.
+    @inline(__always)
+    package func spinNanoseconds() -> UInt64 {
+        guard fruitless.load(ordering: .relaxed) >= Self.fruitlessLimit else { return SpinWait.defaultYieldAfterNanoseconds }
+        let n = waits.wrappingAdd(1, ordering: .relaxed).newValue
+        return n % Self.probeEvery == 0 ? SpinWait.defaultYieldAfterNanoseconds : 0
+    }
+
+    /// A wait that spun on the CPU hint ended: `paidOff` when the input came while it was still spinning.
+    @inline(__always)
+    package func record(paidOff: Bool) {
+        let old = fruitless.load(ordering: .relaxed)
+        let new = paidOff ? 0 : min(old + 1, Self.fruitlessLimit)
+        if new != old { fruitless.store(new, ordering: .relaxed) }
     }
 }

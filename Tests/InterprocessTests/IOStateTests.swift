@@ -2,6 +2,7 @@ import PropertyBased
 import Testing
 
 @testable import InterprocessCore
+import InterprocessPlatform
 
 /// The connection's I/O decisions (``IOState``) on their own: no stream, no lock, no clock, no task. Waiters and
 /// watchers are plain task numbers.
@@ -550,5 +551,30 @@ struct IOStatePropertyTests {
         await propertyCheck(count: 400, input: event.array(of: 1...120)) { events in
             try check(events)
         }
+    }
+}
+
+@Suite("Spin advice")
+struct SpinAdvisorTests {
+    @Test func waitsStopSpinningAfterFruitlessSpinsAndProbeNowAndThen() {
+        let advisor = SpinAdvisor()
+        #expect(advisor.spinNanoseconds() == SpinWait.defaultYieldAfterNanoseconds)
+        for _ in 0..<(SpinAdvisor.fruitlessLimit - 1) { advisor.record(paidOff: false) }
+        #expect(advisor.spinNanoseconds() == SpinWait.defaultYieldAfterNanoseconds, "still spinning before the limit")
+        advisor.record(paidOff: false)
+        let advice = (0..<SpinAdvisor.probeEvery).map { _ in advisor.spinNanoseconds() }
+        #expect(advice.filter { $0 == 0 }.count == SpinAdvisor.probeEvery - 1, "one probe per \(SpinAdvisor.probeEvery) waits")
+        // A spin that paid off (the peer answered while this side spun) brings spinning back.
+        advisor.record(paidOff: true)
+        #expect(advisor.spinNanoseconds() == SpinWait.defaultYieldAfterNanoseconds)
+    }
+
+    @Test func aWaitWithoutSpinPhaseYieldsFromTheStart() {
+        let wait = SpinWait(budgetNanoseconds: 1_000_000, yieldAfterNanoseconds: 0)
+        #expect(wait.isYielding)
+        var spinning = SpinWait(budgetNanoseconds: 1_000_000)
+        #expect(!spinning.isYielding)
+        let paused = spinning.pause()
+        #expect(paused)
     }
 }

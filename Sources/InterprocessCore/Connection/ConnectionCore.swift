@@ -43,6 +43,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private let rendezvousReceiver: Bool
     private let reader: FrameReader
     private let locked: Mutex<State>
+    /// Whether waiting tasks spin on the CPU hint before they yield (not when the peer shares this CPU).
+    private let spinAdvisor = SpinAdvisor()
     /// ``send(byteCount:inPlace:)`` without a ring: below this a message is copied into the outbox's tail.
     private static let smallCopy = 32 << 10
 
@@ -930,6 +932,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// left to the caller, so that a caller whose value is here or arrives while it spins makes no async call.
     private func waitRound<T>(spin: Bool, inPlace: Bool, read: () -> ReadStep, _ check: (inout State) throws(IPCError) -> T?) throws(IPCError) -> WaitRound<T> {
         var spinner: SpinWait?
+        /// This wait spins on the CPU hint and has not yet told the advisor how that went.
+        var spinning = false
         var holdingReader = false
         while true {
             var generation: UInt64 = 0
@@ -960,7 +964,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 holdingReader = true
                 var step = read()
                 // The clock is read only once there is something to wait for.
-                if case .waiting = step, spinner == nil { spinner = SpinWait(budgetNanoseconds: spin ? configuration.spinNanoseconds : 0) }
+                if case .waiting = step, spinner == nil {
+                    let relax = spin ? spinAdvisor.spinNanoseconds() : 0
+                    spinner = SpinWait(budgetNanoseconds: spin ? configuration.spinNanoseconds : 0, yieldAfterNanoseconds: relax)
+                    spinning = relax > 0
+                }
                 // Poll the stream's cheap hint until it may have input, so that a spinning reader notices the
                 // peer's bytes at once and takes no lock meanwhile; then read again. On a ring, whose hint is
                 // a few loads from memory (the clock is read only every 16th poll), the bytes the hint saw are
@@ -969,11 +977,19 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     while case .waiting(let needed) = step,
                           spinner!.poll(clockEvery: 16, until: { ring!.hasReadable(atLeast: needed) }) {
                         step = read()
-                            }
+                    }
                 } else if case .waiting = step, spinner!.poll(until: { stream.mayHaveInput }) {
                     continue
                 }
-                guard case .waiting(let needed) = step else { continue }
+                guard case .waiting(let needed) = step else {
+                    // Input came: whether it came while this task still spun on the CPU hint.
+                    if spinning, spinner != nil {
+                        spinAdvisor.record(paidOff: !spinner!.isYielding)
+                        spinning = false
+                    }
+                    continue
+                }
+                if spinning { spinAdvisor.record(paidOff: false) }
                 return .park(Parking(handingOverReader: true, seen: generation, inPlace: inPlace ? needed : nil))
             case .park:
                 return .park(Parking(handingOverReader: false, seen: generation, inPlace: nil))
