@@ -54,3 +54,48 @@ static inline void report_w2(long count, uint64_t start) {
     fprintf(stderr, "peer benchmark failed: %s\n", what);
     exit(1);
 }
+
+// The workloads over a library's send and receive: `send(bytes, count)` and `receive(buffer, capacity)`, which
+// returns the received size. The parent measures; the child echoes (W1) or counts and checks (W2).
+template <class Send, class Receive>
+static void parent_workloads(const char *workload, const Counts &counts, Send send, Receive receive) {
+    char message[64];
+    memset(message, 1, sizeof message);
+    if (strcmp(workload, "w1") == 0) {
+        std::vector<uint64_t> samples;
+        samples.reserve(counts.w1_iters);
+        for (long i = 0; i < counts.w1_warmup + counts.w1_iters; i++) {
+            message[0] = (char)i;
+            uint64_t t0 = now_ns();
+            send(message, 64);
+            if (receive(message, sizeof message) != 64 || message[0] != (char)i) fail("W1: bad echo");
+            if (i >= counts.w1_warmup) samples.push_back(now_ns() - t0);
+        }
+        report_w1(samples);
+    } else {
+        uint64_t start = now_ns();
+        for (long i = 0; i < counts.w2_count; i++) {
+            message[0] = message[63] = (char)i;
+            send(message, 64);
+        }
+        if (receive(message, sizeof message) != 4) fail("W2: no done");
+        report_w2(counts.w2_count, start);
+    }
+}
+
+template <class Send, class Receive>
+static void child_workloads(const char *workload, const Counts &counts, Send send, Receive receive) {
+    char message[64];
+    if (strcmp(workload, "w1") == 0) {
+        for (long i = 0; i < counts.w1_warmup + counts.w1_iters; i++) {
+            size_t n = receive(message, sizeof message);
+            send(message, n);
+        }
+    } else {
+        for (long i = 0; i < counts.w2_count; i++) {
+            size_t n = receive(message, sizeof message);
+            if (n != 64 || message[0] != (char)i || message[63] != (char)i) fail("W2: message corrupt or out of order");
+        }
+        send("done", 4);
+    }
+}
