@@ -172,4 +172,43 @@ struct CLITests {
             #expect(values.count == 6 && values.allSatisfy { $0 > 0 }, "no W4 result for \(transport): \(output)")
         }
     }
+
+    @Test("bench: the peer libraries run beside the lines they are compared with, and --json writes every line")
+    func benchPeersAndJSON() async throws {
+        let directory = temporaryDirectory()
+        let report = directory + "/bench.json"
+        let cli = try ChildProcess("ipc", ["bench", "--quick", "--runs", "1", "--placement", "free", "--workloads", "w2",
+                                           "--transports", "shm-raw", "unix-raw", "boost-mq", "zmq-ipc", "--json", report])
+        let (status, output) = await cli.finish(within: 120)
+        #expect(status == 0, "bench said: \(output)")
+        struct Line: Decodable {
+            var transport: String
+            var median: [Double]
+            var peer: String?
+            var ratioToPeer: Double?
+        }
+        struct Report: Decodable {
+            var placement: String
+            var lines: [Line]
+        }
+        let data = try #require(FileManager.default.contents(atPath: report), "no JSON report: \(output)")
+        let decoded = try JSONDecoder().decode(Report.self, from: data)
+        #expect(decoded.placement == "free")
+        let lines = Dictionary(decoded.lines.map { ($0.transport, $0) }, uniquingKeysWith: { a, _ in a })
+        for transport in ["shm-raw", "unix-raw"] {
+            #expect((lines[transport]?.median.first ?? 0) > 0, "no W2 figure for \(transport): \(output)")
+        }
+        // Each peer runs when its library is installed (.ci/run installs both); otherwise the bench says why.
+        let peers = [("boost-mq", "shm-raw", "/usr/include/boost/interprocess/ipc/message_queue.hpp", "boost_mq.cpp"),
+                     ("zmq-ipc", "unix-raw", "/usr/include/zmq.h", "zmq_pair.cpp")]
+        for (peer, line, header, source) in peers {
+            if FileManager.default.fileExists(atPath: header) {
+                #expect((lines[peer]?.median.first ?? 0) > 0, "no W2 figure for \(peer): \(output)")
+                #expect(lines[line]?.peer == peer && (lines[line]?.ratioToPeer ?? 0) > 0, "\(line) has no ratio to \(peer)")
+            } else {
+                #expect(lines[peer] == nil)
+                #expect(output.contains("note: \(source) was not found or did not build"), "no note for \(peer): \(output)")
+            }
+        }
+    }
 }
