@@ -3,6 +3,7 @@ import Synchronization
 /// Bounded waiting by polling, the one policy every waiter in the package uses before it sleeps: the CPU's
 /// spin hint for the first microseconds (a peer on another CPU answers within them), then yielding the CPU
 /// between polls (a peer that shares this CPU must get to run), until the budget is spent.
+@usableFromInline
 package struct SpinWait {
     private let start: UInt64
     private let deadline: UInt64
@@ -11,8 +12,10 @@ package struct SpinWait {
     private var pauses = 0
 
     /// How long pure spinning lasts before yielding starts.
+    @usableFromInline
     package static let defaultYieldAfterNanoseconds: UInt64 = 5_000
 
+    @usableFromInline
     package init(budgetNanoseconds: UInt64, yieldAfterNanoseconds: UInt64 = defaultYieldAfterNanoseconds) {
         start = Platform.monotonicNanoseconds()
         deadline = start &+ budgetNanoseconds
@@ -39,6 +42,7 @@ package struct SpinWait {
     }
 
     /// Pauses until `ready` holds (true) or the budget is spent (false). `clockEvery`: see ``pause(clockEvery:)``.
+    @usableFromInline
     package mutating func poll<E: Error>(clockEvery: Int = 1, until ready: () throws(E) -> Bool) throws(E) -> Bool {
         while pause(clockEvery: clockEvery) {
             if try ready() { return true }

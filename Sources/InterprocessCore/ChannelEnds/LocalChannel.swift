@@ -11,8 +11,10 @@ private let channelIDs = Atomic<UInt64>(0)
 /// Capacity 0 is a rendezvous: a value passes only from a parked sender to a receiver, or from a sender to a
 /// parked receiver, so `send` returns once a receiver has taken the value. With capacity N, senders park once N
 /// values are buffered; a receiver that takes one moves the first parked sender's value into the buffer.
+@usableFromInline
 package final class LocalChannel<Value: Sendable>: Sendable {
-    private enum ParkedReceiver {
+    @usableFromInline
+    enum ParkedReceiver: Sendable {
         case task(UInt64, UnsafeContinuation<Result<Value?, IPCError>, Never>)
         /// A select waiting on this channel among others: a sender hands its value over by claiming the
         /// waiter, which fails if the select already completed another way.
@@ -21,28 +23,43 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     /// A send waiting for room or a receiver. Its task polls `handoff` for a while, then installs
     /// `continuation` and sleeps; whoever completes the send does so under the channel's lock.
-    private struct ParkedSender {
-        var id: UInt64
-        var value: Value
-        var handoff: Handoff
-        var continuation: UnsafeContinuation<Result<Void, IPCError>, Never>?
+    @usableFromInline
+    struct ParkedSender: Sendable {
+        @usableFromInline var id: UInt64
+        @usableFromInline var value: Value
+        @usableFromInline var handoff: Handoff
+        @usableFromInline var continuation: UnsafeContinuation<Result<Void, IPCError>, Never>?
+
+        @usableFromInline
+        init(id: UInt64, value: Value, handoff: Handoff, continuation: UnsafeContinuation<Result<Void, IPCError>, Never>? = nil) {
+            self.id = id
+            self.value = value
+            self.handoff = handoff
+            self.continuation = continuation
+        }
 
         /// Completes the send (lock held); returns the continuation to resume outside the lock, if it sleeps.
+        @inlinable
         func complete(_ error: IPCError?) -> UnsafeContinuation<Result<Void, IPCError>, Never>? {
             handoff.complete(error)
             return continuation
         }
     }
 
-    private struct State {
-        var buffer = Deque<Value>()
-        var receivers = Deque<ParkedReceiver>()
-        var senders = Deque<ParkedSender>()
+    @usableFromInline
+    struct State: Sendable {
+        @usableFromInline var buffer = Deque<Value>()
+        @usableFromInline var receivers = Deque<ParkedReceiver>()
+        @usableFromInline var senders = Deque<ParkedSender>()
         /// Selects with a send case on this channel, told about any change that may let a send proceed.
-        var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
-        var closed = false
-        var receiverGone = false
+        @usableFromInline var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
+        @usableFromInline var closed = false
+        @usableFromInline var receiverGone = false
 
+        @usableFromInline
+        init() {}
+
+        @inlinable
         mutating func takeWatchers() -> [(id: UInt64, waiter: SelectWaiter)] {
             if watchers.isEmpty { return [] }
             defer { watchers = [] }
@@ -58,13 +75,14 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         }
     }
 
-    package let capacity: Int
-    private let state: Mutex<State>
+    @usableFromInline package let capacity: Int
+    @usableFromInline let state: Mutex<State>
     /// Bumped (under the lock) whenever a value, a parked sender or room appears, so that polling tasks look at
     /// the state without taking the lock.
-    private let version = Atomic<UInt64>(0)
+    @usableFromInline let version = Atomic<UInt64>(0)
     /// How long a task polls before it parks (a wake-up costs 60-80 us on the machines this was measured on).
-    private static var spinNanoseconds: UInt64 { 20_000 }
+    @usableFromInline
+    static var spinNanoseconds: UInt64 { 20_000 }
 
     package init(capacity: Int) {
         precondition(capacity >= 0, "a channel's capacity cannot be negative")
@@ -72,7 +90,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         self.state = Mutex(State())
     }
 
-    private static var closedError: IPCError {
+    @usableFromInline
+    static var closedError: IPCError {
         IPCError(.sendOnClosedChannel, "send was called after close() on this sender; make a new channel to send more")
     }
 
@@ -80,7 +99,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         IPCError(.sendOnClosedChannel, "the sender was closed while this send waited; the value was not sent")
     }
 
-    private static var goneError: IPCError {
+    @usableFromInline
+    static var goneError: IPCError {
         IPCError(.receiverGone, "the receiver was dropped: nobody takes values from this channel any more; values it had not taken were discarded")
     }
 
@@ -94,7 +114,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     // MARK: Sending
 
-    private enum SendStep {
+    @usableFromInline
+    enum SendStep {
         case done
         case handed(UnsafeContinuation<Result<Value?, IPCError>, Never>)
         case buffered([(id: UInt64, waiter: SelectWaiter)])
@@ -102,7 +123,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     }
 
     /// Delivers `value` now if a receiver waits or the buffer has room (lock held).
-    private static func offer(_ value: Value, _ s: inout State, capacity: Int) throws(IPCError) -> SendStep {
+    @inlinable
+    static func offer(_ value: Value, _ s: inout State, capacity: Int) throws(IPCError) -> SendStep {
         if s.closed { throw closedError }
         if s.receiverGone { throw goneError }
         while let receiver = s.receivers.popFirst() {
@@ -120,24 +142,13 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         return .wait
     }
 
-    private func bump() { version.add(1, ordering: .releasing) }
+    @inlinable
+    func bump() { version.add(1, ordering: .releasing) }
 
-    /// Polls until `done` says yes or the spin budget is spent, re-checking only when the state changed (a
-    /// value, a parked sender, the close). Tasks of one process run on the concurrency pool's threads, so this
-    /// never yields the CPU (it would not help a task queued on the same thread).
-    private func spin(_ done: () throws(IPCError) -> Bool) throws(IPCError) -> Bool {
-        var seen = version.load(ordering: .acquiring)
-        if try done() { return true }
-        var waiter = SpinWait(budgetNanoseconds: Self.spinNanoseconds, yieldAfterNanoseconds: .max)
-        return try waiter.poll { () throws(IPCError) -> Bool in
-            let now = version.load(ordering: .acquiring)
-            guard now != seen else { return false }
-            seen = now
-            return try done()
-        }
-    }
-
-    /// Sends without waiting: true when a receiver took the value or it was buffered.
+    /// Sends without waiting: true when a receiver took the value or it was buffered. Inlinable, like
+    /// ``tryReceive()``: specialized for the caller's `Value`, it makes none of the runtime's generic-metadata
+    /// lookups that unspecialized code makes on every call.
+    @inlinable
     package func trySend(_ value: Value) throws(IPCError) -> Bool {
         let step = try state.withLock { s throws(IPCError) in
             let step = try Self.offer(value, &s, capacity: capacity)
@@ -147,7 +158,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         return Self.finish(step, value)
     }
 
-    private static func finish(_ step: SendStep, _ value: Value) -> Bool {
+    @inlinable
+    static func finish(_ step: SendStep, _ value: Value) -> Bool {
         switch step {
         case .done: return true
         case .handed(let continuation):
@@ -180,7 +192,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         if Self.finish(step, value) { return }
         if let done = handoff.result { return try done.get() }
         var waiter = SpinWait(budgetNanoseconds: Self.spinNanoseconds, yieldAfterNanoseconds: .max)
-        if waiter.poll(until: { handoff.result != nil }), let done = handoff.result { return try done.get() }
+        if waiter.poll(clockEvery: 16, until: { handoff.result != nil }), let done = handoff.result { return try done.get() }
         let result = await withTaskCancellationHandler {
             await withUnsafeContinuation { (c: UnsafeContinuation<Result<Void, IPCError>, Never>) in
                 let sleeping = state.withLock { s -> Bool in
@@ -203,7 +215,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     // MARK: Receiving
 
-    private enum ReceiveStep {
+    @usableFromInline
+    enum ReceiveStep {
         case value(Value, resume: UnsafeContinuation<Result<Void, IPCError>, Never>?, watchers: [(id: UInt64, waiter: SelectWaiter)])
         case end
         case wait
@@ -211,7 +224,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     private enum Park { case parked, ready(ReceiveStep), cancelled }
 
-    private static func take(_ s: inout State) -> ReceiveStep {
+    @inlinable
+    static func take(_ s: inout State) -> ReceiveStep {
         if let value = s.buffer.popFirst() {
             var resume: UnsafeContinuation<Result<Void, IPCError>, Never>?
             if let parked = s.senders.popFirst() {
@@ -227,7 +241,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         return .wait
     }
 
-    private static func complete(_ step: ReceiveStep) -> Value?? {
+    @inlinable
+    static func complete(_ step: ReceiveStep) -> Value?? {
         switch step {
         case .value(let value, let resume, let watchers):
             resume?.resume(returning: .success(()))
@@ -239,20 +254,33 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     }
 
     /// A value if one can be taken now: `.some(nil)` at the end of the channel, `nil` when none is there.
+    @inlinable
     package func tryReceive() -> Value?? {
         Self.complete(state.withLock { s in Self.take(&s) })
     }
 
-    package func receive() async throws(IPCError) -> Value? {
+    /// ``tryReceive()``, and when nothing is there, polls for a value for a while (bounded, so an idle channel
+    /// costs no CPU): a sender is probably about to deliver, and a wake-up costs far more. Inlinable, so that a
+    /// receive specialized for the caller's `Value` makes no generic-metadata lookups while it polls.
+    @inlinable
+    package func receiveSpinning() -> Value?? {
+        var seen = version.load(ordering: .acquiring)
         if let ready = tryReceive() { return ready }
-        // Nothing here: a sender is probably about to deliver; wait briefly before sleeping (bounded, so an
-        // idle channel costs no CPU).
+        var waiter = SpinWait(budgetNanoseconds: Self.spinNanoseconds, yieldAfterNanoseconds: .max)
         var spun: Value?? = nil
-        _ = try? spin {
+        _ = waiter.poll(clockEvery: 16) {
+            let now = version.load(ordering: .acquiring)
+            guard now != seen else { return false }
+            seen = now
             spun = tryReceive()
             return spun != nil
         }
-        if let spun { return spun }
+        return spun
+    }
+
+    /// Waits for a value; `spin`: poll first (``receiveSpinning()``), unless the caller just did.
+    package func receive(spin: Bool = true) async throws(IPCError) -> Value? {
+        if spin, let ready = receiveSpinning() { return ready }
         let id = channelIDs.add(1, ordering: .relaxed).newValue
         let result = await withTaskCancellationHandler {
             await withUnsafeContinuation { (c: UnsafeContinuation<Result<Value?, IPCError>, Never>) in
@@ -377,10 +405,14 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
 /// How a parked send learns that it completed while it is still polling (before it sleeps). Written once,
 /// under the channel's lock; read by the polling task without it.
+@usableFromInline
 final class Handoff: @unchecked Sendable {
-    private let state = Atomic<Int>(0)  // 0 waiting, 1 taken, 2 failed
-    private var error: IPCError?
+    @usableFromInline let state = Atomic<Int>(0)  // 0 waiting, 1 taken, 2 failed
+    @usableFromInline var error: IPCError?
 
+    init() {}
+
+    @inlinable
     func complete(_ error: IPCError?) {
         self.error = error
         state.store(error == nil ? 1 : 2, ordering: .releasing)

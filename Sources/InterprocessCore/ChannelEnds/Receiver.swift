@@ -11,7 +11,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     // One of `local` and `core` is set. Plain stored properties rather than an enum with payloads: reading a
     // payload out of an enum retained each of its references on every receive, a stored `let` is read in place.
     /// Within a process: the channel.
-    private let local: LocalChannel<Value>?
+    @usableFromInline let local: LocalChannel<Value>?
     /// Across processes: the connection, and how bytes become a value (`isRaw`: the raw codec's values are the
     /// bytes themselves).
     private let core: ConnectionCore?
@@ -56,6 +56,12 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         // (bounded by `spinMicroseconds`), is taken by the synchronous `bytesIfReady` and becomes a value here,
         // without an async call (whose frame, executor check and return were a fifth of a W2 receiver and about
         // 100 ns of a shared-memory ping-pong's hop). Without `@inline(__always)` the optimizer did not inline it.
+        // Within a process a value already there, or arriving while this task polls, is taken here, in code
+        // specialized for `Value`.
+        if let local {
+            if let ready = local.receiveSpinning() { return ready }
+            return try await receiveParking()
+        }
         var parking: Parking?
         if let ready = try bytesIfReady(parking: &parking) {
             guard let bytes = ready else { return nil }
@@ -75,6 +81,12 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
             parking = next
             return nil
         }
+    }
+
+    /// The slow path of ``receive()`` within a process, once polling found nothing: parks until a value arrives.
+    @usableFromInline
+    func receiveParking() async throws(IPCError) -> Value? {
+        try await local!.receive(spin: false)
     }
 
     /// The slow path of ``receive()``: parks until a message arrives (`parking` from ``bytesIfReady(parking:)``),

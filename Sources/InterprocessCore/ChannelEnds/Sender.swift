@@ -10,7 +10,7 @@ public final class Sender<Value: Sendable>: Sendable {
     // One of `local` and `core` is set. Plain stored properties rather than an enum with payloads: reading a
     // payload out of an enum retained each of its references on every send, a stored `let` is read in place.
     /// Within a process: the channel.
-    private let local: LocalChannel<Value>?
+    @usableFromInline let local: LocalChannel<Value>?
     /// Across processes: the connection, and how a value becomes bytes (`isRaw`: the raw codec's values are the
     /// bytes themselves).
     private let core: ConnectionCore?
@@ -65,7 +65,11 @@ public final class Sender<Value: Sendable>: Sendable {
         // check on entry: a sixth of a raw W2 sender). Its closure's context lives on the thread's stack (in an
         // async function it comes from the task's allocator on every call). A raw value's bytes are handed over
         // here, where `Value` is concrete: in the unspecialized callee the cast was a retain and a release per send.
-        if isRaw {
+        // Within a process a value that a parked receiver takes or that finds room completes here too, in code
+        // specialized for `Value` (the channel's `trySend` is inlinable).
+        if let local {
+            if try local.trySend(value) { return }
+        } else if isRaw {
             if try trySendRaw(unsafeBitCast(value, to: [UInt8].self)) { return }
         } else if try sendIfReady(value) {
             return

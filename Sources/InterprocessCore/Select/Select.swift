@@ -127,6 +127,7 @@ public enum SelectBuilder<Result> {
 
 /// The waiting half of one ``select(_:)``: notified by any channel it is registered with, and claimable
 /// once by an in-process sender handing it a value directly.
+@usableFromInline
 package final class SelectWaiter: Sendable {
     private struct State {
         var notified = false
@@ -139,6 +140,7 @@ package final class SelectWaiter: Sendable {
     package init() {}
 
     /// Something changed on a channel this select waits on.
+    @usableFromInline
     package func notify() {
         let c = state.withLock { s -> CheckedContinuation<Void, Never>? in
             s.notified = true
@@ -149,6 +151,7 @@ package final class SelectWaiter: Sendable {
     }
 
     /// Hands `value` to this select as the result of case `index`. Fails when it was already handed one.
+    @usableFromInline
     package func claim(index: Int, value: any Sendable) -> Bool {
         let (ok, c) = state.withLock { s -> (Bool, CheckedContinuation<Void, Never>?) in
             guard s.claimed == nil else { return (false, nil) }
