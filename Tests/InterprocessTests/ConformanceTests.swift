@@ -575,6 +575,34 @@ struct SharedEndTests {
         }
     }
 
+    @Test("two tasks waiting in a select over two channels both get a value", arguments: ChannelKind.allCases)
+    func twoSelects(_ kind: ChannelKind) async throws {
+        let (txA, rxA) = try await makeChannel(kind, .raw, capacity: 4)
+        let (txB, rxB) = try await makeChannel(kind, .raw, capacity: 4)
+        for round in 0..<150 {
+            let base = UInt64(round * 2)
+            // Child tasks, so that the time limit cancels a select left waiting.
+            let got = try await within(10) {
+                try await withThrowingTaskGroup(of: UInt64?.self) { group in
+                    for _ in 0..<2 {
+                        group.addTask {
+                            try await select {
+                                rxA.onReceive { $0.map(index) }
+                                rxB.onReceive { $0.map(index) }
+                            }
+                        }
+                    }
+                    try await txA.send(numbered(base))
+                    try await txB.send(numbered(base + 1))
+                    var got: Set<UInt64?> = []
+                    for try await value in group { got.insert(value) }
+                    return got
+                }
+            }
+            #expect(got == [base, base + 1], "round \(round)")
+        }
+    }
+
     @Test("tasks selecting over two channels under load take every value once", arguments: ChannelKind.allCases)
     func selectUnderLoad(_ kind: ChannelKind) async throws {
         let (txA, rxA) = try await makeChannel(kind, .raw, capacity: 8)
