@@ -554,18 +554,17 @@ struct CrossConnectionSemanticsTests {
 /// test instead of hanging it.
 @Suite("Several tasks on one end", .timeLimit(.minutes(3)))
 struct SharedEndTests {
-    @Test("two tasks waiting in receive both get a value", arguments: ChannelKind.allCases)
-    func twoReceivers(_ kind: ChannelKind) async throws {
-        let (tx, rx) = try await makeChannel(kind, .raw, capacity: 4)
+    /// 150 rounds in which two child tasks `wait` while two values are sent (`send(value)`): each task must get
+    /// one of them. Child tasks, so that the time limit cancels one left waiting.
+    func twoWaiterRounds(wait: @escaping @Sendable () async throws -> UInt64?, send: @escaping @Sendable (UInt64) async throws -> Void) async throws {
         for round in 0..<150 {
             let base = UInt64(round * 2)
-            // Child tasks, so that the time limit cancels a receive left waiting.
             let got = try await within(10) {
                 try await withThrowingTaskGroup(of: UInt64?.self) { group in
-                    group.addTask { try await rx.receive().map(index) }
-                    group.addTask { try await rx.receive().map(index) }
-                    try await tx.send(numbered(base))
-                    try await tx.send(numbered(base + 1))
+                    group.addTask { try await wait() }
+                    group.addTask { try await wait() }
+                    try await send(base)
+                    try await send(base + 1)
                     var got: Set<UInt64?> = []
                     for try await value in group { got.insert(value) }
                     return got
@@ -575,32 +574,25 @@ struct SharedEndTests {
         }
     }
 
+    @Test("two tasks waiting in receive both get a value", arguments: ChannelKind.allCases)
+    func twoReceivers(_ kind: ChannelKind) async throws {
+        let (tx, rx) = try await makeChannel(kind, .raw, capacity: 4)
+        try await twoWaiterRounds(wait: { try await rx.receive().map(index) }, send: { try await tx.send(numbered($0)) })
+    }
+
     @Test("two tasks waiting in a select over two channels both get a value", arguments: ChannelKind.allCases)
     func twoSelects(_ kind: ChannelKind) async throws {
         let (txA, rxA) = try await makeChannel(kind, .raw, capacity: 4)
         let (txB, rxB) = try await makeChannel(kind, .raw, capacity: 4)
-        for round in 0..<150 {
-            let base = UInt64(round * 2)
-            // Child tasks, so that the time limit cancels a select left waiting.
-            let got = try await within(10) {
-                try await withThrowingTaskGroup(of: UInt64?.self) { group in
-                    for _ in 0..<2 {
-                        group.addTask {
-                            try await select {
-                                rxA.onReceive { $0.map(index) }
-                                rxB.onReceive { $0.map(index) }
-                            }
-                        }
-                    }
-                    try await txA.send(numbered(base))
-                    try await txB.send(numbered(base + 1))
-                    var got: Set<UInt64?> = []
-                    for try await value in group { got.insert(value) }
-                    return got
+        try await twoWaiterRounds(
+            wait: {
+                try await select {
+                    rxA.onReceive { $0.map(index) }
+                    rxB.onReceive { $0.map(index) }
                 }
-            }
-            #expect(got == [base, base + 1], "round \(round)")
-        }
+            },
+            // Even values on one channel, odd ones on the other.
+            send: { value in try await (value % 2 == 0 ? txA : txB).send(numbered(value)) })
     }
 
     @Test("tasks selecting over two channels under load take every value once", arguments: ChannelKind.allCases)
