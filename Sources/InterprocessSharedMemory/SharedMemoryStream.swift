@@ -17,7 +17,7 @@ import Synchronization
 /// Nothing read from shared memory is trusted: every position is checked against the ring's capacity and
 /// against what this side knows before it is used, and the bytes go through the same checked frame decoder as
 /// socket bytes (after being copied out, so the peer cannot change them while they are parsed).
-package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
+package final class SharedMemoryStream: DeferredFlushing, @unchecked Sendable {
     package let peerDescription: String
     private let socketFD: Int32
     private let wakeFD: Int32
@@ -334,14 +334,8 @@ package final class SharedMemoryStream: ByteStream, @unchecked Sendable {
         return false
     }
 
-    package func requestFlush() {
-        guard let handler = state.withLock({ $0.closed ? nil : $0.handler }) else { return }
-        Poller.shared.requestFlush(handler)
-    }
-
-    package func cancelFlush() {
-        guard let handler = state.withLock({ $0.handler }) else { return }
-        Poller.shared.cancelFlush(handler)
+    package var flushTarget: (handler: (any ByteStreamHandler)?, closed: Bool) {
+        state.withLock { ($0.handler, $0.closed) }
     }
 
     package func shutdownWrite() {

@@ -10,7 +10,7 @@ import Synchronization
 ///
 /// The descriptor is closed only when no read or write is in progress on another thread, so a number reused by
 /// the kernel can never be read or written by mistake.
-package final class SocketStream: ByteStream, @unchecked Sendable {
+package final class SocketStream: DeferredFlushing, @unchecked Sendable {
     private let fd: Int32
     package let peerDescription: String
     private let use = DescriptorUse()
@@ -160,14 +160,8 @@ package final class SocketStream: ByteStream, @unchecked Sendable {
         handler.streamReady(readable: got & UInt32(CIPC_EV_READ) != 0, writable: got & UInt32(CIPC_EV_WRITE) != 0)
     }
 
-    package func requestFlush() {
-        guard let handler = state.withLock({ $0.closed ? nil : $0.handler }) else { return }
-        Poller.shared.requestFlush(handler)
-    }
-
-    package func cancelFlush() {
-        guard let handler = state.withLock({ $0.handler }) else { return }
-        Poller.shared.cancelFlush(handler)
+    package var flushTarget: (handler: (any ByteStreamHandler)?, closed: Bool) {
+        state.withLock { ($0.handler, $0.closed) }
     }
 
     package func shutdownWrite() {
