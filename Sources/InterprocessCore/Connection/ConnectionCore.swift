@@ -1,7 +1,8 @@
 import InterprocessPlatform
 import Synchronization
 
-/// Drives one connection: owns its ``ConnectionState`` behind a mutex and moves bytes through a ``ByteStream``.
+/// Drives one connection: holds its decisions (``IOState``, which holds the protocol's ``ConnectionState``) behind
+/// a mutex, carries out the actions they return, and moves bytes through a ``ByteStream``.
 ///
 /// I/O is done by whoever needs it, to avoid thread hops (each costs a 60-80 us wake-up on the machines this was
 /// measured on). A task that must wait for input takes the *reader role*, reads and decodes inline, spinning
@@ -255,8 +256,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return batch
     }
 
-    /// After ``receiveStep(_:)`` gave a message (`flag`: a credit frame was appended) or the end (`flag`: the
-    /// first time).
+    /// After ``IOState/takeMessage(noteWait:)`` gave a message (`flag`: a credit frame was appended) or the end
+    /// (`flag`: the first time).
     private func afterTaken(_ message: [UInt8]?, _ flag: Bool) {
         guard flag else { return }
         if message != nil {
