@@ -52,11 +52,11 @@ package struct IOState<Waiter, Watcher> {
     private var unflushedFrames = 0
     /// A receive waited for the peer since the last send: the next send answers something (a request after its
     /// reply, a ping after its pong) and is written at once, however short the gap since the last one.
-    package private(set) var waitedForInput = false
+    private var waitedForInput = false
 
     /// Shared memory: data frames were written straight into the ring and not yet published. Output pending, as
     /// the outbox's is; whatever writes to the ring next publishes them.
-    package private(set) var staged = false
+    private var staged = false
     /// A task waits for the writer to give up its role (a loan, or a wait for everything to be written): the
     /// writer wakes everyone when it does, or when its write blocks for room.
     private var writerWaited = false
@@ -69,12 +69,12 @@ package struct IOState<Waiter, Watcher> {
     private var receiveWatches: [UInt64] = []
     /// Tasks parked to read in place: the I/O thread then wakes them instead of reading, so the next message stays
     /// where it lies.
-    package private(set) var inPlaceWaiting = 0
+    private var inPlaceWaiting = 0
     /// Bumped on every wake-up, so a task that decided to park can tell whether news arrived meanwhile.
     package private(set) var generation: UInt64 = 0
     private var nextID: UInt64 = 0
 
-    package private(set) var tearingDown = false
+    private var tearingDown = false
     /// A write failed: the stream takes no more bytes.
     package private(set) var writeFailed = false
     package private(set) var closed = false
@@ -98,7 +98,6 @@ package struct IOState<Waiter, Watcher> {
     @inline(__always)
     package var hasWaiters: Bool { !waiters.isEmpty || !watchers.isEmpty }
     package var isLending: Bool { writer == .lending }
-    package var writerIsIdle: Bool { writer == .idle }
 
     // MARK: Reader role
 
