@@ -578,3 +578,110 @@ struct SpinAdvisorTests {
         #expect(paused)
     }
 }
+
+// MARK: The protocol between two ends, over a simulated wire
+
+enum WireEventKind: CaseIterable, Sendable {
+    case send, deliverToReceiver, deliverToSender, take
+}
+
+/// Moves up to `limit` bytes of `from`'s outbox through `reader` (in pieces, as a stream delivers them) into `to`,
+/// applying every frame that becomes whole.
+private func transfer(from: inout ConnectionState, to: inout ConnectionState, through reader: FrameReader, limit: Int) throws {
+    let (segments, offset) = from.outbox.snapshot()
+    var bytes: [UInt8] = []
+    for (i, segment) in segments.enumerated() { bytes += segment[(i == 0 ? offset : 0)...] }
+    let count = min(limit, bytes.count)
+    var fed = 0
+    while fed < count {
+        _ = try reader.read { buffer throws(IPCError) -> Int in
+            let piece = min(buffer.count, count - fed, 1000)
+            bytes.withUnsafeBytes { source in buffer.baseAddress!.copyMemory(from: source.baseAddress! + fed, byteCount: piece) }
+            fed += piece
+            return piece
+        }
+        while true {
+            if let (seq, payload) = reader.nextData() {
+                try to.receiveData(seq: seq, payload: payload)
+                continue
+            }
+            guard let event = try reader.next() else { break }
+            switch event {
+            case .hello(let hello): try to.apply(hello: hello)
+            case .frame(let frame):
+                var effects = ConnectionState.Effects()
+                try to.apply(frame, effects: &effects)
+            }
+        }
+    }
+    from.outbox.consume(count)
+}
+
+@Suite("Protocol between two ends, random events")
+struct ProtocolPropertyTests {
+    /// A sender and a receiver `ConnectionState` joined by a simulated wire that delivers their bytes in random
+    /// pieces at random times, while messages of random sizes (up to 200 KiB) are sent and taken. Every message
+    /// arrives once, whole and in order; the sender never has more than the receiver's capacity in flight, nor
+    /// (beyond one message) more than its byte limit; the receiver never holds more than its capacity; and once
+    /// the wire is drained everything sent was taken and the sender may send again.
+    @Test func messagesArriveOnceInOrderWithinTheWindow() async {
+        let event = zip(Gen<WireEventKind>.case, Gen.int(in: 0...5000))
+        await propertyCheck(count: 200, input: event.array(of: 1...150)) { events in
+            try exchange(events)
+        }
+    }
+
+    private func exchange(_ events: [(WireEventKind, Int)]) throws {
+        let capacity: UInt32 = 8
+        let maxBytesInFlight = 512 << 10
+        let hello = Hello(capacity: capacity, maxFrame: 1 << 20, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes")
+        var sender = ConnectionState(mode: .framed, local: hello, hasSender: true, hasReceiver: true, maxBytesInFlight: maxBytesInFlight)
+        var receiver = ConnectionState(mode: .framed, local: hello, hasSender: true, hasReceiver: true, maxBytesInFlight: maxBytesInFlight)
+        let toReceiver = FrameReader(mode: .framed, maxPayload: 1 << 20)
+        let toSender = FrameReader(mode: .framed, maxPayload: 1 << 20)
+        var sent: [[UInt8]] = []
+        var taken = 0
+        var largest = 0
+
+        func take() throws {
+            while case .message(let bytes, _) = receiver.receive() {
+                try #require(taken < sent.count, "a message nobody sent")
+                #expect(bytes == sent[taken], "message \(taken) changed or out of order")
+                taken += 1
+            }
+        }
+
+        for (kind, amount) in events {
+            switch kind {
+            case .send:
+                guard sender.canSend() == .ready else { continue }
+                let size = amount % 10 == 0 ? amount * 40 : amount % 300
+                var payload = [UInt8](repeating: UInt8(truncatingIfNeeded: sent.count), count: size)
+                withUnsafeBytes(of: UInt64(sent.count)) { tag in for (i, b) in tag.prefix(size).enumerated() { payload[i] = b } }
+                _ = try sender.appendData(bytes: payload)
+                sent.append(payload)
+                largest = max(largest, size + 16)
+            case .deliverToReceiver:
+                try transfer(from: &sender, to: &receiver, through: toReceiver, limit: amount * 53)
+            case .deliverToSender:
+                try transfer(from: &receiver, to: &sender, through: toSender, limit: amount * 53)
+            case .take:
+                if amount % 2 == 0 { try take() } else if case .message(let bytes, _) = receiver.receive() {
+                    #expect(bytes == sent[taken], "message \(taken) changed or out of order")
+                    taken += 1
+                }
+            }
+            #expect(sender.nextSeq - 1 - sender.peerConsumed <= UInt64(capacity), "more than the capacity in flight")
+            #expect(sender.untakenBytes < maxBytesInFlight + largest, "more than the byte limit in flight")
+            #expect(receiver.inbox.count <= Int(capacity), "the receiver holds more than its capacity")
+        }
+        // Drain: everything sent arrives, and the credits let the sender go on.
+        for _ in 0..<(sent.count + 4) where taken < sent.count || !sender.outbox.isEmpty || !receiver.outbox.isEmpty {
+            try transfer(from: &sender, to: &receiver, through: toReceiver, limit: .max)
+            try take()
+            try transfer(from: &receiver, to: &sender, through: toSender, limit: .max)
+        }
+        #expect(taken == sent.count, "\(sent.count - taken) messages never arrived")
+        #expect(sender.canSend() == .ready, "the sender stays blocked after everything was taken")
+    }
+}
