@@ -7,13 +7,15 @@ import Synchronization
 /// Lock-free, because every read and write takes part: one word holds the number of users (bits 0-61), whether
 /// the stream is closed (bit 62) and whether it was released (bit 63). Exactly one caller is told to release.
 package struct DescriptorUse: ~Copyable {
-    private let word = Atomic<UInt64>(0)
-    private static let closedBit: UInt64 = 1 << 62
-    private static let releasedBit: UInt64 = 1 << 63
+    @usableFromInline let word = Atomic<UInt64>(0)
+    @usableFromInline static var closedBit: UInt64 { 1 << 62 }
+    @usableFromInline static var releasedBit: UInt64 { 1 << 63 }
 
     package init() {}
 
-    /// A read or write begins; false once the stream is closed.
+    /// A read or write begins; false once the stream is closed. Inlinable, like ``leave()``: every read and write
+    /// of a transport calls both.
+    @inlinable
     package func enter() -> Bool {
         var current = word.load(ordering: .relaxed)
         while true {
@@ -25,6 +27,7 @@ package struct DescriptorUse: ~Copyable {
     }
 
     /// A read or write ended; true when the caller must release the descriptors now (the last user after a close).
+    @inlinable
     package func leave() -> Bool {
         word.subtract(1, ordering: .acquiringAndReleasing).newValue == Self.closedBit && claimRelease()
     }
@@ -43,7 +46,8 @@ package struct DescriptorUse: ~Copyable {
     package var released: Bool { word.load(ordering: .acquiring) & Self.releasedBit != 0 }
 
     /// Closed and unused: whoever sets the released bit first releases.
-    private func claimRelease() -> Bool {
+    @usableFromInline
+    func claimRelease() -> Bool {
         word.compareExchange(expected: Self.closedBit, desired: Self.closedBit | Self.releasedBit, ordering: .acquiringAndReleasing).exchanged
     }
 }
