@@ -62,7 +62,7 @@ public final class Sender<Value: Sendable>: Sendable {
     public func send(_ value: Value) async throws(IPCError) {
         // Inlined into the caller, so that a send with credit available completes in the synchronous
         // `sendIfReady` without an async call of its own (the callee's frame from the task allocator, the executor
-        // check on entry: a sixth of a raw W2 sender). Its closure's context lives on the thread's stack (in an
+        // check on entry). Its closure's context lives on the thread's stack (in an
         // async function it comes from the task's allocator on every call). A raw value's bytes are handed over
         // here, where `Value` is concrete: in the unspecialized callee the cast was a retain and a release per send.
         // Within a process a value that a parked receiver takes or that finds room completes here too, in code

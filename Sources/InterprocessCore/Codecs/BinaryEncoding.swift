@@ -229,7 +229,7 @@ final class KeptDecodingContainer<Key: CodingKey>: KeptContainer {
 /// hold it, handed over with acquire and release orderings.
 final class EncodingStorage: @unchecked Sendable {
     /// Only one encoder writes at a time (the containers of one value, in turn), so the dynamic exclusivity
-    /// check on each access (a fifth of a typed send's time) buys nothing here.
+    /// check on each access (a noticeable share of a typed send) buys nothing here.
     @exclusivity(unchecked) var bytes: [UInt8] = []
     /// Keyed containers handed out before, to hand out again (see ``BinaryCodingScratch``).
     @exclusivity(unchecked) var kept = KeptContainers()

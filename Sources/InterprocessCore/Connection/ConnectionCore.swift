@@ -85,8 +85,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     /// The synchronous part of ``receive()``: the next message (or the end) when it is here or arrives while
-    /// this task reads and spins (no async call: their frames and returns were a third of a shared-memory
-    /// receive's time in a ping-pong); otherwise the task must park, and continues with ``receive(after:)``.
+    /// this task reads and spins, with no async call (an async call's frame and return cost more than the rest of
+    /// a shared-memory receive); otherwise the task must park, and continues with ``receive(after:)``.
     func receiveNow() throws(IPCError) -> WaitRound<[UInt8]?> {
         if let ready = try tryReceive() { return .done(ready) }
         if rendezvousReceiver { return .park(.rendezvous) }
@@ -193,8 +193,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             guard let bytes else { return 0 }
             // Each frame's fields are read from shared memory once, into locals, and checked before use; its
             // payload is copied out before the frame is applied, so the peer cannot change it meanwhile. All under
-            // one lock, as the frame reader's frames are applied (a list of them first cost a retain, a release
-            // and an append per message more: 60% more samples in W2).
+            // one lock, as the frame reader's frames are applied, and applied at once (gathering them into a list
+            // first would cost a retain, a release and an append per message).
             return locked.withLock { state -> Int in
                 var count = 0
                 var at = 0
@@ -659,8 +659,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         // Set once a message was read in place (whether a credit frame was appended): the wait is over.
         var readInPlaceWithCredit: Bool?
-        // A message lying whole in the ring is read at once, under two locks (taken through `waitRound` alone, whose
-        // closures and state checks cost more, W2 zero-copy fell from 3.2 to 2.6 M msg/s).
+        // A message lying whole in the ring is read at once, under two locks (`waitRound`'s closures and state
+        // checks cost more).
         if locked.withLock({ state in state.channel.inbox.isEmpty && state.takeReaderRole() }) {
             if reader.pendingBytes == 0 { _ = readInPlace(ring!, upTo: .max, body, delivered: &readInPlaceWithCredit) }
             releaseReader(armIfWaiters: true)
@@ -669,8 +669,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 return true
             }
         }
-        // Otherwise it is waited for: a message arriving while this task spins is read without an async call
-        // (whose frames and returns were a third of a receive's time in a ping-pong).
+        // Otherwise it is waited for: a message arriving while this task spins is read without an async call.
         var parking: Parking?
         var message: [UInt8]?
         var flag = false
@@ -1056,9 +1055,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         // Complete frames may already be buffered (a bounded read stops short of decoding nothing).
         var wanted = locked.withLock { decodeAndApply(&$0, &tally) }
         // Once a message is here for the waiting tasks and a credit's worth of bytes was read, the messages are
-        // handed over rather than more read first: reading on (up to 16 reads) held a 1 MiB message back until
-        // the next three had been read too, and its credit with it, so that a sender allowed 4 MiB in flight ran
-        // dry and slept, and W3 fell from 3.7 to 0.9 GB/s. (`limit - remaining` is what this pump has read.)
+        // handed over rather than more read first: reading on would hold a large message back until the next ones
+        // were read too, and its credit with it, so that the sender runs dry and sleeps (decision record 0010).
+        // (`limit - remaining` is what this pump has read.)
         reads: for _ in 0..<16 where wanted && remaining > 0 && tally.applied < 4096 && !(tally.effects.wake && limit - remaining >= Wire.creditBytes) {
             var outcome = ReadOutcome.wouldBlock
             do {
@@ -1192,7 +1191,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// false when ``writeInline(data:)`` must write it (not a ring, too much or too little room, a failure).
     private func writeToRing(_ state: inout State) -> Bool {
         // `ring!` rather than `guard let ring`: a binding is a copy, a retain and a release per call, slow ones
-        // for a stream referred to weakly (its count lives in a side table), 15% of a W2 sender.
+        // for a stream referred to weakly (its count lives in a side table).
         guard ring != nil, state.mayWriteRing else { return false }
         let count = state.channel.outbox.count
         guard count <= Self.ringWriteLimit else { return false }

@@ -219,7 +219,7 @@ package final class FrameReader {
 
     /// A copy of `bytes` as an array, with one `memcpy` (the generic `Array(slice)` copies element-wise). Built
     /// from the raw buffer rather than with `init(unsafeUninitializedCapacity:)`, whose unspecialized entry point
-    /// looks up the array storage's metadata on every call: 37 against 67 ns for 64 bytes here.
+    /// looks up the array storage's metadata on every call.
     private static func array(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
         [UInt8](bytes)
     }

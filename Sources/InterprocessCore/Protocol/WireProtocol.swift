@@ -184,7 +184,7 @@ extension Array where Element == UInt8 {
     /// A data frame's header and sequence number, for a body of `length` bytes (sequence number and payload; 0
     /// when the payload is appended afterwards and the length filled in with ``storeLE(_:at:)``): one append of
     /// 16 bytes, cheaper than the 16 single-byte ones of ``appendFrameHeader(_:length:)`` and ``appendLE(_:)`` on
-    /// every message (30 against 40 ns in a loop).
+    /// every message.
     package mutating func appendDataFrameHeader(seq: UInt64, length: Int = 0) {
         Swift.withUnsafeBytes(of: Wire.dataFrameHeader(seq: seq, payloadCount: length - Wire.dataPrefixSize)) { raw in
             raw.withMemoryRebound(to: UInt8.self) { append(contentsOf: $0) }
