@@ -70,8 +70,7 @@ package final class Poller: Sendable {
 
     /// Withdraws `handler`'s flush requests (its output was written meanwhile). When no request is left the
     /// timer is disarmed, so the I/O thread does not wake: during a long burst of sends, each batch is written
-    /// by the sender and a wake-up per batch would take the sender's CPU (measured: W2 ran up to twice as fast
-    /// without those wake-ups).
+    /// by the sender and a wake-up per batch would take the sender's CPU (decision record 0003).
     package func cancelFlush(_ handler: any ByteStreamHandler) {
         registry.withLock { r in
             r.flushQueue.removeAll { $0 === handler }

@@ -157,8 +157,8 @@ package final class SocketListener: Sendable {
 
     /// A Unix socket's send buffer (which also bounds what the peer's receive queue holds) is raised from the
     /// kernel's default of about 200 KiB to 1 MiB: a large message then needs a fifth as many rounds of "write
-    /// until the kernel is full, wait for the I/O thread to say it drained". W3 over a Unix socket, two sets of
-    /// paired runs: 0.60-0.83x of the raw socketpair before, 0.74-0.99x after. TCP keeps the kernel's autotuning.
+    /// until the kernel is full, wait for the I/O thread to say it drained" (decision record 0010). TCP keeps the
+    /// kernel's autotuning.
     private static func enlargeSendBuffer(_ fd: Int32) {
         var size: Int32 = 1 << 20
         _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
