@@ -427,9 +427,11 @@ private func check(_ events: [IOEvent]) throws {
             guard model.tasks[i] == .running, state.mayWriteDirectly, try state.channel.checkSend(size: 8) else { continue }
             #expect(model.writer == .idle)
             let scheduled = model.flushScheduled
-            let (publish, requestFlush, _) = state.stageDirect(now: state.flushNeedsClock ? model.now : poison)
+            _ = state.stageDirect()
+            let decision = state.outputAppended(data: true, now: state.flushNeedsClock ? model.now : poison)
+            let publish = decision == .writeNow
             _ = try state.channel.commitInPlaceData(size: 8)
-            if requestFlush {
+            if decision == .requestFlush {
                 #expect(!scheduled)
                 model.flushScheduled = true
             }

@@ -67,15 +67,14 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
             guard let bytes = ready else { return nil }
             return try value(of: bytes)
         }
-        return try await receiveWaiting(parking)
+        return try await receiveWaiting(parking!)
     }
 
     /// The fast path of ``receive()`` across processes (``ConnectionCore/receiveNow()``): the next message's bytes
-    /// (`.some(nil)` at the end), or nil with `parking` set when the task must park. Nil within a process.
+    /// (`.some(nil)` at the end), or nil with `parking` set when the task must park.
     @usableFromInline
     func bytesIfReady(parking: inout Parking?) throws(IPCError) -> [UInt8]?? {
-        guard let core else { return nil }
-        switch try core.receiveNow() {
+        switch try core!.receiveNow() {
         case .done(let bytes): return .some(bytes)
         case .park(let next):
             parking = next
@@ -89,11 +88,10 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         try await local!.receive(spin: false)
     }
 
-    /// The slow path of ``receive()``: parks until a message arrives (`parking` from ``bytesIfReady(parking:)``),
-    /// or, within a process (no `parking`), receives from the channel.
+    /// The slow path of ``receive()`` across processes: parks until a message arrives (`parking` from
+    /// ``bytesIfReady(parking:)``).
     @usableFromInline
-    func receiveWaiting(_ parking: Parking?) async throws(IPCError) -> Value? {
-        guard let parking else { return try await local!.receive() }
+    func receiveWaiting(_ parking: Parking) async throws(IPCError) -> Value? {
         guard let bytes = try await core!.receive(after: parking) else { return nil }
         return try value(of: bytes)
     }

@@ -61,9 +61,9 @@ public final class Sender<Value: Sendable>: Sendable {
     @inlinable
     public func send(_ value: Value) async throws(IPCError) {
         // Inlined into the caller, so that a send with credit available completes in the synchronous
-        // `sendIfReady` without an async call of its own (the callee's frame from the task allocator, the executor
-        // check on entry). Its closure's context lives on the thread's stack (in an
-        // async function it comes from the task's allocator on every call). A raw value's bytes are handed over
+        // `trySendOnce` without an async call of its own (the callee's frame from the task allocator, the executor
+        // check on entry). Its closure's context lives on the thread's stack (in an async function it comes from
+        // the task's allocator on every call). A raw value's bytes are handed over
         // here, where `Value` is concrete: in the unspecialized callee the cast was a retain and a release per send.
         // Within a process a value that a parked receiver takes or that finds room completes here too, in code
         // specialized for `Value` (the channel's `trySend` is inlinable).
@@ -71,7 +71,7 @@ public final class Sender<Value: Sendable>: Sendable {
             if try local.trySend(value) { return }
         } else if isRaw {
             if try trySendRaw(unsafeBitCast(value, to: [UInt8].self)) { return }
-        } else if try sendIfReady(value) {
+        } else if try trySendOnce(value) {
             return
         }
         try await sendWaiting(value)
@@ -83,14 +83,6 @@ public final class Sender<Value: Sendable>: Sendable {
     func trySendRaw(_ bytes: [UInt8]) throws(IPCError) -> Bool {
         if let sent = try bytes.span.withUnsafeBytes({ raw throws(IPCError) in try core!.trySend(raw: raw) }) { return sent }
         return try core!.trySend { state throws(IPCError) in try state.appendData(bytes: bytes, asSegment: bytes.count >= Self.segmentThreshold) }
-    }
-
-    /// The fast path of ``send(_:)`` across processes: ``trySend(_:)``. False within a process (whose `send`
-    /// is not a `trySend` first: at capacity 0 that would refuse what `send` waits for).
-    @usableFromInline
-    func sendIfReady(_ value: Value) throws(IPCError) -> Bool {
-        guard core != nil else { return false }
-        return try trySendOnce(value)
     }
 
     /// The slow path of ``send(_:)``: waits for credit, or sends within a process. Each path gets its own

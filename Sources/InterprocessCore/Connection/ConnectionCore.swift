@@ -382,9 +382,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             // The room is checked first (against the consumer position kept, rarely read again), so that whether to
             // publish now is decided before the frame is written, and it is written and published in one call.
             guard ring!.hasRoom(frameSize) else { return nil }
-            let now = state.flushNeedsClock ? Platform.monotonicNanoseconds() : 0
-            let (publish, requestFlush, wasStaged) = state.stageDirect(now: now)
-            if requestFlush { stream.requestFlush() }
+            let wasStaged = state.stageDirect()
+            let publish = decideWrite(&state, data: true)
             let seq = state.channel.nextSeq
             let written = (try? ring!.write(frameSize, publish: publish) { region in
                 region.storeBytes(of: Wire.dataFrameHeader(seq: seq, payloadCount: payload.count), as: (UInt64, UInt64).self)
@@ -983,7 +982,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 }
                 guard case .waiting(let needed) = step else {
                     // Input came: whether it came while this task still spun on the CPU hint.
-                    if spinning, spinner != nil {
+                    if spinning {
                         spinAdvisor.record(paidOff: !spinner!.isYielding)
                         spinning = false
                     }

@@ -448,18 +448,12 @@ package struct IOState<Waiter, Watcher> {
         writer == .idle && channel.outbox.isEmpty && !closed && !writeFailed && !channel.isRendezvous
     }
 
-    /// A frame is about to be written straight into the ring (``mayWriteDirectly``): it is staged output. Returns
-    /// whether it is published at once (the caller holds the writer role then) or with the rest of its burst
-    /// (and whether a deferred flush must be asked for).
+    /// A frame is about to be written straight into the ring (``mayWriteDirectly``): it is staged output, whose
+    /// publishing ``outputAppended(data:now:)`` decides next. Returns whether output was staged before.
     @inline(__always)
-    package mutating func stageDirect(now: UInt64) -> (publish: Bool, requestFlush: Bool, wasStaged: Bool) {
-        let wasStaged = staged
-        staged = true
-        switch outputAppended(data: true, now: now) {
-        case .writeNow: return (true, false, wasStaged)
-        case .requestFlush: return (false, true, wasStaged)
-        case .none: return (false, false, wasStaged)
-        }
+    package mutating func stageDirect() -> Bool {
+        defer { staged = true }
+        return staged
     }
 
     /// The direct write did not happen after all (the peer is gone or broke the ring).
