@@ -7,7 +7,7 @@ struct IPCCommand: AsyncParsableCommand {
         commandName: "ipc",
         abstract: "Typed Go-style channels between processes, over Unix sockets and TCP.",
         discussion: "Endpoints: \(Endpoint.acceptedForms).",
-        subcommands: [Send.self, Receive.self, Demo.self, Bench.self, BenchReportCommand.self, BenchLocal.self, DemoPeer.self, BenchPeer.self]
+        subcommands: [Send.self, Receive.self, Demo.self, Bench.self, BenchReportCommand.self, BenchLocal.self, BenchCodec.self, DemoPeer.self, BenchPeer.self]
     )
 }
 

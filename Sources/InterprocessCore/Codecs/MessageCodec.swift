@@ -19,14 +19,17 @@ extension MessageCodec {
     public var typeName: String { String(reflecting: Value.self) }
 }
 
-/// Each message is one JSON document (UTF-8), via Foundation's `JSONEncoder`/`JSONDecoder`.
+/// Each message is one JSON document (UTF-8), written and read as Foundation's `JSONEncoder` and `JSONDecoder` do
+/// with their default strategies (see docs/wire-protocol.md, "JSON codec"), so a peer that uses them, or any other
+/// JSON library, understands it.
 ///
-/// The codec keeps one encoder and one decoder for all its messages (setting them up is a large part of coding
-/// a small value); both are safe to use from several tasks at once.
+/// The codec writes the document while the value encodes itself and reads values where they lie in the message,
+/// without building a tree in between. A value that writes to a nested container after writing to its parent
+/// again (allowed by `Codable`, rare in practice) cannot be written that way; such a value is encoded by a
+/// `JSONEncoder` the codec keeps. Safe to use from several tasks at once.
 public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
     public let typeName: String
-    private let encoder = JSONEncoder()
-    private let decoder = JSONDecoder()
+    private let treeEncoder = JSONEncoder()
     public init(_ type: Value.Type = Value.self, typeName: String? = nil) {
         self.typeName = typeName ?? String(reflecting: Value.self)
     }
@@ -34,7 +37,11 @@ public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
 
     public func encode(_ value: Value, into buffer: inout [UInt8]) throws(IPCError) {
         do {
-            buffer.append(contentsOf: try encoder.encode(value))
+            do {
+                try JSONEncoding.encode(value, into: &buffer)
+            } catch is JSONEncoding.NeedsTree {
+                buffer.append(contentsOf: try treeEncoder.encode(value))
+            }
         } catch {
             throw IPCError(.encodingFailed, "could not encode a \(typeName) as JSON", underlying: "\(error)")
         }
@@ -42,10 +49,7 @@ public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
 
     public func decode(_ bytes: [UInt8]) throws(IPCError) -> Value {
         do {
-            // The message's bytes are read where they are, not copied into a `Data` first.
-            return try bytes.withUnsafeBytes { raw in
-                try decoder.decode(Value.self, from: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!), count: raw.count, deallocator: .none))
-            }
+            return try JSONDecoding.decode(Value.self, from: bytes)
         } catch {
             throw IPCError(.decodingFailed, "a message is not a valid JSON \(typeName) (\(bytes.count) bytes starting \(preview(bytes)))", underlying: "\(error)")
         }
