@@ -12,14 +12,15 @@ struct BenchCodec: AsyncParsableCommand {
 
     @Option(help: "Runs per line; the median is reported.") var runs = 5
     @Option(help: "Messages per run.") var count = 200_000
+    @Option(parsing: .upToNextOption, help: "Lines to run: binary, json, foundation-json.") var codecs = ["binary", "json", "foundation-json"]
 
     func run() async throws {
         say("Interprocess bench-codec: \(count) messages per run, \(runs) runs per line (median), ns per message")
         say("machine: \(machineDescription())")
         say("codec".padding(toLength: 28, withPad: " ", startingAt: 0) + "bytes   encode   decode")
-        try line("binary", BinaryCodec(BenchSample.self))
-        try line("json", JSONCodec(BenchSample.self))
-        try line("foundation-json", FoundationJSON())
+        if codecs.contains("binary") { try line("binary", BinaryCodec(BenchSample.self)) }
+        if codecs.contains("json") { try line("json", JSONCodec(BenchSample.self)) }
+        if codecs.contains("foundation-json") { try line("foundation-json", FoundationJSON()) }
     }
 
     private func line(_ name: String, _ codec: some MessageCodec<BenchSample>) throws {

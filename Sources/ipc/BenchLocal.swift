@@ -63,31 +63,22 @@ struct BenchLocal: AsyncParsableCommand {
         }
     }
 
-    /// A one-way pipe of `[UInt8]` values, whichever implementation.
-    struct Pipe: Sendable {
-        var send: @Sendable ([UInt8]) async throws -> Void
-        var finish: @Sendable () async throws -> Void
-        var receive: @Sendable () async throws -> [UInt8]?
-    }
-
-    func makePipe(_ kind: Kind) -> Pipe {
+    /// Makes a pipe of the kind and runs `body` with it, specialized for the pipe's type, so that every line
+    /// calls its channel directly, as a program would (no closure or existential in between).
+    func withPipes<R>(_ kind: Kind, _ body: (any LocalPipe.Type) async throws -> R) async rethrows -> R {
         switch kind {
-        case .asyncChannel:
-            let channel = AsyncChannel<[UInt8]>()
-            let iterator = SharedIterator(channel.makeAsyncIterator())
-            return Pipe(send: { await channel.send($0) }, finish: { channel.finish() }, receive: { await iterator.next() })
-        case .asyncStream:
-            let (stream, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .unbounded)
-            let iterator = SharedIterator(stream.makeAsyncIterator())
-            return Pipe(send: { continuation.yield($0) }, finish: { continuation.finish() }, receive: { await iterator.next() })
-        case .rendezvous, .buffered:
-            let (tx, rx) = Channel<[UInt8]>.make(capacity: kind == .rendezvous ? 0 : capacity)
-            return Pipe(send: { try await tx.send($0) }, finish: { try await tx.close() }, receive: { try await rx.receive() })
+        case .asyncChannel: try await body(AsyncChannelPipe.self)
+        case .asyncStream: try await body(AsyncStreamPipe.self)
+        case .rendezvous, .buffered: try await body(ChannelPipe.self)
         }
     }
 
     func pingPong(_ kind: Kind, warmup: Int, iterations: Int) async throws -> [Double] {
-        let there = makePipe(kind), back = makePipe(kind)
+        try await withPipes(kind) { try await pingPong($0, capacity: kind == .rendezvous ? 0 : capacity, warmup: warmup, iterations: iterations) }
+    }
+
+    func pingPong<P: LocalPipe>(_: P.Type, capacity: Int, warmup: Int, iterations: Int) async throws -> [Double] {
+        let there = P(capacity: capacity), back = P(capacity: capacity)
         let echo = Task.detached {
             while let m = try await there.receive() { try await back.send(m) }
             try await back.finish()
@@ -109,7 +100,11 @@ struct BenchLocal: AsyncParsableCommand {
     }
 
     func throughput(_ kind: Kind, count: Int) async throws -> Double {
-        let pipe = makePipe(kind), done = makePipe(kind)
+        try await withPipes(kind) { try await throughput($0, capacity: kind == .rendezvous ? 0 : capacity, count: count) }
+    }
+
+    func throughput<P: LocalPipe>(_: P.Type, capacity: Int, count: Int) async throws -> Double {
+        let pipe = P(capacity: capacity), done = P(capacity: capacity)
         let consumer = Task.detached {
             var n = 0
             while let m = try await pipe.receive() {
@@ -127,6 +122,46 @@ struct BenchLocal: AsyncParsableCommand {
         try await consumer.value
         return Double(count) / seconds / 1e6
     }
+}
+
+/// A one-way pipe of `[UInt8]` values between two tasks.
+protocol LocalPipe: Sendable {
+    init(capacity: Int)
+    func send(_ value: [UInt8]) async throws
+    func finish() async throws
+    func receive() async throws -> [UInt8]?
+}
+
+struct ChannelPipe: LocalPipe {
+    let tx: Sender<[UInt8]>, rx: Receiver<[UInt8]>
+    init(capacity: Int) { (tx, rx) = Channel<[UInt8]>.make(capacity: capacity) }
+    func send(_ value: [UInt8]) async throws { try await tx.send(value) }
+    func finish() async throws { try await tx.close() }
+    func receive() async throws -> [UInt8]? { try await rx.receive() }
+}
+
+/// swift-async-algorithms' channel: always a rendezvous.
+struct AsyncChannelPipe: LocalPipe {
+    let channel = AsyncChannel<[UInt8]>()
+    let iterator: SharedIterator<AsyncChannel<[UInt8]>.Iterator>
+    init(capacity: Int) { iterator = SharedIterator(channel.makeAsyncIterator()) }
+    func send(_ value: [UInt8]) async throws { await channel.send(value) }
+    func finish() async throws { channel.finish() }
+    func receive() async throws -> [UInt8]? { await iterator.next() }
+}
+
+/// The standard library's stream: unbounded.
+struct AsyncStreamPipe: LocalPipe {
+    let continuation: AsyncStream<[UInt8]>.Continuation
+    let iterator: SharedIterator<AsyncStream<[UInt8]>.Iterator>
+    init(capacity: Int) {
+        let (stream, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .unbounded)
+        self.continuation = continuation
+        iterator = SharedIterator(stream.makeAsyncIterator())
+    }
+    func send(_ value: [UInt8]) async throws { continuation.yield(value) }
+    func finish() async throws { continuation.finish() }
+    func receive() async throws -> [UInt8]? { await iterator.next() }
 }
 
 /// An async iterator used by one task at a time, behind a reference so a `Sendable` closure can drive it.

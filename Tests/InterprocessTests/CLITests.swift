@@ -173,6 +173,18 @@ struct CLITests {
         }
     }
 
+    @Test("bench-codec: each codec encodes and decodes the benchmark message, beside Foundation's JSON coders")
+    func benchCodec() async throws {
+        let cli = try ChildProcess("ipc", ["bench-codec", "--count", "2000", "--runs", "1"])
+        let (status, output) = await cli.finish(within: 60)
+        #expect(status == 0, "bench-codec said: \(output)")
+        for codec in ["binary", "json", "foundation-json"] {
+            let line = output.split(separator: "\n").first { $0.hasPrefix("RESULT codec \(codec) ") }
+            let values = line.map { $0.split(separator: " ").dropFirst(3).compactMap { Double($0) } } ?? []
+            #expect(values.count == 3 && values.allSatisfy { $0 > 0 }, "no result for \(codec): \(output)")
+        }
+    }
+
     @Test("bench: the peer libraries run beside the lines they are compared with, and --json writes every line")
     func benchPeersAndJSON() async throws {
         let directory = temporaryDirectory()
