@@ -66,24 +66,26 @@ public enum IPC {
 
     /// Checks the peer, runs the handshake (unless a side is in lines mode) and builds the channel ends.
     static func establish<Out: MessageCodec, In: MessageCodec>(
-        _ socket: ConnectedSocket, endpoint: Endpoint, listening: Bool, sending: Out, receiving: In, options: ChannelOptions, role: String
+        _ socket: ConnectedSocket, endpoint: Endpoint, listening: Bool, sending: Out, receiving: In, options: ChannelOptions, role: String,
+        refusal listenerRefusal: IPCError? = nil, onClose: (@Sendable () -> Void)? = nil
     ) async throws(IPCError) -> Connection<Out.Value, In.Value> {
         let lines = sending is LinesCodec || receiving is LinesCodec
         let local = Hello(
             capacity: UInt32(options.capacity), maxFrame: UInt32(options.maxFrameSize),
             sendCodec: sending.name, sendType: sending.name == "none" ? "none" : sending.typeName,
             receiveCodec: receiving.name, receiveType: receiving.name == "none" ? "none" : receiving.typeName)
-        let configuration = ConnectionCore.Configuration(
+        var configuration = ConnectionCore.Configuration(
             mode: lines ? .lines : .framed, local: local,
             hasSender: sending.name != "none", hasReceiver: receiving.name != "none",
             spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
             closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize, maxBytesInFlight: options.maxBytesInFlight)
+        configuration.onClose = onClose
         let deadline = ContinuousClock.now + options.handshakeTimeout
         // The peer's uid (known for Unix sockets) is checked once, before anything else happens. Shared memory
         // is never handed to a peer whose uid is unknown.
         let sharedMemory = if case .sharedMemory = endpoint { true } else { false }
-        var refusal: IPCError?
-        if endpoint.isLocal, !(socket.peerUID.map(options.peerCheck.allows) ?? !sharedMemory) {
+        var refusal = listenerRefusal
+        if refusal == nil, endpoint.isLocal, !(socket.peerUID.map(options.peerCheck.allows) ?? !sharedMemory) {
             refusal = IPCError(.permissionDenied, "\(role): the peer runs as uid \(socket.peerUID.map(String.init) ?? "unknown"), which this side does not accept (ChannelOptions.peerCheck)")
         }
         let stream: any ByteStream

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import DequeModule
 import InterprocessSockets
 import Logging
@@ -9,7 +12,9 @@ import Synchronization
 /// so a slow or hostile client cannot hold up the others. A connection that fails its handshake (garbage,
 /// wrong magic or version, a type or codec mismatch, a refused peer, a timeout) is told why in an error frame,
 /// logged, and closed; the listener keeps serving. At most 16 ready connections wait for ``accept()``; beyond
-/// that the listener stops accepting and the kernel's backlog holds new clients.
+/// that the listener stops accepting and the kernel's backlog holds new clients. When the process runs out of
+/// file descriptors (or the system of buffers), the listener waits (10 ms, doubling up to 1 s) and accepts again
+/// once connections have closed; it ends only when closed or on an error that concerns the listening socket.
 ///
 /// `Listener` is also an `AsyncSequence` of connections.
 public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence, Sendable {
@@ -31,10 +36,24 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
         let task = Task {
             await withDiscardingTaskGroup { group in
                 let slots = ReadyQueue<Void>(capacity: 64)
+                let limit = options.maxConnections ?? Self.defaultMaxConnections()
+                let open = ConnectionCount()
+                var refusing = false
+                var backoff = Self.firstBackoff
                 while true {
                     let accepted: ConnectedSocket
                     do throws(IPCError) {
                         accepted = try await socket.accept()
+                        backoff = Self.firstBackoff
+                    } catch where SocketListener.isExhaustion(error) {
+                        // Out of descriptors or memory: the client waits in the kernel's backlog; try again later,
+                        // when connections have closed (the listener must outlive whoever used them up).
+                        if backoff == Self.firstBackoff {
+                            options.logger.warning("listener on \(endpoint) cannot accept for now, retrying: \(error)")
+                        }
+                        try? await Task.sleep(for: backoff)
+                        backoff = Swift.min(backoff * 2, Self.lastBackoff)
+                        continue
                     } catch {
                         if error.code != .alreadyClosed {
                             options.logger.error("listener on \(endpoint) stopped: \(error)")
@@ -42,13 +61,29 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                         ready.finish(error)
                         return
                     }
+                    // At the limit a client is still accepted, to be told why it is refused; refusals in progress
+                    // are bounded too, and beyond them a client is closed at once without a word.
+                    let served = open.take(below: limit)
+                    let slot = served ?? open.take(below: limit + Self.refusalBudget)
+                    if served == nil, !refusing {
+                        options.logger.warning("listener on \(endpoint) refuses new connections: \(limit) are open, its limit (ChannelOptions.maxConnections)")
+                    }
+                    refusing = served == nil
+                    guard let slot else {
+                        accepted.stream.close()
+                        continue
+                    }
+                    let refusal = served == nil
+                        ? IPCError(.connectionRefused, "the listener on \(endpoint) has \(limit) connections open, its limit (ChannelOptions.maxConnections); try again later")
+                        : nil
+                    let onClose: @Sendable () -> Void = { slot.release() }
                     await slots.put(())
                     group.addTask {
                         defer { slots.takeNow() }
                         do {
                             let connection = try await IPC.establish(
                                 accepted, endpoint: endpoint, listening: true, sending: sending, receiving: receiving,
-                                options: options, role: "accepting on \(endpoint)")
+                                options: options, role: "accepting on \(endpoint)", refusal: refusal, onClose: onClose)
                             await ready.put(connection)
                         } catch {
                             options.logger.warning("refused a connection on \(endpoint) from \(accepted.stream.peerDescription): \(error)")
@@ -58,6 +93,23 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
             }
         }
         acceptTask.withLock { $0 = task }
+    }
+
+    /// How long the accept loop waits before it tries again when the process is out of descriptors (doubling
+    /// up to `lastBackoff` while it stays so): the pending clients wait in the backlog meanwhile.
+    private static var firstBackoff: Duration { .milliseconds(10) }
+    private static var lastBackoff: Duration { .seconds(1) }
+
+    /// How many refusals may be in progress at once beyond the connection limit (each holds its descriptor
+    /// while the client is told why).
+    private static var refusalBudget: Int { 16 }
+
+    /// A third of the descriptors the process may open beyond 128 and the refusal budget, at least 16 (see
+    /// ``ChannelOptions/maxConnections``).
+    private static func defaultMaxConnections() -> Int {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return 1 << 20 }
+        return Swift.max(16, (Int(clamping: limit.rlim_cur) - 128 - refusalBudget) / 3)
     }
 
     deinit { close() }
@@ -95,6 +147,31 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: self) }
+}
+
+/// How many connections a listener has open (handshakes in progress included).
+final class ConnectionCount: Sendable {
+    private let open = Atomic<Int>(0)
+
+    /// A slot for one more connection, or nil when `bound` are open. Only the accept loop takes slots, so the
+    /// check and the increment need not be one step.
+    func take(below bound: Int) -> Slot? {
+        guard open.load(ordering: .relaxed) < bound else { return nil }
+        open.add(1, ordering: .relaxed)
+        return Slot(self)
+    }
+
+    /// One connection's place in the count, given back once: when its stream closes, or when the connection is
+    /// let go without having been set up.
+    final class Slot: Sendable {
+        private let count: ConnectionCount
+        private let released = Atomic(false)
+        init(_ count: ConnectionCount) { self.count = count }
+        func release() {
+            if !released.exchange(true, ordering: .relaxed) { count.open.subtract(1, ordering: .relaxed) }
+        }
+        deinit { release() }
+    }
 }
 
 private enum PutStep<T: Sendable> { case done(CheckedContinuation<Result<T, IPCError>, Never>?), full }

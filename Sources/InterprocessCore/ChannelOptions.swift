@@ -45,6 +45,13 @@ public struct ChannelOptions: Sendable {
     /// power of two from 4 KiB to 1 GiB (default 1 MiB). The listening (or spawning) side decides; the other side
     /// uses what it is given. Messages larger than the ring stream through it in pieces.
     public var sharedMemoryRingSize: Int = 1 << 20
+    /// Listeners only: the most connections a listener keeps open at once, counting handshakes in progress. A
+    /// client beyond it is refused during its handshake with an error that says so (`peerError` on its side),
+    /// and the listener logs it. Each connection costs the process one descriptor (three over shared memory), and
+    /// a process that runs out of descriptors cannot even refuse cleanly, so the default, nil, derives the limit
+    /// from the process's descriptor limit when the listener starts: a third of what is left above 128 (kept for
+    /// everything else), and at least 16. With a soft `RLIMIT_NOFILE` of 1024 that is 298.
+    public var maxConnections: Int?
     /// Which peers a Unix-socket listener or client accepts, checked with the kernel's peer credentials.
     public var peerCheck: PeerCheck = .sameUser
     /// Where connection-level events (refused handshakes, protocol violations) are logged.
@@ -72,6 +79,9 @@ public struct ChannelOptions: Sendable {
         }
         if let deadPeerTimeout, deadPeerTimeout < .seconds(3) || deadPeerTimeout > .seconds(86_400) {
             throw IPCError(.invalidEndpoint, "deadPeerTimeout must be between 3 seconds and a day (or nil), not \(deadPeerTimeout)")
+        }
+        if let maxConnections, maxConnections < 1 {
+            throw IPCError(.invalidEndpoint, "maxConnections must be at least 1 (or nil for the default), not \(maxConnections)")
         }
         guard maxFrameSize > 0 && maxFrameSize <= Int(UInt32.max) - Wire.dataPrefixSize else {
             throw IPCError(.invalidEndpoint, "maxFrameSize must be between 1 and \(Int(UInt32.max) - Wire.dataPrefixSize), not \(maxFrameSize)")

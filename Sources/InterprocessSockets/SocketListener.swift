@@ -136,13 +136,31 @@ package final class SocketListener: Sendable {
     package func accept() async throws(IPCError) -> ConnectedSocket {
         while true {
             if isClosed.withLock({ $0 }) { throw IPCError(.alreadyClosed, "the listener is closed") }
-            if let client = try nonBlockingCall("accepting a connection", { cipc_accept_nonblocking(fd) }) {
-                return try Self.describe(client, unix: endpoint.isLocal)
+            let client: Int32?
+            do throws(IPCError) {
+                client = try nonBlockingCall("accepting a connection", { cipc_accept_nonblocking(fd) })
+            } catch where error.errno.map(Self.connectionFailedBeforeAccept) == true {
+                // That connection is gone; the listener is fine.
+                continue
             }
+            if let client { return try Self.describe(client, unix: endpoint.isLocal) }
             let token = self.token.withLock { $0 }
             let open = await waiters.wait { Poller.shared.arm(fd: fd, token: token, events: UInt32(CIPC_EV_READ)) }
             if !open { throw IPCError(.alreadyClosed, "the listener is closed") }
         }
+    }
+
+    /// Errors of `accept` that concern the one connection being accepted (reset or failed before it was taken),
+    /// not the listener: accepting goes on.
+    private static func connectionFailedBeforeAccept(_ err: Int32) -> Bool {
+        [ECONNABORTED, EPROTO, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH].contains(err)
+    }
+
+    /// Errors of `accept` that say the process or system is out of a resource (descriptors, buffers, memory) for
+    /// now: the pending connection stays in the backlog, and accepting again later can succeed.
+    package static func isExhaustion(_ error: IPCError) -> Bool {
+        guard let err = error.errno else { return false }
+        return [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(err)
     }
 
     /// One end of a Unix socket pair (already non-blocking), with the peer's credentials.

@@ -167,6 +167,29 @@ struct Helper {
                     report("\(error.code) after \(elapsed.components.seconds) s: \(error.message)")
                 }
                 withExtendedLifetime(server) {}
+            case "serve-limited":
+                // Lowers its descriptor limit to `number` above the descriptors open now, listens, says so, and
+                // echoes on every connection until its peer closes it.
+                var open = 0
+                if let directory = opendir("/proc/self/fd") {
+                    while let entry = readdir(directory) { if entry.pointee.d_name.0 != UInt8(ascii: ".") { open += 1 } }
+                    closedir(directory)
+                }
+                var limit = rlimit()
+                getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+                limit.rlim_cur = rlim_t(open + number)
+                guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else {
+                    report("setrlimit failed: errno \(errno)")
+                    exit(1)
+                }
+                let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
+                report("listening")
+                await withDiscardingTaskGroup { group in
+                    while let connection = try? await listener.accept() {
+                        group.addTask { try? await echo(connection) }
+                    }
+                }
+                report("listener ended")
             case "release-check":
                 // Opens `number` connections on the endpoint one after another (both ends in this process),
                 // sends small and large messages both ways, closes them, and checks that every descriptor and

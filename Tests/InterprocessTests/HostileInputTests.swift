@@ -117,6 +117,63 @@ struct HostileInputTests {
             #expect(message?.contains("did not complete the handshake") == true, "the slow client was told: \(message ?? "nothing")")
         }
     }
+
+    /// Clients that complete the handshake and stay would use up the listening process's descriptors (and a
+    /// Swift process that runs out of them is killed by libdispatch). The listener keeps within its connection
+    /// limit, derived from the descriptor limit: clients beyond it are refused with an error that says why, the
+    /// process stays up, and once the hogs leave a new client is served.
+    @Test("a listener at its connection limit refuses clearly, stays up, and serves again once connections close")
+    func descriptorExhaustion() async throws {
+        let endpoint = Endpoint.unix(path: temporaryDirectory() + "/limited.sock")
+        // 56 descriptors above those open at start: the default limit is then the minimum, 16 connections, and
+        // 16 refusals in progress fit beside them.
+        let helper = try ChildProcess.helper("serve-limited", endpoint, 56)
+        defer { helper.kill() }
+        #expect(await helper.waitForOutput("listening"))
+        var hogs = try (0..<40).map { _ in try RawClient(endpoint) }
+        for hog in hogs { hog.send(HostileInputTests.validHello) }
+        // Connections are accepted in the order they came: the first 16 are served, the next 16 are told why
+        // they are refused, and the rest are told too if refusals ended meanwhile, or else (beyond the 16
+        // refusals allowed in progress) closed without a word.
+        let told = hogs[16..<32].map { errorFrameMessage(in: $0.readAll()) }
+        #expect(told.allSatisfy { $0?.contains("16 connections open, its limit") == true }, "the refused hogs were told: \(told)")
+        let rest = hogs[32...].map { $0.readAll() }
+        #expect(rest.allSatisfy { $0.isEmpty || errorFrameMessage(in: $0)?.contains("its limit") == true })
+        // The refused hogs leave (the 16 served stay). A client of the library is then told why too; until the
+        // listener has seen them leave, it may still be beyond the refusals allowed and be closed at once.
+        hogs.removeLast(24)
+        let refusal = try await within(30) { () async throws -> IPCError in
+            for _ in 0..<500 {
+                do {
+                    _ = try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw)
+                    break
+                } catch let error as IPCError where error.code == .peerClosed {
+                    try await Task.sleep(for: .milliseconds(20))
+                } catch let error as IPCError {
+                    return error
+                }
+            }
+            return IPCError(.timeout, "never refused")
+        }
+        #expect(refusal.message.contains("16 connections open, its limit"), "\(refusal)")
+        // The served hogs leave too; a new client is served.
+        hogs.removeAll()
+        let connection = try await within(30) {
+            for _ in 0..<500 {
+                do {
+                    return try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw)
+                } catch let error as IPCError where error.code == .peerClosed || error.message.contains("its limit") {
+                    // The listener has not yet seen every hog's connection end.
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+            return try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw)
+        }
+        try await connection.sender.send([1, 2, 3])
+        #expect(try await within(10) { try await connection.receiver.receive() } == [1, 2, 3])
+        #expect(!helper.outputSoFar.contains("listener ended"))
+        #expect(!helper.outputSoFar.contains("Too many open files"), "helper said: \(helper.outputSoFar)")
+    }
 }
 
 @Suite("Socket security", .serialized, .timeLimit(.minutes(1)))

@@ -64,6 +64,8 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     var pid: Int32 { process.processIdentifier }
+    /// What the process wrote so far.
+    var outputSoFar: String { collected.withLock { String(decoding: collectedBytes, as: UTF8.self) } }
 
     func writeLine(_ text: String) {
         input.fileHandleForWriting.write(Data((text + "\n").utf8))

@@ -20,6 +20,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         package var closeTimeout: Duration
         package var maxPayload: Int
         package var maxBytesInFlight: Int
+        /// Called when the connection's stream is closed (by whoever owns the connection count, a listener).
+        package var onClose: (@Sendable () -> Void)?
 
         package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
             self.mode = mode
@@ -590,6 +592,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private func closeStream() {
         let (waiters, watchers) = locked.withLock { $0.close() }
         stream.close()
+        configuration.onClose?()
         for w in waiters { w.resume() }
         for w in watchers { w.watcher.notify() }
     }
