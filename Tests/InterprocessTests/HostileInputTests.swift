@@ -118,6 +118,55 @@ struct HostileInputTests {
         }
     }
 
+    /// A peer that sends pings and never reads the pongs: the pongs beyond what the socket buffers would pile up
+    /// in the victim's outbox without bound. The victim cuts it off once 64 wait, its memory stays flat, and it
+    /// goes on serving others.
+    @Test("a ping flood from a peer that does not read its pongs is cut off, with memory bounded", arguments: TransportKind.sockets)
+    func pingFlood(_ kind: TransportKind) async throws {
+        let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), sending: .raw, receiving: .raw)
+        defer { listener.close() }
+        let hostile = try RawClient(listener.endpoint)
+        hostile.send(HostileInputTests.validHello)
+        let victim = try await within(10) { try await listener.accept() }
+        let before = residentKiB()
+        // Pings in 64 KiB writes until the victim closes the connection (after cutting the peer off it reads and
+        // discards for at most half a second, so that the peer can read why), for at most 30 seconds: without a
+        // bound the victim would keep every pong beyond what the kernel buffers.
+        let fd = hostile.fd
+        let flood = Task.detached { () -> (sent: Int, cutOff: Bool) in
+            let ping: [UInt8] = [8, 0, 0, 0, 5, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+            let chunk = [[UInt8]](repeating: ping, count: 4096).flatMap { $0 }
+            let end = ContinuousClock.now + .seconds(30)
+            var sent = 0
+            while ContinuousClock.now < end {
+                let n = chunk.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { return (sent, true) }
+                sent += n / ping.count
+            }
+            return (sent, false)
+        }
+        await #expect {
+            _ = try await within(60) { try await victim.receiver.receive() }
+        } throws: { error in
+            let e = error as! IPCError
+            return e.code == .protocolViolation && e.message.contains("pings without reading the pongs")
+        }
+        let (pings, cutOff) = await flood.value
+        #expect(cutOff, "the victim took all \(pings) pings")
+        // The hostile socket stays open until the flood is over (its descriptor is used by number above).
+        withExtendedLifetime(hostile) {}
+        #expect(residentKiB() - before < 32 * 1024, "memory grew while the peer flooded")
+        // A good client in another process is still served.
+        let helper = try ChildProcess.helper("echo", listener.endpoint)
+        let good = try await within(10) { try await listener.accept() }
+        try await good.sender.send(numbered(7))
+        #expect(try await within(10) { try await good.receiver.receive() }.map(index) == 7)
+        try await good.sender.close()
+        #expect(try await within(10) { try await good.receiver.receive() } == nil)
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+    }
+
     /// Clients that complete the handshake and stay would use up the listening process's descriptors (and a
     /// Swift process that runs out of them is killed by libdispatch). The listener keeps within its connection
     /// limit, derived from the descriptor limit: clients beyond it are refused with an error that says why, the

@@ -186,6 +186,26 @@ struct ChannelStateTests {
         return state
     }
 
+    /// Each ping is answered by a pong in the outbox; a peer that lets 64 of them wait unwritten (it does not
+    /// read) is cut off on the next ping, and pongs written make room again.
+    @Test func pongsWaitingToBeWrittenAreBounded() throws {
+        var state = try makeState(capacity: 4, peerCapacity: 4)
+        var effects = ConnectionState.Effects()
+        for i in 0..<Wire.maxUnwrittenPongs {
+            try state.apply(.ping(UInt64(i)), effects: &effects)
+        }
+        #expect(effects.output)
+        #expect(state.outbox.count == Wire.maxUnwrittenPongs * 16)
+        #expect(throws: IPCError.self) { try state.apply(.ping(99), effects: &effects) }
+        // Written, they no longer count.
+        var fresh = try makeState(capacity: 4, peerCapacity: 4)
+        for round in 0..<10 {
+            for i in 0..<Wire.maxUnwrittenPongs { try fresh.apply(.ping(UInt64(round * 100 + i)), effects: &effects) }
+            fresh.outbox.consume(fresh.outbox.count)
+        }
+        #expect(fresh.outbox.written == UInt64(10 * Wire.maxUnwrittenPongs * 16))
+    }
+
     @Test func senderStopsAtThePeersCapacityAndResumesOnCredit() throws {
         var state = try makeState(capacity: 4, peerCapacity: 3)
         for _ in 0..<3 {

@@ -67,6 +67,8 @@ package struct ConnectionState {
     package var peerReceiverGone = false
     /// Bytes waiting to be written, in order.
     package var outbox = Outbox()
+    /// Where each pong not yet written ends in the outbox's stream of bytes: at most `Wire.maxUnwrittenPongs`.
+    private var unwrittenPongs = Deque<UInt64>()
 
     package init(mode: Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
         self.mode = mode
@@ -132,7 +134,12 @@ package struct ConnectionState {
             failure = IPCError(.peerError, "the peer reported an error and closed the connection: \(message)", underlying: "peer code \(code)")
             effects.wake = true
         case .ping(let nonce):
+            while let end = unwrittenPongs.first, end <= outbox.written { unwrittenPongs.removeFirst() }
+            guard unwrittenPongs.count < Wire.maxUnwrittenPongs else {
+                throw IPCError(.protocolViolation, "the peer keeps sending pings without reading the pongs (\(Wire.maxUnwrittenPongs) wait to be written); a peer must read what it is sent")
+            }
             outbox.append { $0.appendControlFrame(.pong(nonce)) }
+            unwrittenPongs.append(outbox.written + UInt64(outbox.count))
             effects.output = true
         case .pong:
             break

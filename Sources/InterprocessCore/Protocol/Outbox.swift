@@ -31,6 +31,8 @@ package struct Outbox {
     private var headOffset = 0
     /// Bytes not yet written.
     package private(set) var count = 0
+    /// Bytes written since the outbox was made: with ``count``, where an appended frame ends in the stream.
+    package private(set) var written: UInt64 = 0
 
     package init() {}
 
@@ -96,6 +98,7 @@ package struct Outbox {
         }
         tail.withUnsafeBytes { bytes in region.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
         tail.removeAll(keepingCapacity: true)
+        written += UInt64(count)
         count = 0
     }
 
@@ -103,6 +106,7 @@ package struct Outbox {
     package mutating func consume(_ written: Int) {
         var left = written
         count -= written
+        self.written += UInt64(written)
         // Only the first segment's count is taken here: a copy of the segment itself, alive in the loop, would
         // keep a written tail from being unique (and reusing it would copy it).
         while left > 0, let firstCount = segments.first?.count {

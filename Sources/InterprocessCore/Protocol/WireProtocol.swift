@@ -20,6 +20,9 @@ package enum Wire {
     /// A receiver sends a credit frame at least every this many bytes of data frames taken (256 KiB), each frame
     /// counted as its payload plus ``dataFrameOverhead``.
     package static let creditBytes = 256 << 10
+    /// The most pongs that may wait in a connection's outbox for a peer that does not read them (beyond what
+    /// the transport buffers); a peer that pings further is cut off.
+    package static let maxUnwrittenPongs = 64
     /// What a data frame adds to its payload in the byte counts of flow control: header and sequence number.
     package static let dataFrameOverhead = frameHeaderSize + dataPrefixSize
     /// A sender's default limit on bytes of data frames sent and not yet taken, and the least it may be set to (twice
