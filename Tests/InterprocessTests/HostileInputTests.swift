@@ -167,6 +167,28 @@ struct HostileInputTests {
         #expect(status == 0, "helper said: \(output)")
     }
 
+    /// A peer's error text and type names end up in errors and log lines: newlines, escape sequences and
+    /// bidirectional overrides in them are shown escaped, so a peer cannot forge a log line or restyle a terminal.
+    @Test("a peer's text cannot forge a log line", arguments: TransportKind.sockets)
+    func logInjection(_ kind: TransportKind) async throws {
+        let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), sending: .raw, receiving: .raw)
+        defer { listener.close() }
+        let hostile = try RawClient(listener.endpoint)
+        hostile.send(HostileInputTests.validHello)
+        let victim = try await within(10) { try await listener.accept() }
+        let forged = "bad\n2026-12-02T00:00:00+0000 info interprocess: all good \u{1B}[2J\u{202E}"
+        let text = Array(forged.utf8)
+        hostile.send([UInt8(truncatingIfNeeded: text.count + 2), UInt8(truncatingIfNeeded: (text.count + 2) >> 8), 0, 0, 4, 0, 0, 0, 9, 0] + text)
+        await #expect {
+            _ = try await within(10) { try await victim.receiver.receive() }
+        } throws: { error in
+            let message = (error as! IPCError).message
+            return message.contains("bad\\u{a}2026-12-02") && message.contains("\\u{1b}[2J\\u{202e}")
+                && !message.contains("\n") && !message.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x202E }
+        }
+        withExtendedLifetime(hostile) {}
+    }
+
     /// Clients that complete the handshake and stay would use up the listening process's descriptors (and a
     /// Swift process that runs out of them is killed by libdispatch). The listener keeps within its connection
     /// limit, derived from the descriptor limit: clients beyond it are refused with an error that says why, the

@@ -104,6 +104,26 @@ struct WireTests {
         }
     }
 
+    @Test func peerTextIsEscapedWhereItIsShown() throws {
+        #expect("a\nb\u{1B}[0m\u{202E}\té😀".escapedForDisplay == "a\\u{a}b\\u{1b}[0m\\u{202e}\\u{9}é😀")
+        // A type name with a newline, in a mismatch error.
+        let local = Hello(capacity: 1, maxFrame: 100, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes")
+        var peer = local
+        peer.sendType = "x\nforged"
+        #expect { try local.checkCompatible(withPeer: peer) } throws: { error in
+            let message = (error as! IPCError).message
+            return message.contains("x\\u{a}forged") && !message.contains("\n")
+        }
+    }
+
+    /// An error message is cut to 4096 bytes on a character boundary.
+    @Test func aLongErrorMessageIsCutBetweenCharacters() {
+        var bytes: [UInt8] = []
+        bytes.appendControlFrame(.error(code: 1, message: String(repeating: "a", count: Wire.maxErrorMessage - 1) + "é"))
+        #expect(bytes.count == Wire.frameHeaderSize + 2 + Wire.maxErrorMessage - 1)
+        #expect(String(validating: bytes[(Wire.frameHeaderSize + 2)...], as: UTF8.self) != nil)
+    }
+
     @Test func wrongMagicIsRefused() {
         #expect { try decode(Array("GET / HTTP/1.1\r\n".utf8)) } throws: { ($0 as! IPCError).code == .protocolViolation }
     }

@@ -198,7 +198,8 @@ package final class FrameReader {
         case .grant: return .frame(.grant(upTo: b.loadLE(UInt64.self, at: 0)))
         case .error:
             let code = b.loadLE(UInt16.self, at: 0)
-            return .frame(.error(code: code, message: String(decoding: b[2...], as: UTF8.self)))
+            // The peer's text is shown in errors and logs: escaped, so it cannot forge a line there.
+            return .frame(.error(code: code, message: String(decoding: b[2...], as: UTF8.self).escapedForDisplay))
         }
     }
 

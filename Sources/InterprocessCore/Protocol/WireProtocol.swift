@@ -115,15 +115,35 @@ package struct Hello: Equatable, Sendable {
     /// Checks that `peer` sends what this side receives and receives what this side sends.
     package func checkCompatible(withPeer peer: Hello) throws(IPCError) {
         var problems: [String] = []
+        // The peer's names are compared as sent, and escaped where they are shown.
         if peer.sendCodec != receiveCodec || peer.sendType != receiveType {
-            problems.append("the peer sends \(peer.sendType) as \(peer.sendCodec) but this side receives \(receiveType) as \(receiveCodec)")
+            problems.append("the peer sends \(peer.sendType.escapedForDisplay) as \(peer.sendCodec.escapedForDisplay) but this side receives \(receiveType) as \(receiveCodec)")
         }
         if peer.receiveCodec != sendCodec || peer.receiveType != sendType {
-            problems.append("the peer receives \(peer.receiveType) as \(peer.receiveCodec) but this side sends \(sendType) as \(sendCodec)")
+            problems.append("the peer receives \(peer.receiveType.escapedForDisplay) as \(peer.receiveCodec.escapedForDisplay) but this side sends \(sendType) as \(sendCodec)")
         }
         if !problems.isEmpty {
             throw IPCError(.handshakeMismatch, problems.joined(separator: "; ") + "; use the same element type and codec on both ends")
         }
+    }
+}
+
+extension String {
+    /// The string with every character that could forge or hide text where it is shown (control characters,
+    /// escape sequences, line and paragraph separators, bidirectional overrides) written as `\u{...}`, so
+    /// that a peer's text cannot start a new log line or restyle a terminal.
+    package var escapedForDisplay: String {
+        var out = ""
+        out.reserveCapacity(utf8.count)
+        for scalar in unicodeScalars {
+            switch scalar.value {
+            case 0x00...0x1F, 0x7F...0x9F, 0x2028, 0x2029, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069:
+                out += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default:
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }
 
@@ -230,7 +250,12 @@ extension Array where Element == UInt8 {
             appendFrameHeader(.close, length: 8)
             appendLE(lastSeq)
         case .error(let code, let message):
-            let text = Array(message.utf8.prefix(Wire.maxErrorMessage))
+            // Cut on a character boundary: a message never ends inside a UTF-8 sequence.
+            var text = Array(message.utf8.prefix(Wire.maxErrorMessage))
+            if text.count < message.utf8.count {
+                while let last = text.last, last & 0xC0 == 0x80 { text.removeLast() }
+                if let last = text.last, last >= 0xC0 { text.removeLast() }
+            }
             appendFrameHeader(.error, length: 2 + text.count)
             appendLE(code)
             append(contentsOf: text)
