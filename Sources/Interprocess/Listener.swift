@@ -8,8 +8,9 @@ import Synchronization
 
 /// Accepts connections on an endpoint and hands out each one, handshake done, as a ``Connection``.
 ///
-/// Handshakes run concurrently in the background (at most 64 at once, each bounded by the handshake timeout),
-/// so a slow or hostile client cannot hold up the others. A connection that fails its handshake (garbage,
+/// Handshakes run concurrently in the background, each bounded by the handshake timeout; at most 64 at once, and
+/// a new client beyond that ends the oldest handshake in progress, so clients that connect and say nothing
+/// cannot hold up a good one. A connection that fails its handshake (garbage,
 /// wrong magic or version, a type or codec mismatch, a refused peer, a timeout) is told why in an error frame,
 /// logged, and closed; the listener keeps serving. At most 16 ready connections wait for ``accept()``; beyond
 /// that the listener stops accepting and the kernel's backlog holds new clients. When the process runs out of
@@ -35,7 +36,8 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
         let endpoint = socket.endpoint
         let task = Task {
             await withDiscardingTaskGroup { group in
-                let slots = ReadyQueue<Void>(capacity: 64)
+                let handshakes = HandshakeSlots(capacity: Self.handshakesAtOnce)
+                var evicting = false
                 let limit = options.maxConnections ?? Self.defaultMaxConnections()
                 let open = ConnectionCount()
                 var refusing = false
@@ -77,16 +79,29 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                         ? IPCError(.connectionRefused, "the listener on \(endpoint) has \(limit) connections open, its limit (ChannelOptions.maxConnections); try again later")
                         : nil
                     let onClose: @Sendable () -> Void = { slot.release() }
-                    await slots.put(())
+                    let (handshake, evicted) = handshakes.begin(accepted.stream)
+                    if let evicted {
+                        // The oldest handshake in progress ends, so that clients that connect and say nothing
+                        // cannot hold up a good one.
+                        evicted.close()
+                        if !evicting {
+                            options.logger.warning("listener on \(endpoint) has \(Self.handshakesAtOnce) handshakes in progress; ending the oldest for each new client")
+                        }
+                    }
+                    evicting = evicted != nil
                     group.addTask {
-                        defer { slots.takeNow() }
                         do {
                             let connection = try await IPC.establish(
                                 accepted, endpoint: endpoint, listening: true, sending: sending, receiving: receiving,
                                 options: options, role: "accepting on \(endpoint)", refusal: refusal, onClose: onClose)
-                            await ready.put(connection)
+                            // Ended to make room just as it completed: its stream is closed, nothing to hand out.
+                            if handshakes.end(handshake) { await ready.put(connection) }
                         } catch {
-                            options.logger.warning("refused a connection on \(endpoint) from \(accepted.stream.peerDescription): \(error)")
+                            if handshakes.end(handshake) {
+                                options.logger.warning("refused a connection on \(endpoint) from \(accepted.stream.peerDescription): \(error)")
+                            } else {
+                                options.logger.debug("ended the handshake of \(accepted.stream.peerDescription) on \(endpoint) to make room: \(error)")
+                            }
                         }
                     }
                 }
@@ -99,6 +114,9 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
     /// up to `lastBackoff` while it stays so): the pending clients wait in the backlog meanwhile.
     private static var firstBackoff: Duration { .milliseconds(10) }
     private static var lastBackoff: Duration { .seconds(1) }
+
+    /// How many handshakes run at once; a client beyond that ends the oldest one.
+    private static var handshakesAtOnce: Int { 64 }
 
     /// How many refusals may be in progress at once beyond the connection limit (each holds its descriptor
     /// while the client is told why).
@@ -147,6 +165,36 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: self) }
+}
+
+/// The handshakes in progress, oldest first. A new one beyond the capacity ends the oldest (its stream is
+/// closed, so its handshake fails at once): a handshake waits at most for the handshake timeout, and clients that
+/// connect and say nothing would otherwise keep every slot for that long, however many good clients wait.
+final class HandshakeSlots: Sendable {
+    private let running = Mutex<(next: UInt64, list: Deque<(id: UInt64, stream: SocketStream)>)>((0, []))
+    private let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// Registers a handshake; returns its id and the stream of the oldest one, to close, when there was no room.
+    func begin(_ stream: SocketStream) -> (id: UInt64, evicted: SocketStream?) {
+        running.withLock { r in
+            r.next += 1
+            let evicted = r.list.count >= capacity ? r.list.removeFirst().stream : nil
+            r.list.append((r.next, stream))
+            return (r.next, evicted)
+        }
+    }
+
+    /// The handshake ended; false when it had been evicted.
+    @discardableResult
+    func end(_ id: UInt64) -> Bool {
+        running.withLock { r in
+            guard let i = r.list.firstIndex(where: { $0.id == id }) else { return false }
+            r.list.remove(at: i)
+            return true
+        }
+    }
 }
 
 /// How many connections a listener has open (handshakes in progress included).

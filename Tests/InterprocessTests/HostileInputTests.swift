@@ -167,6 +167,24 @@ struct HostileInputTests {
         #expect(status == 0, "helper said: \(output)")
     }
 
+    /// Clients that connect and say nothing used to hold every handshake slot for the handshake timeout (here
+    /// 60 s), and a good client behind them waited that long. Now a new client ends the oldest handshake.
+    @Test("many silent clients do not hold up a good one", arguments: TransportKind.sockets)
+    func silentClientsDoNotStarveHandshakes(_ kind: TransportKind) async throws {
+        var options = ChannelOptions()
+        options.handshakeTimeout = .seconds(60)
+        let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), sending: .raw, options: options)
+        defer { listener.close() }
+        let silent = try (0..<200).map { _ in try RawClient(listener.endpoint) }
+        let helper = try ChildProcess.helper("count", listener.endpoint, 3)
+        let tx = try await within(20) { try await listener.accept() }.sender
+        for i in 0..<3 { try await tx.send(numbered(UInt64(i))) }
+        try await tx.close()
+        let (status, output) = await helper.finish()
+        #expect(status == 0, "helper said: \(output)")
+        withExtendedLifetime(silent) {}
+    }
+
     /// A peer's error text and type names end up in errors and log lines: newlines, escape sequences and
     /// bidirectional overrides in them are shown escaped, so a peer cannot forge a log line or restyle a terminal.
     @Test("a peer's text cannot forge a log line", arguments: TransportKind.sockets)
