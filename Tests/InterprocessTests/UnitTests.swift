@@ -124,6 +124,33 @@ struct WireTests {
         #expect(String(validating: bytes[(Wire.frameHeaderSize + 2)...], as: UTF8.self) != nil)
     }
 
+    /// Version 2 defines no flags: a frame or hello with its flags or reserved bytes set, or a hello with bytes
+    /// after its last field, is refused (on the fast path for data frames too).
+    @Test func reservedBitsAndTrailingHelloBytesAreRefused() throws {
+        for offset in 5..<8 {
+            var bytes = hello.encoded()
+            let frame = bytes.count
+            bytes.appendControlFrame(.data(seq: 1, payload: [1]))
+            bytes[frame + offset] = 1
+            #expect { try decode(bytes) } throws: { ($0 as! IPCError).message.contains("flags or reserved bytes set") }
+            let reader = FrameReader(mode: .framed, maxPayload: 1024)
+            _ = try reader.read { target throws(IPCError) -> Int in
+                for (i, b) in bytes.enumerated() { target[i] = b }
+                return bytes.count
+            }
+            #expect(try reader.next() == .hello(hello))
+            #expect(reader.nextData() == nil)
+            #expect(throws: IPCError.self) { try reader.next() }
+        }
+        var flagged = hello.encoded()
+        flagged[6] = 1
+        #expect { try decode(flagged) } throws: { ($0 as! IPCError).message.contains("flags 1 set") }
+        var trailing = hello.encoded()
+        trailing.append(0)
+        trailing[8] += 1
+        #expect { try decode(trailing) } throws: { ($0 as! IPCError).message.contains("1 bytes after its last field") }
+    }
+
     @Test func wrongMagicIsRefused() {
         #expect { try decode(Array("GET / HTTP/1.1\r\n".utf8)) } throws: { ($0 as! IPCError).code == .protocolViolation }
     }

@@ -6,8 +6,8 @@ public protocol MessageCodec<Value>: Sendable {
     associatedtype Value: Sendable
     /// The codec's name on the wire, for example `json` or `binary`.
     var name: String { get }
-    /// The element type's name on the wire. Defaults to the Swift type's name (for example `Swift.String`);
-    /// override it to talk to programs in other languages.
+    /// The element type's name on the wire. Defaults to the Swift type's fully qualified name (for example
+    /// `MyModule.Job`; docs/wire-protocol.md, "Type names"); override it to talk to programs in other languages.
     var typeName: String { get }
     /// Appends the encoding of `value` to `buffer`.
     func encode(_ value: Value, into buffer: inout [UInt8]) throws(IPCError)

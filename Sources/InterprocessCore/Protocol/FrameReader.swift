@@ -135,7 +135,9 @@ package final class FrameReader {
         guard have >= Wire.frameHeaderSize + Wire.dataPrefixSize else { return nil }
         let bytes = UnsafeRawBufferPointer(rebasing: buffer[start..<end])
         let length = Int(bytes.loadLE(UInt32.self, at: 0))
-        guard bytes[4] == FrameType.data.rawValue, length >= Wire.dataPrefixSize, length - Wire.dataPrefixSize <= maxPayload,
+        // Type, flags and reserved bytes in one comparison: a data frame with anything set in the latter is left
+        // to `next()`, which refuses it.
+        guard bytes.loadLE(UInt32.self, at: 4) == UInt32(FrameType.data.rawValue), length >= Wire.dataPrefixSize, length - Wire.dataPrefixSize <= maxPayload,
               have >= Wire.frameHeaderSize + length
         else { return nil }
         start += Wire.frameHeaderSize + length
@@ -150,6 +152,9 @@ package final class FrameReader {
         let rawType = bytes[4]
         guard let type = FrameType(rawValue: rawType) else {
             throw IPCError(.protocolViolation, "the peer sent a frame of unknown type \(rawType); the stream is corrupt or the peer speaks another protocol")
+        }
+        guard bytes[5] == 0, bytes[6] == 0, bytes[7] == 0 else {
+            throw IPCError(.protocolViolation, "the peer sent a \(type) frame with flags or reserved bytes set (\(bytes[5]), \(bytes[6]), \(bytes[7])); version \(Wire.version) defines none (they must be 0)")
         }
         let limit: Int
         switch type {

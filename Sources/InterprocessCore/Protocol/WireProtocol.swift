@@ -97,6 +97,10 @@ package struct Hello: Equatable, Sendable {
         guard version == Wire.version else {
             throw IPCError(.handshakeMismatch, "the peer speaks wire protocol version \(version), this side version \(Wire.version); upgrade the older side")
         }
+        let flags = bytes.loadLE(UInt16.self, at: 6)
+        guard flags == 0 else {
+            throw IPCError(.protocolViolation, "the peer's handshake has flags \(flags) set; version \(Wire.version) defines none (they must be 0)")
+        }
         let bodyLength = Int(bytes.loadLE(UInt32.self, at: 8))
         guard bodyLength <= Wire.maxHelloBody else {
             throw IPCError(.protocolViolation, "the peer's handshake claims \(bodyLength) bytes, more than the \(Wire.maxHelloBody) allowed")
@@ -108,6 +112,9 @@ package struct Hello: Equatable, Sendable {
             let receiveCodec = reader.readString8(), let receiveType = reader.readString16()
         else {
             throw IPCError(.protocolViolation, "the peer's handshake is truncated or malformed")
+        }
+        guard reader.remaining == 0 else {
+            throw IPCError(.protocolViolation, "the peer's handshake has \(reader.remaining) bytes after its last field; version \(Wire.version) defines none")
         }
         return (Hello(capacity: capacity, maxFrame: maxFrame, sendCodec: sendCodec, sendType: sendType, receiveCodec: receiveCodec, receiveType: receiveType), Wire.helloHeaderSize + bodyLength)
     }
