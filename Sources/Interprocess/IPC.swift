@@ -80,6 +80,7 @@ public enum IPC {
             spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
             closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize, maxBytesInFlight: options.maxBytesInFlight)
         configuration.onClose = onClose
+        configuration.stalledFrameTimeout = options.stalledFrameTimeout
         let deadline = ContinuousClock.now + options.handshakeTimeout
         // The peer's uid (known for Unix sockets) is checked once, before anything else happens. Shared memory
         // is never handed to a peer whose uid is unknown.

@@ -33,6 +33,12 @@ public struct ChannelOptions: Sendable {
     /// retransmission). A peer process that dies is noticed at once either way: its kernel closes the
     /// connection. Unix sockets and shared memory need no such timeout.
     public var deadPeerTimeout: Duration? = .seconds(60)
+    /// Unix sockets and TCP: how long a peer may stop sending in the middle of a frame (a message, or any other
+    /// frame, partly received) before the connection fails with `timeout`. A peer that stops mid-frame is stuck or
+    /// hostile; without this bound every receive on the connection would wait for the rest forever. Progress
+    /// restarts the clock, so a large message over a slow link is fine. Default 30 seconds; at least 1 second;
+    /// nil waits forever.
+    public var stalledFrameTimeout: Duration? = .seconds(30)
     /// How long a waiting task polls for input before it sleeps (microseconds). Polling avoids the cost of
     /// waking a sleeping thread when the peer answers quickly; it is bounded, so an idle channel costs no CPU.
     /// 0 disables it; at most 10,000,000 (10 s).
@@ -79,6 +85,9 @@ public struct ChannelOptions: Sendable {
         }
         if let deadPeerTimeout, deadPeerTimeout < .seconds(3) || deadPeerTimeout > .seconds(86_400) {
             throw IPCError(.invalidEndpoint, "deadPeerTimeout must be between 3 seconds and a day (or nil), not \(deadPeerTimeout)")
+        }
+        if let stalledFrameTimeout, stalledFrameTimeout < .seconds(1) {
+            throw IPCError(.invalidEndpoint, "stalledFrameTimeout must be at least 1 second (or nil), not \(stalledFrameTimeout)")
         }
         if let maxConnections, maxConnections < 1 {
             throw IPCError(.invalidEndpoint, "maxConnections must be at least 1 (or nil for the default), not \(maxConnections)")

@@ -185,6 +185,29 @@ struct HostileInputTests {
         withExtendedLifetime(silent) {}
     }
 
+    /// Half a frame, then silence with the connection open: without a bound every receive would wait forever.
+    @Test("a peer that stops inside a frame is timed out", arguments: TransportKind.sockets)
+    func stalledFrame(_ kind: TransportKind) async throws {
+        var options = ChannelOptions()
+        options.stalledFrameTimeout = .seconds(1)
+        let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), sending: .raw, receiving: .raw, options: options)
+        defer { listener.close() }
+        let hostile = try RawClient(listener.endpoint)
+        hostile.send(HostileInputTests.validHello)
+        let victim = try await within(10) { try await listener.accept() }
+        // A data frame of 32 payload bytes, of which 4 arrive.
+        hostile.send([40, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9])
+        await #expect {
+            _ = try await within(20) { try await victim.receiver.receive() }
+        } throws: { error in
+            let e = error as! IPCError
+            return e.code == .timeout && e.message.contains("part of a frame and then nothing")
+        }
+        // The peer is told why.
+        let message = errorFrameMessage(in: hostile.readAll())
+        #expect(message?.contains("part of a frame") == true, "the peer was told: \(message ?? "nothing")")
+    }
+
     /// A peer's error text and type names end up in errors and log lines: newlines, escape sequences and
     /// bidirectional overrides in them are shown escaped, so a peer cannot forge a log line or restyle a terminal.
     @Test("a peer's text cannot forge a log line", arguments: TransportKind.sockets)

@@ -31,6 +31,26 @@ private func writeAll(_ state: inout TestIOState) {
 
 @Suite("Connection I/O state machine")
 struct IOStateTests {
+    /// Input that ends inside a frame arms one timer; the timer fails the connection only if nothing arrived
+    /// since it was armed, watches again if something did, and stops once the frame is complete.
+    @Test func aPeerThatStopsInsideAFrameIsDetected() throws {
+        var state = try makeIOState()
+        #expect(state.inputRead(progress: 100, insideFrame: false) == nil)
+        #expect(state.inputRead(progress: 150, insideFrame: true) == 150)
+        // One timer at a time.
+        #expect(state.inputRead(progress: 180, insideFrame: true) == nil)
+        #expect(state.stallTimerFired(armedAt: 150) == .rearm(180))
+        #expect(state.stallTimerFired(armedAt: 180) == .stalled)
+        #expect(!state.stallTimerArmed)
+        // A frame completed before the timer fired: nothing to do, and the next partial frame arms again.
+        var other = try makeIOState()
+        #expect(other.inputRead(progress: 10, insideFrame: true) == 10)
+        #expect(other.inputRead(progress: 20, insideFrame: false) == nil)
+        #expect(other.stallTimerFired(armedAt: 10) == .idle)
+        #expect(other.inputRead(progress: 30, insideFrame: true) == 30)
+        #expect(other.stallTimerFired(armedAt: 30) == .stalled)
+    }
+
     @Test func oneReaderAtATimeAndParkedTasksGetTheIOThread() throws {
         var state = try makeIOState()
         let r1 = state.takeReaderRole()

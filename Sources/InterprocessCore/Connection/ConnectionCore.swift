@@ -22,6 +22,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         package var maxBytesInFlight: Int
         /// Called when the connection's stream is closed (by whoever owns the connection count, a listener).
         package var onClose: (@Sendable () -> Void)?
+        /// How long input may stop inside a frame before the connection fails (nil: forever).
+        package var stalledFrameTimeout: Duration?
 
         package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
             self.mode = mode
@@ -45,6 +47,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// This side receives at capacity 0: its receives grant the peer one message each (no fast path).
     let rendezvousReceiver: Bool
     let reader: FrameReader
+    /// Whether the state was last told that input ends inside a frame (see `pump`). Like ``reader``, touched
+    /// only by the holder of the reader role.
+    @exclusivity(unchecked) private var toldInsideFrame = false
     let locked: Mutex<State>
     /// Whether waiting tasks spin on the CPU hint before they yield (not when the peer shares this CPU).
     private let spinAdvisor = SpinAdvisor()
@@ -807,6 +812,14 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 break reads
             }
         }
+        // The state hears about input only while it ends inside a frame (and once more when it no longer does),
+        // so that a stream of whole frames takes no extra lock.
+        let insideFrame = reader.pendingBytes > 0
+        if limit - remaining > 0, insideFrame || toldInsideFrame, configuration.mode == .framed, let timeout = configuration.stalledFrameTimeout {
+            let armedAt = locked.withLock { $0.inputRead(progress: reader.totalRead, insideFrame: insideFrame) }
+            toldInsideFrame = insideFrame
+            if let armedAt { watchForStall(armedAt: armedAt, after: timeout) }
+        }
         if tally.applied == 0 && !ended && tally.protocolError == nil { return false }
         // The I/O thread gives the role back before waking anyone, so a woken task can take it.
         if releasingReader { locked.withLock { $0.dropReader() } }
@@ -817,6 +830,23 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         if tally.effects.output { flushNow() }
         wakeAll()
         return releasingReader || tally.effects.wake || ended
+    }
+
+    /// Fails the connection if the peer sends nothing more for `timeout` while the input ends inside a frame (a
+    /// peer that stops mid-frame would otherwise leave every receive waiting forever).
+    private func watchForStall(armedAt: UInt64, after timeout: Duration) {
+        Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            guard let self else { return }
+            switch self.locked.withLock({ $0.stallTimerFired(armedAt: armedAt) }) {
+            case .stalled:
+                self.fail(IPCError(.timeout, "the peer sent part of a frame and then nothing for \(timeout); it is stuck or not an Interprocess endpoint (ChannelOptions.stalledFrameTimeout)"), tellPeer: true)
+            case .rearm(let progress):
+                self.watchForStall(armedAt: progress, after: timeout)
+            case .idle:
+                break
+            }
+        }
     }
 
     /// What one ``pump(releasingReader:limit:bytesRead:)`` decoded and applied.

@@ -548,6 +548,46 @@ package struct IOState<Waiter, Watcher> {
         return (closedWaiters + waiters.map(\.waiter), watchers)
     }
 
+    // MARK: A peer stopped inside a frame
+
+    /// Input read so far (in bytes, as the frame reader counts it), whether it ends inside a frame, and whether a
+    /// timer watches for that frame's rest.
+    package private(set) var inputProgress: UInt64 = 0
+    package private(set) var insideFrame = false
+    package private(set) var stallTimerArmed = false
+
+    package enum StallCheck: Equatable {
+        /// Nothing arrived since the timer was armed, and the input still ends inside a frame: the peer stalled.
+        case stalled
+        /// Input arrived meanwhile and still ends inside a frame: watch again from this progress.
+        case rearm(UInt64)
+        /// The frame was completed: stop watching.
+        case idle
+    }
+
+    /// A read round ended with `progress` bytes read in all, inside a frame or not. Returns the progress to arm a
+    /// stall timer with, when input ends inside a frame and no timer watches yet.
+    package mutating func inputRead(progress: UInt64, insideFrame: Bool) -> UInt64? {
+        inputProgress = progress
+        self.insideFrame = insideFrame
+        guard insideFrame, !stallTimerArmed, !closed else { return nil }
+        stallTimerArmed = true
+        return progress
+    }
+
+    /// The stall timer armed at `armedAt` fired.
+    package mutating func stallTimerFired(armedAt: UInt64) -> StallCheck {
+        guard insideFrame, !closed, channel.failure == nil else {
+            stallTimerArmed = false
+            return .idle
+        }
+        if inputProgress == armedAt {
+            stallTimerArmed = false
+            return .stalled
+        }
+        return .rearm(inputProgress)
+    }
+
     /// Waits for the close, unless it happened (false: resume `waiter` at once).
     package mutating func waitForClose(_ waiter: Waiter) -> Bool {
         if closed { return false }

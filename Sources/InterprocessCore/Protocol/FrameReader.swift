@@ -41,6 +41,9 @@ package final class FrameReader {
 
     deinit { buffer.deallocate() }
 
+    /// Bytes read since the reader was made.
+    package private(set) var totalRead: UInt64 = 0
+
     /// Bytes received but not yet decoded (for truncation checks).
     package var pendingBytes: Int { end - start + (large?.filled ?? 0) }
 
@@ -70,6 +73,7 @@ package final class FrameReader {
             }
             let n = try result.get()
             pending.filled += n
+            totalRead &+= UInt64(n)
             return n
         }
         if start == end {
@@ -86,6 +90,7 @@ package final class FrameReader {
         }
         let n = try body(UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
         end += n
+        totalRead &+= UInt64(n)
         return n
     }
 
