@@ -67,6 +67,14 @@ final class JSONWriter {
         return nextID
     }
 
+    /// Opens a nested container (or, for `.slot`, a place for a super encoder) after its key or comma.
+    func pushNested(_ kind: Kind) -> Int {
+        let id = push(.slot)
+        // A fresh innermost place always opens.
+        if kind != .slot { try! open(id, as: kind) }
+        return id
+    }
+
     /// Closes the innermost open container (a place nobody wrote to becomes an empty object, as in Foundation).
     func closeTop() {
         let frame = stack.removeLast()
@@ -334,9 +342,7 @@ struct JSONKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
 
     private func nested(_ key: Key, _ kind: JSONWriter.Kind) -> Int {
         guard (try? writer.beginEntry(frame, key: key)) != nil else { return -1 }
-        let id = writer.push(.slot)
-        if kind != .slot { try! writer.open(id, as: kind) }
-        return id
+        return writer.pushNested(kind)
     }
 }
 
@@ -377,9 +383,7 @@ struct JSONUnkeyedEncoder: UnkeyedEncodingContainer {
     private mutating func nested(_ kind: JSONWriter.Kind) -> Int {
         guard (try? writer.beginElement(frame)) != nil else { return -1 }
         count += 1
-        let id = writer.push(.slot)
-        if kind != .slot { try! writer.open(id, as: kind) }
-        return id
+        return writer.pushNested(kind)
     }
 }
 
