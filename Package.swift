@@ -61,7 +61,7 @@ let package = Package(
         // What users import.
         .target(
             name: "Interprocess",
-            dependencies: ["InterprocessCore", "InterprocessSockets", "InterprocessSharedMemory", "CInterprocessShim"],
+            dependencies: ["InterprocessCore", "InterprocessIO", "InterprocessSockets", "InterprocessSharedMemory", "CInterprocessShim"],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -1,4 +1,5 @@
 @_exported import InterprocessCore
+import InterprocessIO
 import InterprocessSharedMemory
 import InterprocessSockets
 import Logging
@@ -107,6 +108,8 @@ public enum IPC {
             stream = socket.stream
         }
         let core = ConnectionCore(stream: stream, configuration: configuration)
+        // What this side sends is delivered even if the process exits right after its last send.
+        ExitLinger.watch(core)
         if let refusal {
             core.fail(refusal, tellPeer: true)
             throw refusal

@@ -44,6 +44,11 @@ struct Helper {
                 for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
                 try await tx.closeAndWait()
                 report("sent \(number)")
+            case "send-then-exit":
+                // Sends `number` messages and exits at once, without closing: what was sent must still arrive.
+                let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
+                for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
+                exit(0)
             case "send-then-hang":
                 // Sends `number` messages, says so, and waits to be killed.
                 let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
@@ -168,8 +173,9 @@ struct Helper {
                 }
                 withExtendedLifetime(server) {}
             case "serve-limited":
-                // Lowers its descriptor limit to `number` above the descriptors open now, listens, says so, and
-                // echoes on every connection until its peer closes it.
+                // Lowers its descriptor limit to `number` above the descriptors open now (0: leaves it), listens,
+                // says so, and echoes on every connection until its peer closes it, saying how each one ended
+                // when it ended with an error.
                 var open = 0
                 if let directory = opendir("/proc/self/fd") {
                     while let entry = readdir(directory) { if entry.pointee.d_name.0 != UInt8(ascii: ".") { open += 1 } }
@@ -177,16 +183,22 @@ struct Helper {
                 }
                 var limit = rlimit()
                 getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
-                limit.rlim_cur = rlim_t(open + number)
+                limit.rlim_cur = number > 0 ? rlim_t(open + number) : limit.rlim_cur
                 guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else {
                     report("setrlimit failed: errno \(errno)")
                     exit(1)
                 }
                 let listener = try IPC.listen(on: endpoint, sending: .raw, receiving: .raw, options: options)
-                report("listening")
+                report("listening on \(listener.endpoint)")
                 await withDiscardingTaskGroup { group in
                     while let connection = try? await listener.accept() {
-                        group.addTask { try? await echo(connection) }
+                        group.addTask {
+                            do throws(IPCError) {
+                                try await echo(connection)
+                            } catch {
+                                report("a connection ended: \(error.code): \(error.message)")
+                            }
+                        }
                     }
                 }
                 report("listener ended")

@@ -117,6 +117,31 @@ struct CrossProcessTests {
         #expect(output.contains("received 200"))
     }
 
+    /// A process that exits right after its last `send`, without closing: every message `send` accepted is
+    /// still delivered (then the end of the stream, reported as the peer closing without a close).
+    @Test("a process that exits right after its last send loses nothing it sent", arguments: TransportKind.allCases)
+    func exitAfterSend(_ kind: TransportKind) async throws {
+        for round in 0..<5 {
+            let dir = temporaryDirectory()
+            let listener = try IPC.listen(on: kind.endpoint(in: dir), receiving: .raw)
+            defer { listener.close() }
+            let helper = try ChildProcess.helper("send-then-exit", listener.endpoint, 1000)
+            let rx = try await within(20) { try await listener.accept() }.receiver
+            var received = 0
+            do {
+                while let m = try await within(20, { try await rx.receive() }) {
+                    #expect(index(m) == UInt64(received))
+                    received += 1
+                }
+            } catch let error as IPCError where error.code == .peerClosed {
+                // The end: the helper exited without a close frame.
+            }
+            #expect(received == 1000, "round \(round): \(received) of 1000 arrived")
+            let (status, _) = await helper.finish()
+            #expect(status == 0)
+        }
+    }
+
     @Test("a sender killed mid-stream gives the receiver a clear error, not a hang", arguments: TransportKind.allCases)
     func senderKilled(_ kind: TransportKind) async throws {
         let dir = temporaryDirectory()
@@ -285,8 +310,8 @@ struct CrossProcessTests {
 }
 
 /// This process's resident memory, in KiB.
-func residentKiB() -> Int {
-    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+func residentKiB(of pid: Int32? = nil) -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid.map(String.init) ?? "self")/status", encoding: .utf8),
         let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
     else { return 0 }
     return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0

@@ -249,7 +249,9 @@ func expectHeld(_ send: @escaping @Sendable () async throws -> Void, sourceLocat
     for _ in 0..<3 {
         await #expect(sourceLocation: sourceLocation) { try await within(1) { try await send() } } throws: { ($0 as! IPCError).code == .timeout }
     }
-    #expect(residentKiB() - rssBefore < 8 * 1024, "memory grew while the sender was held", sourceLocation: sourceLocation)
+    // The whole process is measured while other suites run beside this one, so the bound leaves room for what
+    // they allocate meanwhile (a few MiB); a sender that buffered its attempts would take far more in 3 seconds.
+    #expect(residentKiB() - rssBefore < 32 * 1024, "memory grew while the sender was held", sourceLocation: sourceLocation)
 }
 
 /// A plain blocking socket for playing a hostile or foreign peer. Reads time out after 15 seconds (a bound for a

@@ -151,6 +151,28 @@ struct WireTests {
         #expect { try decode(trailing) } throws: { ($0 as! IPCError).message.contains("1 bytes after its last field") }
     }
 
+    /// Before its hello a connection holds a small buffer; a hello that arrives with many frames behind it in the
+    /// same reads decodes whole.
+    @Test func aHelloWithFramesBehindItInLargeReads() throws {
+        var bytes = hello.encoded()
+        for i in 0..<200 { bytes.appendControlFrame(.data(seq: UInt64(i + 1), payload: [UInt8](repeating: UInt8(i), count: 100))) }
+        let reader = FrameReader(mode: .framed, maxPayload: 1024)
+        var events: [FrameReader.Event] = []
+        var offset = 0
+        while offset < bytes.count {
+            let n = try reader.read { target throws(IPCError) -> Int in
+                let n = min(target.count, bytes.count - offset)
+                for i in 0..<n { target[i] = bytes[offset + i] }
+                return n
+            }
+            #expect(n > 0)
+            offset += n
+            while let e = try reader.next() { events.append(e) }
+        }
+        #expect(events.count == 201)
+        #expect(events.last == .frame(.data(seq: 200, payload: [UInt8](repeating: 199, count: 100))))
+    }
+
     @Test func wrongMagicIsRefused() {
         #expect { try decode(Array("GET / HTTP/1.1\r\n".utf8)) } throws: { ($0 as! IPCError).code == .protocolViolation }
     }
@@ -285,7 +307,8 @@ struct ChannelStateTests {
         var effects = ConnectionState.Effects()
         try state.apply(.data(seq: 1, payload: [1]), effects: &effects)
         try state.apply(.close(lastSeq: 1), effects: &effects)
-        #expect(state.receive() == .message([1], grantCredit: false))
+        // Once the peer has closed, every message taken is acknowledged at once (the peer may wait to exit).
+        #expect(state.receive() == .message([1], grantCredit: true))
         #expect(state.receive() == .end)
     }
 

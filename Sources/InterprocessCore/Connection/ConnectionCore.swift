@@ -804,7 +804,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                             tally.applied += 1
                             try state.channel.apply(last, effects: &tally.effects)
                         }
-                        state.channel.applyEndOfStream()
+                        if state.channel.applyEndOfStream() { tally.effects.output = true }
                     } catch {
                         tally.protocolError = error
                     }
@@ -977,6 +977,34 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
     }
 
+    /// The process is exiting (called from an exit handler, on whatever thread exits; other threads may still
+    /// run). Messages this side sent that the peer has not yet acknowledged must not be lost: the outbox is
+    /// written, the sending direction ended, and, over a socket, input is read until the peer has acknowledged
+    /// everything or ended its side, so that no unread input makes the kernel reset the connection (a TCP peer
+    /// that gets a reset drops what it has not read yet). Bounded by `deadline` (monotonic nanoseconds); `pause`
+    /// waits a moment between attempts.
+    package func lingerAtExit(until deadline: UInt64, pause: () -> Void) {
+        func unacknowledged(_ state: borrowing State) -> Bool {
+            state.channel.nextSeq - 1 > state.channel.peerConsumed && state.channel.failure == nil && !state.channel.endOfStream
+        }
+        guard locked.withLock({ !$0.closed && (unacknowledged($0) || $0.hasPendingOutput) }) else { return }
+        while Platform.monotonicNanoseconds() < deadline {
+            flushNow()
+            if locked.withLock({ $0.outputDrained(note: false) || $0.writeFailed || $0.closed }) { break }
+            pause()
+        }
+        guard ring == nil else { return }  // shared memory keeps what was written for the peer, whatever happens here
+        stream.shutdownWrite()
+        while Platform.monotonicNanoseconds() < deadline, locked.withLock({ !$0.closed && unacknowledged($0) }) {
+            if locked.withLock({ $0.takeReaderRole(fromIOThread: true) }) {
+                let progressed = pump()
+                locked.withLock { $0.dropReader() }
+                if progressed { continue }
+            }
+            pause()
+        }
+    }
+
     /// Writes the outbox now if nobody else is writing it.
     func flushNow() {
         if locked.withLock({ $0.takeWriterRole() }) { writeOutbox() }
@@ -1026,7 +1054,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     _ = pump()
                     releaseReader(armIfWaiters: true)
                 }
-                fail(error, tellPeer: false)
+                // A write after the peer's end of stream (a last credit) fails because the peer is gone: what
+                // the receiver reports is how its stream ended, not the broken pipe.
+                let ended = locked.withLock { $0.channel.endOfStream && $0.channel.peerClosedAfter == nil ? $0.channel.endedWithoutClose : nil }
+                fail(ended ?? error, tellPeer: false)
                 return
             }
             let blocked: Bool

@@ -130,6 +130,7 @@ package struct ConnectionState {
             }
             peerClosedAfter = lastSeq
             effects.wake = true
+            if appendCreditIfDue() { effects.output = true }
         case .error(let code, let message):
             failure = IPCError(.peerError, "the peer reported an error and closed the connection: \(message)", underlying: "peer code \(code)")
             effects.wake = true
@@ -196,10 +197,13 @@ package struct ConnectionState {
         return updateGrant() || credit
     }
 
-    /// The peer's stream ended (read returned end-of-file).
-    package mutating func applyEndOfStream() {
+    /// The peer's stream ended (read returned end-of-file). Returns whether a credit for the messages taken
+    /// since the last one was appended (write it: the peer may be waiting for it to exit).
+    @discardableResult
+    package mutating func applyEndOfStream() -> Bool {
         endOfStream = true
         if mode == .lines && peerClosedAfter == nil { peerClosedAfter = received }
+        return appendCreditIfDue()
     }
 
     package mutating func fail(_ error: IPCError) {
@@ -230,10 +234,13 @@ package struct ConnectionState {
         // happened to the connection afterwards (a credit that could not be written, say).
         if peerClosedAfter != nil { return .end }
         if let failure { return .failed(failure) }
-        if endOfStream {
-            return .failed(IPCError(.peerClosed, "the peer closed the connection without closing its sender after \(received) messages; it crashed or exited early, and messages it meant to send may be missing"))
-        }
+        if endOfStream { return .failed(endedWithoutClose) }
         return .wait
+    }
+
+    /// The peer's stream ended without a close frame.
+    package var endedWithoutClose: IPCError {
+        IPCError(.peerClosed, "the peer closed the connection without closing its sender after \(received) messages; it crashed or exited early, and messages it meant to send may be missing")
     }
 
     /// Appends a credit frame once a quarter of the window, or ``Wire/creditBytes`` of data frames, has been taken
@@ -241,7 +248,10 @@ package struct ConnectionState {
     /// sender held by its byte limit hears before it runs dry.
     private mutating func appendCreditIfDue() -> Bool {
         guard mode == .framed else { return false }
+        // Once the peer's sending direction has ended, every message taken is acknowledged at once: the peer may
+        // be an exiting process that waits to hear that nothing it sent can be lost.
         guard taken - granted >= max(receiveWindow / 4, 1) || taken > granted && takenBytesSinceCredit >= Wire.creditBytes
+            || taken > granted && (endOfStream || peerClosedAfter != nil)
         else { return false }
         granted = taken
         takenBytesSinceCredit = 0

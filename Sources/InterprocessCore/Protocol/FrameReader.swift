@@ -29,6 +29,9 @@ package final class FrameReader {
     /// Payloads above this go straight into their own array.
     private static let directThreshold = 64 << 10
     private static let bufferSize = 256 << 10
+    /// Until the hello is in, the buffer needs to hold a hello and no more: a connection that never completes its
+    /// handshake (a flood of them, say) costs 8 KiB, not the full buffer, which it gets once its hello is parsed.
+    private static let helloBufferSize = 8 << 10
     /// A large payload's array handed back by the receiver, reused for the next large payload.
     private let spare = Mutex<[UInt8]?>(nil)
 
@@ -36,7 +39,7 @@ package final class FrameReader {
         self.mode = mode
         self.maxPayload = maxPayload
         self.expectingHello = mode == .framed
-        buffer = .allocate(byteCount: Self.bufferSize, alignment: 16)
+        buffer = .allocate(byteCount: mode == .framed ? Self.helloBufferSize : Self.bufferSize, alignment: 16)
     }
 
     deinit { buffer.deallocate() }
@@ -101,6 +104,16 @@ package final class FrameReader {
         end = live
     }
 
+    /// Moves what is buffered to a buffer of the full size.
+    private func enlarge() {
+        let full = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
+        if end > start { full.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start) }
+        end -= start
+        start = 0
+        buffer.deallocate()
+        buffer = full
+    }
+
     private func grow() {
         let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: min(buffer.count * 2, maxPayload + 2), alignment: 16)
         bigger.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start)
@@ -125,6 +138,7 @@ package final class FrameReader {
             guard let (hello, used) = try Hello.parse(available) else { return nil }
             start += used
             expectingHello = false
+            enlarge()
             return .hello(hello)
         case .framed:
             return try nextFrame(available)
