@@ -266,15 +266,6 @@ final class ReadyQueue<T: Sendable>: Sendable {
         }
     }
 
-    /// Takes an item if one is there (used to release a slot).
-    func takeNow() {
-        let putter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            _ = s.items.popFirst()
-            return s.putters.popFirst()
-        }
-        putter?.resume()
-    }
-
     /// Waits for an item. Cancellation ends the wait with a `cancelled` error and takes nothing.
     func take() async throws(IPCError) -> T {
         let id = state.withLock { s -> UInt64 in
