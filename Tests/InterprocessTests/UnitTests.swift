@@ -122,6 +122,11 @@ struct WireTests {
         bytes.appendControlFrame(.error(code: 1, message: String(repeating: "a", count: Wire.maxErrorMessage - 1) + "é"))
         #expect(bytes.count == Wire.frameHeaderSize + 2 + Wire.maxErrorMessage - 1)
         #expect(String(validating: bytes[(Wire.frameHeaderSize + 2)...], as: UTF8.self) != nil)
+        // A character that ends exactly at the limit is kept.
+        bytes = []
+        bytes.appendControlFrame(.error(code: 1, message: String(repeating: "a", count: Wire.maxErrorMessage - 2) + "éx"))
+        #expect(bytes.count == Wire.frameHeaderSize + 2 + Wire.maxErrorMessage)
+        #expect(String(decoding: bytes.suffix(2), as: UTF8.self) == "é")
     }
 
     /// Version 2 defines no flags: a frame or hello with its flags or reserved bytes set, or a hello with bytes

@@ -257,12 +257,12 @@ extension Array where Element == UInt8 {
             appendFrameHeader(.close, length: 8)
             appendLE(lastSeq)
         case .error(let code, let message):
-            // Cut on a character boundary: a message never ends inside a UTF-8 sequence.
-            var text = Array(message.utf8.prefix(Wire.maxErrorMessage))
-            if text.count < message.utf8.count {
-                while let last = text.last, last & 0xC0 == 0x80 { text.removeLast() }
-                if let last = text.last, last >= 0xC0 { text.removeLast() }
-            }
+            // Cut on a character boundary: a message never ends inside a UTF-8 sequence (a cut is one when the
+            // first byte left out is not a continuation byte).
+            let utf8 = Array(message.utf8)
+            var cut = Swift.min(utf8.count, Wire.maxErrorMessage)
+            while cut < utf8.count, cut > 0, utf8[cut] & 0xC0 == 0x80 { cut -= 1 }
+            let text = utf8[..<cut]
             appendFrameHeader(.error, length: 2 + text.count)
             appendLE(code)
             append(contentsOf: text)
