@@ -985,7 +985,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// waits a moment between attempts.
     package func lingerAtExit(until deadline: UInt64, pause: () -> Void) {
         func unacknowledged(_ state: borrowing State) -> Bool {
-            state.channel.nextSeq - 1 > state.channel.peerConsumed && state.channel.failure == nil && !state.channel.endOfStream
+            state.channel.unacknowledged > 0 && state.channel.failure == nil && !state.channel.endOfStream
         }
         guard locked.withLock({ !$0.closed && (unacknowledged($0) || $0.hasPendingOutput) }) else { return }
         while Platform.monotonicNanoseconds() < deadline {

@@ -56,6 +56,8 @@ package struct ConnectionState {
     package var nextSeq: UInt64 = 1
     /// The peer has taken every message up to this sequence number.
     package var peerConsumed: UInt64 = 0
+    /// Messages sent that the peer has not yet acknowledged as taken.
+    package var unacknowledged: UInt64 { (nextSeq - 1) - peerConsumed }
     /// The counted sizes (payload and ``Wire/dataFrameOverhead``) of the messages sent and not yet taken (after
     /// `peerConsumed`), oldest first, and their sum.
     private var untakenSizes = Deque<Int>()
@@ -325,9 +327,8 @@ package struct ConnectionState {
         }
         guard let peer else { return .wait }
         if mode == .lines { return .ready }
-        let inFlight = (nextSeq - 1) - peerConsumed
         guard peer.capacity > 0 || nextSeq <= peerGrant else { return .wait }
-        return inFlight < UInt64(max(peer.capacity, 1)) && untakenBytes < maxBytesInFlight ? .ready : .wait
+        return unacknowledged < UInt64(max(peer.capacity, 1)) && untakenBytes < maxBytesInFlight ? .ready : .wait
     }
 
     /// Appends one data frame whose payload `encode` writes. Returns its sequence number.

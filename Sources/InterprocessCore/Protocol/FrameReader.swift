@@ -88,7 +88,7 @@ package final class FrameReader {
             if start > 0 {
                 compact()
             } else if mode == .lines && buffer.count <= maxPayload {
-                grow()
+                resize(to: min(buffer.count * 2, maxPayload + 2))
             }
         }
         let n = try body(UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
@@ -104,19 +104,10 @@ package final class FrameReader {
         end = live
     }
 
-    /// Moves what is buffered to a buffer of the full size.
-    private func enlarge() {
-        let full = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
-        if end > start { full.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start) }
-        end -= start
-        start = 0
-        buffer.deallocate()
-        buffer = full
-    }
-
-    private func grow() {
-        let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: min(buffer.count * 2, maxPayload + 2), alignment: 16)
-        bigger.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start)
+    /// Moves what is buffered to the front of a new buffer of `size` bytes.
+    private func resize(to size: Int) {
+        let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        if end > start { bigger.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start) }
         end -= start
         start = 0
         buffer.deallocate()
@@ -138,7 +129,7 @@ package final class FrameReader {
             guard let (hello, used) = try Hello.parse(available) else { return nil }
             start += used
             expectingHello = false
-            enlarge()
+            resize(to: Self.bufferSize)
             return .hello(hello)
         case .framed:
             return try nextFrame(available)
