@@ -125,19 +125,21 @@ struct BenchLocal: AsyncParsableCommand {
 }
 
 /// A one-way pipe of `[UInt8]` values between two tasks.
+/// Its calls run on the caller's executor (`nonisolated(nonsending)`), as the channels' own calls do, so that
+/// the harness adds no executor hop per value to any line.
 protocol LocalPipe: Sendable {
     init(capacity: Int)
-    func send(_ value: [UInt8]) async throws
-    func finish() async throws
-    func receive() async throws -> [UInt8]?
+    nonisolated(nonsending) func send(_ value: [UInt8]) async throws
+    nonisolated(nonsending) func finish() async throws
+    nonisolated(nonsending) func receive() async throws -> [UInt8]?
 }
 
 struct ChannelPipe: LocalPipe {
     let tx: Sender<[UInt8]>, rx: Receiver<[UInt8]>
     init(capacity: Int) { (tx, rx) = Channel<[UInt8]>.make(capacity: capacity) }
-    func send(_ value: [UInt8]) async throws { try await tx.send(value) }
-    func finish() async throws { try await tx.close() }
-    func receive() async throws -> [UInt8]? { try await rx.receive() }
+    nonisolated(nonsending) func send(_ value: [UInt8]) async throws { try await tx.send(value) }
+    nonisolated(nonsending) func finish() async throws { try await tx.close() }
+    nonisolated(nonsending) func receive() async throws -> [UInt8]? { try await rx.receive() }
 }
 
 /// swift-async-algorithms' channel: always a rendezvous.
@@ -145,9 +147,9 @@ struct AsyncChannelPipe: LocalPipe {
     let channel = AsyncChannel<[UInt8]>()
     let iterator: SharedIterator<AsyncChannel<[UInt8]>.Iterator>
     init(capacity: Int) { iterator = SharedIterator(channel.makeAsyncIterator()) }
-    func send(_ value: [UInt8]) async throws { await channel.send(value) }
-    func finish() async throws { channel.finish() }
-    func receive() async throws -> [UInt8]? { await iterator.next() }
+    nonisolated(nonsending) func send(_ value: [UInt8]) async throws { await channel.send(value) }
+    nonisolated(nonsending) func finish() async throws { channel.finish() }
+    nonisolated(nonsending) func receive() async throws -> [UInt8]? { await iterator.next() }
 }
 
 /// The standard library's stream: unbounded.
@@ -159,14 +161,14 @@ struct AsyncStreamPipe: LocalPipe {
         self.continuation = continuation
         iterator = SharedIterator(stream.makeAsyncIterator())
     }
-    func send(_ value: [UInt8]) async throws { continuation.yield(value) }
-    func finish() async throws { continuation.finish() }
-    func receive() async throws -> [UInt8]? { await iterator.next() }
+    nonisolated(nonsending) func send(_ value: [UInt8]) async throws { continuation.yield(value) }
+    nonisolated(nonsending) func finish() async throws { continuation.finish() }
+    nonisolated(nonsending) func receive() async throws -> [UInt8]? { await iterator.next() }
 }
 
 /// An async iterator used by one task at a time, behind a reference so a `Sendable` closure can drive it.
 final class SharedIterator<Base: AsyncIteratorProtocol>: @unchecked Sendable where Base.Element: Sendable {
     private var base: Base
     init(_ base: Base) { self.base = base }
-    func next() async -> Base.Element? { try? await base.next() }
+    nonisolated(nonsending) func next() async -> Base.Element? { try? await base.next() }
 }

@@ -3,13 +3,15 @@ import Glibc
 #endif
 import Foundation
 import Interprocess
+import InterprocessCore
 import Testing
 
 /// The kinds of channel every rule of Go's channel semantics is checked against. Socket channels have both
 /// ends in the test process, talking over a real socket; the cross-process suites run the same rules against a
-/// second process.
+/// second process. `inProcessLocked` is an in-process channel whose buffer stays under its lock, as it does above
+/// `LocalChannel.ringCapacityLimit` (`inProcess` has the lock-free ring at these capacities).
 enum ChannelKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
-    case inProcess, unix, tcp, sharedMemory
+    case inProcess, inProcessLocked, unix, tcp, sharedMemory
     var testDescription: String { rawValue }
 }
 
@@ -18,6 +20,9 @@ func makeChannel<C: MessageCodec>(_ kind: ChannelKind, _ codec: C, capacity: Int
     let endpoint: Endpoint
     switch kind {
     case .inProcess: return Channel<C.Value>.make(capacity: capacity)
+    case .inProcessLocked:
+        let channel = LocalChannel<C.Value>(capacity: capacity, ring: false)
+        return (Sender(local: channel), Receiver(local: channel))
     case .unix: endpoint = .unix(path: temporaryDirectory() + "/c.sock")
     case .tcp: endpoint = .tcp(host: "127.0.0.1", port: 0)
     case .sharedMemory: endpoint = .sharedMemory(name: uniqueName())

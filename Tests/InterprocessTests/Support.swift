@@ -243,15 +243,14 @@ func senderToStalledHelper(_ kind: TransportKind, capacity: Int, options: Channe
     }
 }
 
-/// Expects `send` to be held: three tries of a second each time out, and this process's memory stays flat.
+/// Expects `send` to be held: three tries of a second each time out. What a held sender keeps is bounded by the
+/// capacity and the byte limit, which the simulated-wire property test of `ConnectionState` checks; this process's
+/// resident memory is no measure of it, since every other suite allocates in it meanwhile (it grew by 8-46 MiB
+/// over these three seconds).
 func expectHeld(_ send: @escaping @Sendable () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async {
-    let rssBefore = residentKiB()
     for _ in 0..<3 {
         await #expect(sourceLocation: sourceLocation) { try await within(1) { try await send() } } throws: { ($0 as! IPCError).code == .timeout }
     }
-    // The whole process is measured while other suites run beside this one, so the bound leaves room for what
-    // they allocate meanwhile (a few MiB); a sender that buffered its attempts would take far more in 3 seconds.
-    #expect(residentKiB() - rssBefore < 32 * 1024, "memory grew while the sender was held", sourceLocation: sourceLocation)
 }
 
 /// A plain blocking socket for playing a hostile or foreign peer. Reads time out after 15 seconds (a bound for a

@@ -3,14 +3,17 @@ import InterprocessPlatform
 import Synchronization
 
 /// Identifies parked tasks and select registrations (unique per process).
-private let channelIDs = Atomic<UInt64>(0)
+let channelIDs = Atomic<UInt64>(0)
 
 /// An in-process channel: Go's `hchan`. A bounded buffer, the tasks parked on either side, and the selects
 /// watching it, all behind one mutex.
 ///
 /// Capacity 0 is a rendezvous: a value passes only from a parked sender to a receiver, or from a sender to a
 /// parked receiver, so `send` returns once a receiver has taken the value. With capacity N, senders park once N
-/// values are buffered; a receiver that takes one moves the first parked sender's value into the buffer.
+/// values are buffered. Up to ``ringCapacityLimit`` the buffer is a ``LocalRing`` that sends and receives reach
+/// without the lock (the lock is taken only to park, to wake a parked task and for select; see
+/// `LocalChannel+Ring.swift`); above it, a deque under the lock, where a receiver that takes a value moves the
+/// first parked sender's value into the buffer.
 @usableFromInline
 package final class LocalChannel<Value: Sendable>: Sendable {
     @usableFromInline
@@ -55,6 +58,10 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         @usableFromInline var watchers: [(id: UInt64, waiter: SelectWaiter)] = []
         @usableFromInline var closed = false
         @usableFromInline var receiverGone = false
+        /// With a ring: receives and selects waiting for a value (their count is the ring's `wantValue`).
+        @usableFromInline var ringReceivers = Deque<RingReceiver>()
+        /// With a ring: sends waiting for room (with `watchers`, the ring's `wantRoom`).
+        @usableFromInline var roomWaiters = Deque<(id: UInt64, continuation: UnsafeContinuation<Result<Void, IPCError>, Never>)>()
 
         @usableFromInline
         init() {}
@@ -75,8 +82,22 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         }
     }
 
+    /// What waits for a value in a ring channel: woken, it looks at the ring again.
+    @usableFromInline
+    enum RingReceiver: Sendable {
+        case task(UInt64, UnsafeContinuation<Bool, Never>)
+        case select(UInt64, SelectWaiter)
+    }
+
     @usableFromInline package let capacity: Int
     @usableFromInline let state: Mutex<State>
+    /// The buffer when `usesRing` (the capacity is 1...``ringCapacityLimit`` and the ring was not declined).
+    @usableFromInline let ring: LocalRing<Value>
+    @usableFromInline package let usesRing: Bool
+
+    /// The largest capacity whose buffer is a ``LocalRing``: its slots are allocated up front, so a larger buffer
+    /// grows as values come instead (under the lock).
+    package static var ringCapacityLimit: Int { 4096 }
     /// Bumped (under the lock) whenever a value, a parked sender or room appears, so that polling tasks look at
     /// the state without taking the lock.
     @usableFromInline let version = Atomic<UInt64>(0)
@@ -84,10 +105,13 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     @usableFromInline
     static var spinNanoseconds: UInt64 { 20_000 }
 
-    package init(capacity: Int) {
+    /// `ring`: false keeps the buffer under the lock whatever the capacity (the tests cover both buffers).
+    package init(capacity: Int, ring: Bool = true) {
         precondition(capacity >= 0, "a channel's capacity cannot be negative")
         self.capacity = capacity
         self.state = Mutex(State())
+        usesRing = ring && capacity > 0 && capacity <= Self.ringCapacityLimit
+        self.ring = LocalRing(capacity: usesRing ? capacity : 0)
     }
 
     @usableFromInline
@@ -95,7 +119,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         IPCError(.sendOnClosedChannel, "send was called after close() on this sender; make a new channel to send more")
     }
 
-    private static var closedWhileWaiting: IPCError {
+    static var closedWhileWaiting: IPCError {
         IPCError(.sendOnClosedChannel, "the sender was closed while this send waited; the value was not sent")
     }
 
@@ -104,11 +128,11 @@ package final class LocalChannel<Value: Sendable>: Sendable {
         IPCError(.receiverGone, "the receiver was dropped: nobody takes values from this channel any more; values it had not taken were discarded")
     }
 
-    private static var cancelledSend: IPCError {
+    static var cancelledSend: IPCError {
         IPCError(.cancelled, "the send was cancelled before a receiver took the value; nothing was sent")
     }
 
-    private static var cancelledReceive: IPCError {
+    static var cancelledReceive: IPCError {
         IPCError(.cancelled, "the receive was cancelled; no value was taken")
     }
 
@@ -150,6 +174,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     /// lookups that unspecialized code makes on every call.
     @inlinable
     package func trySend(_ value: Value) throws(IPCError) -> Bool {
+        if usesRing { return try ringTrySend(value) }
         let step = try state.withLock { s throws(IPCError) in
             let step = try Self.offer(value, &s, capacity: capacity)
             if case .buffered = step { bump() }
@@ -173,6 +198,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     }
 
     package func send(_ value: Value) async throws(IPCError) {
+        if usesRing { return try await ringSend(value) }
         if try trySend(value) { return }
         // Park as a sender (receivers can take the value from here), then poll for a while before sleeping: a
         // wake-up costs far more than a short wait for a receiver that is about to come.
@@ -256,7 +282,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     /// A value if one can be taken now: `.some(nil)` at the end of the channel, `nil` when none is there.
     @inlinable
     package func tryReceive() -> Value?? {
-        Self.complete(state.withLock { s in Self.take(&s) })
+        if usesRing { return ringTryReceive() }
+        return Self.complete(state.withLock { s in Self.take(&s) })
     }
 
     /// ``tryReceive()``, and when nothing is there, polls for a value for a while (bounded, so an idle channel
@@ -264,6 +291,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     /// receive specialized for the caller's `Value` makes no generic-metadata lookups while it polls.
     @inlinable
     package func receiveSpinning() -> Value?? {
+        if usesRing { return ringReceiveSpinning() }
         var seen = version.load(ordering: .acquiring)
         if let ready = tryReceive() { return ready }
         var waiter = SpinWait(budgetNanoseconds: Self.spinNanoseconds, yieldAfterNanoseconds: .max)
@@ -280,6 +308,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     /// Waits for a value; `spin`: poll first (``receiveSpinning()``), unless the caller just did.
     package func receive(spin: Bool = true) async throws(IPCError) -> Value? {
+        if usesRing { return try await ringReceive(spin: spin) }
         if spin, let ready = receiveSpinning() { return ready }
         let id = channelIDs.add(1, ordering: .relaxed).newValue
         let result = await withTaskCancellationHandler {
@@ -314,6 +343,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     /// Go's `close(ch)`: receivers get the buffered values, then the end; parked sends fail.
     package func close() throws(IPCError) {
+        if usesRing { return try ringShutDown(.closed) }
         try shutDown(senderError: Self.closedWhileWaiting) { s throws(IPCError) in
             if s.closed { throw IPCError(.alreadyClosed, "close() was called twice on the same sender") }
             s.closed = true
@@ -327,6 +357,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
 
     /// The receiver was dropped: buffered values are discarded, and every send from now on fails.
     package func receiverDropped() {
+        if usesRing { try? ringShutDown(.receiverGone); return }
         try? shutDown(senderError: Self.goneError) { s in
             s.receiverGone = true
             s.buffer.removeAll()
@@ -365,6 +396,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     /// Registers a select's receive case: a sender (or the close) completes it by claiming `waiter`.
     /// Returns nil when a value can be taken now (the select polls again instead).
     package func registerReceive(_ waiter: SelectWaiter, index: Int) -> UInt64? {
+        if usesRing { return ringRegisterReceive(waiter) }
         let (id, watchers) = state.withLock { s -> (UInt64?, [(id: UInt64, waiter: SelectWaiter)]) in
             if !s.buffer.isEmpty || !s.senders.isEmpty || s.closed || s.receiverGone { return (nil, []) }
             let id = channelIDs.add(1, ordering: .relaxed).newValue
@@ -378,7 +410,8 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     /// Registers a select's send case: `waiter` is notified when a send may proceed. Returns nil when it may
     /// proceed now.
     package func registerSend(_ waiter: SelectWaiter) -> UInt64? {
-        state.withLock { s -> UInt64? in
+        if usesRing { return ringRegisterSend(waiter) }
+        return state.withLock { s -> UInt64? in
             if s.closed || s.receiverGone || s.buffer.count < capacity { return nil }
             let receiverWaits = s.receivers.contains { receiver in
                 switch receiver {
@@ -394,6 +427,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     }
 
     package func unregister(_ id: UInt64) {
+        if usesRing { return ringUnregister(id) }
         state.withLock { s in
             if let i = s.receivers.firstIndex(where: { if case .offer(id, _, _) = $0 { true } else { false } }) {
                 s.receivers.remove(at: i)

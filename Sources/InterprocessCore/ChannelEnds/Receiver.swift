@@ -12,6 +12,8 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     // payload out of an enum retained each of its references on every receive, a stored `let` is read in place.
     /// Within a process: the channel.
     @usableFromInline let local: LocalChannel<Value>?
+    /// `local` for the inlined fast path, read without a retain (see `Sender.localUnretained`).
+    @usableFromInline let localUnretained: Unmanaged<LocalChannel<Value>>?
     /// Across processes: the connection, and how bytes become a value (`isRaw`: the raw codec's values are the
     /// bytes themselves).
     private let core: ConnectionCore?
@@ -20,6 +22,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
 
     package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
         self.local = nil
+        self.localUnretained = nil
         self.core = core
         self.decode = { bytes throws(IPCError) in try codec.decode(bytes) }
         self.isRaw = codec is RawBytesCodec
@@ -27,6 +30,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
 
     package init(local channel: LocalChannel<Value>) {
         self.local = channel
+        self.localUnretained = Unmanaged.passUnretained(channel)
         self.core = nil
         self.decode = { _ throws(IPCError) in throw IPCError(.decodingFailed, "an in-process channel decodes nothing") }
         self.isRaw = false
@@ -51,15 +55,15 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     /// next `receive` continues with the following one), `peerError`, `protocolViolation`, or `cancelled`
     /// (no value is lost by cancelling).
     @inlinable @inline(__always)
-    public func receive() async throws(IPCError) -> Value? {
+    public nonisolated(nonsending) func receive() async throws(IPCError) -> Value? {
         // Inlined into the caller, like `Sender.send`: a message already here, or arriving while this task spins
         // (bounded by `spinMicroseconds`), is taken by the synchronous `bytesIfReady` and becomes a value here,
         // without an async call (whose frame, executor check and return cost a shared-memory receive about as much
         // as the rest of it). `@inline(__always)`: without it the optimizer does not inline this function.
         // Within a process a value already there, or arriving while this task polls, is taken here, in code
         // specialized for `Value`.
-        if let local {
-            if let ready = local.receiveSpinning() { return ready }
+        if local != nil {
+            if let ready = localReceiveSpinning() { return ready }
             return try await receiveParking()
         }
         var parking: Parking?
@@ -68,6 +72,12 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
             return try value(of: bytes)
         }
         return try await receiveWaiting(parking!)
+    }
+
+    /// The fast path of ``receive()`` within a process, on the channel without a retain (`localUnretained`).
+    @inlinable
+    func localReceiveSpinning() -> Value?? {
+        localUnretained.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.receiveSpinning() }
     }
 
     /// The fast path of ``receive()`` across processes (``ConnectionCore/receiveNow()``): the next message's bytes
@@ -84,14 +94,14 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
 
     /// The slow path of ``receive()`` within a process, once polling found nothing: parks until a value arrives.
     @usableFromInline
-    func receiveParking() async throws(IPCError) -> Value? {
+    nonisolated(nonsending) func receiveParking() async throws(IPCError) -> Value? {
         try await local!.receive(spin: false)
     }
 
     /// The slow path of ``receive()`` across processes: parks until a message arrives (`parking` from
     /// ``bytesIfReady(parking:)``).
     @usableFromInline
-    func receiveWaiting(_ parking: Parking) async throws(IPCError) -> Value? {
+    nonisolated(nonsending) func receiveWaiting(_ parking: Parking) async throws(IPCError) -> Value? {
         guard let bytes = try await core!.receive(after: parking) else { return nil }
         return try value(of: bytes)
     }

@@ -11,6 +11,10 @@ public final class Sender<Value: Sendable>: Sendable {
     // payload out of an enum retained each of its references on every send, a stored `let` is read in place.
     /// Within a process: the channel.
     @usableFromInline let local: LocalChannel<Value>?
+    /// `local` for the inlined fast path, used without a retain: a retain (and the release after) of the channel,
+    /// which the receiving task retains and releases as well, would move its reference count's cache line between
+    /// the two CPUs on every send. `local` keeps it alive as long as this sender lives.
+    @usableFromInline let localUnretained: Unmanaged<LocalChannel<Value>>?
     /// Across processes: the connection, and how a value becomes bytes (`isRaw`: the raw codec's values are the
     /// bytes themselves).
     private let core: ConnectionCore?
@@ -19,6 +23,7 @@ public final class Sender<Value: Sendable>: Sendable {
 
     package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
         self.local = nil
+        self.localUnretained = nil
         self.core = core
         self.encode = { value, buffer throws(IPCError) in try codec.encode(value, into: &buffer) }
         self.isRaw = codec is RawBytesCodec
@@ -26,6 +31,7 @@ public final class Sender<Value: Sendable>: Sendable {
 
     package init(local channel: LocalChannel<Value>) {
         self.local = channel
+        self.localUnretained = Unmanaged.passUnretained(channel)
         self.core = nil
         self.encode = { _, _ in }
         self.isRaw = false
@@ -59,7 +65,7 @@ public final class Sender<Value: Sendable>: Sendable {
     /// `cancelled` (nothing was sent; except that a capacity-0 send to another process whose value already left
     /// returns instead, and the value is delivered unless the receiver goes away).
     @inlinable
-    public func send(_ value: Value) async throws(IPCError) {
+    public nonisolated(nonsending) func send(_ value: Value) async throws(IPCError) {
         // Inlined into the caller, so that a send with credit available completes in the synchronous
         // `trySendOnce` without an async call of its own (the callee's frame from the task allocator, the executor
         // check on entry). Its closure's context lives on the thread's stack (in an async function it comes from
@@ -67,8 +73,8 @@ public final class Sender<Value: Sendable>: Sendable {
         // here, where `Value` is concrete: in the unspecialized callee the cast was a retain and a release per send.
         // Within a process a value that a parked receiver takes or that finds room completes here too, in code
         // specialized for `Value` (the channel's `trySend` is inlinable).
-        if let local {
-            if try local.trySend(value) { return }
+        if let local = localUnretained {
+            if try local._withUnsafeGuaranteedRef({ channel in Result { () throws(IPCError) in try channel.trySend(value) } }).get() { return }
         } else if isRaw {
             if try trySendRaw(unsafeBitCast(value, to: [UInt8].self)) { return }
         } else if try trySendOnce(value) {
@@ -88,7 +94,7 @@ public final class Sender<Value: Sendable>: Sendable {
     /// The slow path of ``send(_:)``: waits for credit, or sends within a process. Each path gets its own
     /// closure literal: one closure value used for both had its context allocated on the heap per send.
     @usableFromInline
-    func sendWaiting(_ value: Value) async throws(IPCError) {
+    nonisolated(nonsending) func sendWaiting(_ value: Value) async throws(IPCError) {
         if let local { return try await local.send(value) }
         try await core!.send { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
     }
