@@ -55,7 +55,7 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     /// next `receive` continues with the following one), `peerError`, `protocolViolation`, or `cancelled`
     /// (no value is lost by cancelling).
     @inlinable @inline(__always)
-    public nonisolated(nonsending) func receive() async throws(IPCError) -> Value? {
+    public func receive() async throws(IPCError) -> Value? {
         // Inlined into the caller, like `Sender.send`: a message already here, or arriving while this task spins
         // (bounded by `spinMicroseconds`), is taken by the synchronous `bytesIfReady` and becomes a value here,
         // without an async call (whose frame, executor check and return cost a shared-memory receive about as much
@@ -94,14 +94,14 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
 
     /// The slow path of ``receive()`` within a process, once polling found nothing: parks until a value arrives.
     @usableFromInline
-    nonisolated(nonsending) func receiveParking() async throws(IPCError) -> Value? {
+    func receiveParking() async throws(IPCError) -> Value? {
         try await local!.receive(spin: false)
     }
 
     /// The slow path of ``receive()`` across processes: parks until a message arrives (`parking` from
     /// ``bytesIfReady(parking:)``).
     @usableFromInline
-    nonisolated(nonsending) func receiveWaiting(_ parking: Parking) async throws(IPCError) -> Value? {
+    func receiveWaiting(_ parking: Parking) async throws(IPCError) -> Value? {
         guard let bytes = try await core!.receive(after: parking) else { return nil }
         return try value(of: bytes)
     }

@@ -65,7 +65,7 @@ public final class Sender<Value: Sendable>: Sendable {
     /// `cancelled` (nothing was sent; except that a capacity-0 send to another process whose value already left
     /// returns instead, and the value is delivered unless the receiver goes away).
     @inlinable
-    public nonisolated(nonsending) func send(_ value: Value) async throws(IPCError) {
+    public func send(_ value: Value) async throws(IPCError) {
         // Inlined into the caller, so that a send with credit available completes in the synchronous
         // `trySendOnce` without an async call of its own (the callee's frame from the task allocator, the executor
         // check on entry). Its closure's context lives on the thread's stack (in an async function it comes from
@@ -94,7 +94,7 @@ public final class Sender<Value: Sendable>: Sendable {
     /// The slow path of ``send(_:)``: waits for credit, or sends within a process. Each path gets its own
     /// closure literal: one closure value used for both had its context allocated on the heap per send.
     @usableFromInline
-    nonisolated(nonsending) func sendWaiting(_ value: Value) async throws(IPCError) {
+    func sendWaiting(_ value: Value) async throws(IPCError) {
         if let local { return try await local.send(value) }
         try await core!.send { state throws(IPCError) in try Self.append(value, to: &state, encode: encode, isRaw: isRaw) }
     }
