@@ -92,11 +92,19 @@ let package = Package(
             dependencies: ["Interprocess", "BenchmarkSupport"],
             swiftSettings: swiftSettings
         ),
+        // The fuzz targets: every entry point that decodes untrusted bytes. Built with `-sanitize=fuzzer -DFUZZING`
+        // for libFuzzer (`.ci/run`); otherwise it replays input files (the tests replay the committed corpus). A
+        // test tool, so it uses the core's package interface like the tests do.
+        .executableTarget(
+            name: "ipc-fuzz",
+            dependencies: ["InterprocessCore"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "InterprocessTests",
             dependencies: [
                 "Interprocess", "InterprocessCore", "InterprocessPlatform", "InterprocessIO", "InterprocessSockets",
-                "InterprocessSharedMemory", "InterprocessNIO", "BenchmarkSupport", "CInterprocessShim", "ipc-test-helper", "ipc",
+                "InterprocessSharedMemory", "InterprocessNIO", "BenchmarkSupport", "CInterprocessShim", "ipc-test-helper", "ipc", "ipc-fuzz",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings

@@ -98,6 +98,8 @@ package struct ConnectionState {
         package var wake = false
         /// The outbox has new bytes (a pong, an error frame).
         package var output = false
+
+        package init() {}
     }
 
     package mutating func apply(hello: Hello) throws(IPCError) {

@@ -111,7 +111,7 @@ package struct Hello: Equatable, Sendable {
             let sendCodec = reader.readString8(), let sendType = reader.readString16(),
             let receiveCodec = reader.readString8(), let receiveType = reader.readString16()
         else {
-            throw IPCError(.protocolViolation, "the peer's handshake is truncated or malformed")
+            throw IPCError(.protocolViolation, "the peer's handshake is truncated or malformed (a field runs past its end, or a name is not valid UTF-8)")
         }
         guard reader.remaining == 0 else {
             throw IPCError(.protocolViolation, "the peer's handshake has \(reader.remaining) bytes after its last field; version \(Wire.version) defines none")
@@ -309,13 +309,16 @@ package struct ByteReader {
         return UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)])
     }
 
+    /// A string of at most 255 bytes, nil when truncated or not valid UTF-8 (names are compared byte for byte, so
+    /// one is never repaired: two different invalid names would compare equal).
     package mutating func readString8() -> String? {
         guard let n = read(UInt8.self), let raw = readBytes(Int(n)) else { return nil }
-        return String(decoding: raw, as: UTF8.self)
+        return String(validating: raw, as: UTF8.self)
     }
 
+    /// A string of at most 65535 bytes, like ``readString8()``.
     package mutating func readString16() -> String? {
         guard let n = read(UInt16.self), let raw = readBytes(Int(n)) else { return nil }
-        return String(decoding: raw, as: UTF8.self)
+        return String(validating: raw, as: UTF8.self)
     }
 }
