@@ -97,7 +97,7 @@ let package = Package(
         // test tool, so it uses the core's package interface like the tests do.
         .executableTarget(
             name: "ipc-fuzz",
-            dependencies: ["InterprocessCore"],
+            dependencies: ["InterprocessCore", "InterprocessSharedMemory"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -98,6 +98,31 @@ package enum SharedMemorySetup {
 
     /// Maps the header page once and each ring's data twice in a row (see ``SharedLayout/mappedSize(ringCapacity:)``):
     /// address space is reserved first, then the file's pages are mapped over it at fixed places.
+    /// The incoming ring of a stream made by ``unconnected(ringCapacity:)``, for the test playing its peer.
+    package struct PeerSide {
+        /// The producer's published position (u64, little-endian).
+        package let head: UnsafeMutableRawPointer
+        /// The producer's "direction ended" flag (u32).
+        package let writerClosed: UnsafeMutableRawPointer
+        /// The ring's bytes (mapped twice in a row, like a connection's).
+        package let data: UnsafeMutableRawPointer
+        package let capacity: Int
+    }
+
+    /// A stream over fresh shared memory mapped as a connection's is, with no peer process and no descriptors:
+    /// the fuzz target plays the peer by writing the incoming ring's positions and bytes itself (anything, as a
+    /// hostile peer could) and reads through the stream as a connection would.
+    package static func unconnected(ringCapacity: Int) throws(IPCError) -> (stream: SharedMemoryStream, peer: PeerSide) {
+        precondition(SharedLayout.isValid(ringCapacity: ringCapacity))
+        let size = SharedLayout.totalSize(ringCapacity: ringCapacity)
+        let memory = try systemCall("creating shared memory") { cipc_memfd_sealed("interprocess", UInt64(size)) }
+        defer { Glibc.close(memory) }
+        let base = try map(memory, ringCapacity: ringCapacity)
+        let stream = SharedMemoryStream(socketFD: -1, wakeFD: -1, peerWakeFD: -1, base: base, size: SharedLayout.mappedSize(ringCapacity: ringCapacity), ringCapacity: ringCapacity, isCreator: true, peerDescription: "fuzzed peer")
+        let incoming = SharedRing(base: base, index: 1, capacity: ringCapacity)
+        return (stream, PeerSide(head: incoming.head, writerClosed: incoming.writerClosed, data: incoming.data, capacity: ringCapacity))
+    }
+
     private static func map(_ fd: Int32, ringCapacity: Int) throws(IPCError) -> UnsafeMutableRawPointer {
         let total = SharedLayout.mappedSize(ringCapacity: ringCapacity)
         guard let base = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), base != MAP_FAILED else {

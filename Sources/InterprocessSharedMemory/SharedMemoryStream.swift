@@ -45,6 +45,8 @@ package final class SharedMemoryStream: DeferredFlushing, @unchecked Sendable {
     /// recognised (not ahead of the read position) and read again.
     private let rxHeadSeen = Atomic<UInt64>(0)
     private let peerGone = Atomic<Bool>(false)
+    /// The peer wrote an impossible position: nothing more is read from this ring (the connection fails too).
+    private let peerCorrupted = Atomic<Bool>(false)
 
     /// Who uses the mapping and descriptors: they are released once closed and unused.
     private let use = DescriptorUse()
@@ -107,6 +109,7 @@ package final class SharedMemoryStream: DeferredFlushing, @unchecked Sendable {
     private func checkedHead(tail: UInt64) throws(IPCError) -> UInt64 {
         let head = cipc_load_acquire_u64(rx.head)
         guard head >= tail, head - tail <= UInt64(rx.capacity) else {
+            peerCorrupted.store(true, ordering: .relaxed)
             throw Self.corrupt("the incoming ring's write position \(head) is outside 0...\(rx.capacity) bytes ahead of the read position \(tail)")
         }
         return head
@@ -117,6 +120,7 @@ package final class SharedMemoryStream: DeferredFlushing, @unchecked Sendable {
 
     /// The readable bytes (contiguous: the ring is mapped twice in a row), or nil at the end. Caller has entered.
     private func readable() throws(IPCError) -> UnsafeRawBufferPointer? {
+        guard !peerCorrupted.load(ordering: .relaxed) else { throw Self.corrupt("an impossible write position, seen before") }
         let tail = rxTail.load(ordering: .relaxed)
         var head = rxHeadSeen.load(ordering: .acquiring)
         // The producer's position is read from shared memory only once everything known to be published was

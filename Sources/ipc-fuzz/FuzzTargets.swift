@@ -1,4 +1,5 @@
 import InterprocessCore
+import InterprocessSharedMemory
 
 /// What a peer or a message can feed the decoding code, one target per entry point that reads untrusted bytes.
 /// Each target either accepts the input or throws an `IPCError`; anything else (a crash, a trap, a hang, memory
@@ -13,6 +14,8 @@ enum FuzzTarget: String, CaseIterable, Sendable {
     case binary
     /// A message for the JSON `Codable` codec.
     case json
+    /// A shared-memory peer that writes the incoming ring's position, end flag and bytes at will.
+    case ring
 
     func run(_ data: UnsafeRawBufferPointer) {
         switch self {
@@ -20,6 +23,7 @@ enum FuzzTarget: String, CaseIterable, Sendable {
         case .hello: Self.hello(data)
         case .binary: Self.roundTrip(BinaryCodec(FuzzRecord.self), data)
         case .json: Self.roundTrip(JSONCodec(FuzzRecord.self), data)
+        case .ring: Self.ring(data)
         }
     }
 
@@ -67,6 +71,58 @@ enum FuzzTarget: String, CaseIterable, Sendable {
         } catch {
             check(!error.message.isEmpty, "an error without a message")
         }
+    }
+
+    /// The input is a program for the peer, one step per byte (its low two bits; operands follow it): publish the
+    /// next n bytes (n from one byte) at the write position; set the write position to any 64-bit value; set the
+    /// end flag; read up to n bytes through the stream. Whatever the peer does, a read returns only bytes below a
+    /// position the peer published (the stream may still return bytes up to one it read before the peer moved it
+    /// back: those were published), never more than a ring's worth at once, or it refuses the ring as corrupt and
+    /// from then on returns nothing.
+    static func ring(_ data: UnsafeRawBufferPointer) {
+        let capacity = 4096
+        guard let (stream, peer) = try? SharedMemorySetup.unconnected(ringCapacity: capacity) else { fatalError("no shared memory") }
+        var input = ByteReader(data)
+        var written: UInt64 = 0
+        var highest: UInt64 = 0
+        var read: UInt64 = 0
+        var corrupt = false
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity * 2, alignment: 8)
+        defer { buffer.deallocate() }
+        while let step = input.read(UInt8.self) {
+            switch step & 3 {
+            case 0:
+                guard let n = input.read(UInt8.self), let bytes = input.readBytes(min(Int(n), input.remaining)) else { return }
+                for (i, byte) in bytes.enumerated() { peer.data.storeBytes(of: byte, toByteOffset: (Int(truncatingIfNeeded: written) &+ i) & (capacity - 1), as: UInt8.self) }
+                written &+= UInt64(bytes.count)
+                highest = max(highest, written)
+                peer.head.storeBytes(of: written.littleEndian, as: UInt64.self)
+            case 1:
+                guard let position = input.read(UInt64.self) else { return }
+                written = position
+                highest = max(highest, written)
+                peer.head.storeBytes(of: written.littleEndian, as: UInt64.self)
+            case 2:
+                peer.writerClosed.storeBytes(of: UInt32(1), as: UInt32.self)
+            default:
+                let n = Int(input.read(UInt8.self) ?? 0) * 16 + 1
+                do {
+                    switch try stream.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<n])) {
+                    case .bytes(let count):
+                        check(!corrupt, "a read succeeded after the ring was refused")
+                        check(count <= n && count <= capacity && read.addingReportingOverflow(UInt64(count)).partialValue <= highest,
+                              "read \(count) bytes at \(read); the peer's positions went up to \(highest)")
+                        read &+= UInt64(count)
+                    case .wouldBlock, .endOfStream:
+                        break
+                    }
+                } catch {
+                    check(error.code == .protocolViolation || error.code == .alreadyClosed, "the ring was refused with \(error.code)")
+                    corrupt = true
+                }
+            }
+        }
+        stream.close()
     }
 
     static func hello(_ data: UnsafeRawBufferPointer) {

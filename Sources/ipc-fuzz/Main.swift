@@ -91,6 +91,9 @@ struct FuzzReplay {
         var failing = peer
         failing.appendControlFrame(.error(code: 3, message: "the peer gave up"))
         writeFile("\(directory)/stream/error", [16] + failing)
+        // The peer publishes 32 bytes, this side reads, the peer ends; and a position moved far ahead.
+        writeFile("\(directory)/ring/publish-read-close", [0, 32] + Array("IPCH-not-really-a-hello-at-all!!".utf8) + [3, 16, 2, 3, 16])
+        writeFile("\(directory)/ring/position-jump", [0, 8] + Array("abcdefgh".utf8) + [1, 0, 0, 0, 0, 0, 0, 1, 0, 3, 1])
         let record = FuzzRecord(id: 42, delta: -7, value: 2.5, name: "seed é", inner: .init(flag: true, ratio: 0.5, data: [1, 2, 3]),
                                 list: [1, -2, 300], table: ["a": 1, "b": 2], kind: .named("x", tags: ["t"]))
         for (target, encode) in [(FuzzTarget.binary, { (r: FuzzRecord) in try BinaryCodec(FuzzRecord.self).encoded(r) }),

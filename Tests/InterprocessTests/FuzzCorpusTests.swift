@@ -9,7 +9,7 @@ struct FuzzCorpusTests {
     static let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("FuzzCorpus")
 
-    @Test("every committed input is handled", arguments: ["stream", "hello", "binary", "json"])
+    @Test("every committed input is handled", arguments: ["stream", "hello", "binary", "json", "ring"])
     func replay(_ target: String) async throws {
         let directory = Self.corpus.appendingPathComponent(target)
         let files = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
