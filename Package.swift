@@ -49,7 +49,7 @@ let package = Package(
         // Transport: Unix domain sockets and TCP.
         .target(
             name: "InterprocessSockets",
-            dependencies: ["InterprocessCore", "InterprocessIO", "CInterprocessShim"],
+            dependencies: ["InterprocessCore", "InterprocessIO", "InterprocessPlatform", "CInterprocessShim"],
             swiftSettings: swiftSettings
         ),
         // Transport: shared memory (a sealed memfd with one byte ring per direction, handed over a socket).
@@ -61,7 +61,7 @@ let package = Package(
         // What users import.
         .target(
             name: "Interprocess",
-            dependencies: ["InterprocessCore", "InterprocessIO", "InterprocessSockets", "InterprocessSharedMemory", "CInterprocessShim"],
+            dependencies: ["InterprocessCore", "InterprocessIO", "InterprocessPlatform", "InterprocessSockets", "InterprocessSharedMemory", "CInterprocessShim"],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -5,6 +5,7 @@ import DequeModule
 import InterprocessSockets
 import Logging
 import Synchronization
+import InterprocessPlatform
 
 /// Accepts connections on an endpoint and hands out each one, handshake done, as a ``Connection``.
 ///
@@ -26,7 +27,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
     public let endpoint: Endpoint
     private let socket: SocketListener
     private let ready: ReadyQueue<Element>
-    private let acceptTask: Mutex<Task<Void, Never>?> = Mutex(nil)
+    private let acceptTask: Lock<Task<Void, Never>?> = Lock(nil)
 
     init(socket: SocketListener, sending: Out, receiving: In, options: ChannelOptions) {
         self.endpoint = socket.endpoint
@@ -171,7 +172,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
 /// closed, so its handshake fails at once): a handshake waits at most for the handshake timeout, and clients that
 /// connect and say nothing would otherwise keep every slot for that long, however many good clients wait.
 final class HandshakeSlots: Sendable {
-    private let running = Mutex<(next: UInt64, list: Deque<(id: UInt64, stream: SocketStream)>)>((0, []))
+    private let running = Lock<(next: UInt64, list: Deque<(id: UInt64, stream: SocketStream)>)>((0, []))
     private let capacity: Int
 
     init(capacity: Int) { self.capacity = capacity }
@@ -233,7 +234,7 @@ final class ReadyQueue<T: Sendable>: Sendable {
         var putters = Deque<CheckedContinuation<Void, Never>>()
         var finished: IPCError?
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
     private let capacity: Int
 
     init(capacity: Int) { self.capacity = capacity }

@@ -20,7 +20,7 @@ package enum ExitLinger {
         init(_ core: ConnectionCore) { self.core = core }
     }
 
-    private static let entries = Mutex<(list: [Entry], registered: Bool, pruneAt: Int)>(([], false, 64))
+    private static let entries = Lock<(list: [Entry], registered: Bool, pruneAt: Int)>(([], false, 64))
 
     /// Watches `core` until the process exits (a weak reference: a connection let go is not kept).
     package static func watch(_ core: ConnectionCore) {

@@ -5,6 +5,7 @@ import CInterprocessShim
 import Foundation
 import InterprocessCore
 import Synchronization
+import InterprocessPlatform
 
 /// The process's one I/O thread: an epoll loop that tells parked connections when their sockets are ready,
 /// runs deferred flushes, and accepts on listening sockets. It sleeps in `epoll_wait` when nothing happens,
@@ -22,7 +23,7 @@ package final class Poller: Sendable {
         var flushQueue: [any ByteStreamHandler] = []
         var timerArmed = false
     }
-    private let registry = Mutex(Registry())
+    private let registry = Lock(Registry())
 
     private init() {
         epollFD = cipc_epoll_create()

@@ -5,6 +5,7 @@ import CInterprocessShim
 import InterprocessCore
 import InterprocessIO
 import Synchronization
+import InterprocessPlatform
 
 /// A connection's byte stream through shared memory, as a ``ByteStream``: the channel semantics above it are the
 /// same as for sockets.
@@ -58,7 +59,7 @@ package final class SharedMemoryStream: DeferredFlushing, @unchecked Sendable {
         var interest: UInt32 = 0
         var handler: (any ByteStreamHandler)?
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     /// Takes ownership of the descriptors and the mapping.
     init(socketFD: Int32, wakeFD: Int32, peerWakeFD: Int32, base: UnsafeMutableRawPointer, size: Int, ringCapacity: Int, isCreator: Bool, peerDescription: String) {

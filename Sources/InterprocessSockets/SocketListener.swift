@@ -5,6 +5,7 @@ import CInterprocessShim
 import InterprocessCore
 import InterprocessIO
 import Synchronization
+import InterprocessPlatform
 
 /// A socket just accepted or connected, with what the kernel says about the peer.
 package struct ConnectedSocket: Sendable {
@@ -15,7 +16,7 @@ package struct ConnectedSocket: Sendable {
 
 /// Resumes tasks waiting for a descriptor to become ready, from the I/O thread.
 final class ReadinessWaiters: Sendable {
-    private let waiters = Mutex<(list: [CheckedContinuation<Bool, Never>], closed: Bool)>(([], false))
+    private let waiters = Lock<(list: [CheckedContinuation<Bool, Never>], closed: Bool)>(([], false))
 
     /// Returns false if closed.
     func wait(arm: () -> Void) async -> Bool {
@@ -56,10 +57,10 @@ package final class SocketListener: Sendable {
     /// The endpoint actually bound (with the real port when port 0 was asked for).
     package let endpoint: Endpoint
     private let fd: Int32
-    private let token: Mutex<UInt64>
+    private let token: Lock<UInt64>
     private let waiters = ReadinessWaiters()
     private let unixFile: (path: String, device: UInt64, inode: UInt64)?
-    private let isClosed = Mutex(false)
+    private let isClosed = Lock(false)
 
     package init(endpoint requested: Endpoint, backlog: Int32 = 128) throws(IPCError) {
         let address = try SocketAddress(requested)
@@ -106,7 +107,7 @@ package final class SocketListener: Sendable {
         _ = try systemCall("listening on \(requested)") { Glibc.listen(fd, backlog) }
         self.fd = fd
         let waiters = self.waiters
-        token = Mutex(Poller.shared.register(fd: fd) { _ in waiters.fire() })
+        token = Lock(Poller.shared.register(fd: fd) { _ in waiters.fire() })
         ok = true
     }
 

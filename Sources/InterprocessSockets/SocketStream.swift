@@ -5,6 +5,7 @@ import CInterprocessShim
 import InterprocessCore
 import InterprocessIO
 import Synchronization
+import InterprocessPlatform
 
 /// A connected, non-blocking stream socket (Unix domain or TCP) as a ``ByteStream``.
 ///
@@ -21,7 +22,7 @@ package final class SocketStream: DeferredFlushing, @unchecked Sendable {
         var interest: UInt32 = 0
         var handler: (any ByteStreamHandler)?
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     /// Takes ownership of a connected, non-blocking socket.
     package init(fd: Int32, peerDescription: String) {

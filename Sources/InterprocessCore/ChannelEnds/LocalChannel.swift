@@ -90,7 +90,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     }
 
     @usableFromInline package let capacity: Int
-    @usableFromInline let state: Mutex<State>
+    @usableFromInline let state: Lock<State>
     /// The buffer when `usesRing` (the capacity is 1...``ringCapacityLimit`` and the ring was not declined).
     @usableFromInline let ring: LocalRing<Value>
     @usableFromInline package let usesRing: Bool
@@ -109,7 +109,7 @@ package final class LocalChannel<Value: Sendable>: Sendable {
     package init(capacity: Int, ring: Bool = true) {
         precondition(capacity >= 0, "a channel's capacity cannot be negative")
         self.capacity = capacity
-        self.state = Mutex(State())
+        self.state = Lock(State())
         usesRing = ring && capacity > 0 && capacity <= Self.ringCapacityLimit
         self.ring = LocalRing(capacity: usesRing ? capacity : 0)
     }

@@ -50,7 +50,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Whether the state was last told that input ends inside a frame (see `pump`). Like ``reader``, touched
     /// only by the holder of the reader role.
     @exclusivity(unchecked) private var toldInsideFrame = false
-    let locked: Mutex<State>
+    let locked: Lock<State>
     /// Whether waiting tasks spin on the CPU hint before they yield (not when the peer shares this CPU).
     private let spinAdvisor = SpinAdvisor()
     /// ``send(byteCount:inPlace:)`` without a ring: below this a message is copied into the outbox's tail.
@@ -62,7 +62,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         self.configuration = configuration
         self.rendezvousReceiver = configuration.mode == .framed && configuration.local.capacity == 0 && configuration.hasReceiver
         self.reader = FrameReader(mode: configuration.mode == .framed ? .framed : .lines, maxPayload: configuration.maxPayload)
-        self.locked = Mutex(State(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver, maxBytesInFlight: configuration.maxBytesInFlight)))
+        self.locked = Lock(State(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver, maxBytesInFlight: configuration.maxBytesInFlight)))
         stream.start(handler: self)
     }
 

@@ -1,4 +1,5 @@
 import Synchronization
+import InterprocessPlatform
 
 /// Incremental decoder of the byte stream a peer sends: first its hello, then frames (or, in lines mode,
 /// newline-delimited text). Bytes are read straight into the decoder's buffer; a large data payload is read
@@ -33,7 +34,7 @@ package final class FrameReader {
     /// handshake (a flood of them, say) costs 8 KiB, not the full buffer, which it gets once its hello is parsed.
     private static let helloBufferSize = 8 << 10
     /// A large payload's array handed back by the receiver, reused for the next large payload.
-    private let spare = Mutex<[UInt8]?>(nil)
+    private let spare = Lock<[UInt8]?>(nil)
 
     package init(mode: Mode, maxPayload: Int) {
         self.mode = mode

@@ -1,4 +1,5 @@
 import Synchronization
+import InterprocessPlatform
 
 /// Waits on several channel operations at once and performs exactly one of them: Go's `select`.
 ///
@@ -135,7 +136,7 @@ package final class SelectWaiter: Sendable {
         var continuation: CheckedContinuation<Void, Never>?
     }
 
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     package init() {}
 
