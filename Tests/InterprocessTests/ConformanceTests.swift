@@ -62,7 +62,7 @@ struct ConformanceTests {
     @Test("values arrive in order, exactly once", arguments: ChannelKind.allCases)
     func ordering(_ kind: ChannelKind) async throws {
         let (tx, rx) = try await makeChannel(kind, .raw, capacity: 16)
-        let count = 20_000
+        let count = scaledCount(20_000)
         let producer = Task {
             for i in 0..<count { try await tx.send(numbered(UInt64(i))) }
             try await tx.close()
@@ -302,7 +302,7 @@ struct ConformanceTests {
     @Test("cancelling receives and selects loses no value", arguments: ChannelKind.allCases)
     func cancellationLosesNothing(_ kind: ChannelKind) async throws {
         let (tx, rx) = try await makeChannel(kind, .raw, capacity: 8)
-        let count = 2000
+        let count = scaledCount(2000)
         let producer = Task {
             for i in 0..<count { try await tx.send(numbered(UInt64(i))) }
             try await tx.close()

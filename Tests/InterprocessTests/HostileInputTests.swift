@@ -150,7 +150,7 @@ struct HostileInputTests {
         }.value
         withExtendedLifetime(hostile) {}
         #expect(cutOff, "the victim took all \(pings) pings")
-        #expect(residentKiB(of: victim.pid) - before < 32 * 1024, "the victim's memory grew while the peer flooded")
+        if !sanitized { #expect(residentKiB(of: victim.pid) - before < 32 * 1024, "the victim's memory grew while the peer flooded") }
         #expect(await victim.waitForOutput("protocolViolation: the peer keeps sending pings without reading the pongs"))
         // A good client is still served.
         let good = try await within(10) { try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw) }

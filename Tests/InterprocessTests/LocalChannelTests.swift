@@ -41,7 +41,7 @@ struct LocalChannelTests {
     func sharedValue(ring: Bool) async throws {
         let (tx, rx) = Self.make([UInt8].self, capacity: 8, ring: ring)
         let payload = [UInt8](repeating: 7, count: 64)
-        let count = 100_000
+        let count = scaledCount(100_000)
         let producer = Task {
             for _ in 0..<count { try await tx.send(payload) }
             try await tx.close()
@@ -90,7 +90,7 @@ struct LocalChannelTests {
     @Test("four senders and four receivers on a ring of 4 take every value once")
     func manyOnEachEnd() async throws {
         let (tx, rx) = Self.make(Int.self, capacity: 4, ring: true)
-        let perSender = 5_000
+        let perSender = scaledCount(5_000)
         let seen = try await within(50) {
             try await withThrowingTaskGroup(of: [Int].self) { group in
                 for s in 0..<4 {

@@ -35,20 +35,14 @@ extension LocalChannel {
                 await withUnsafeContinuation { (c: UnsafeContinuation<Result<Void, IPCError>, Never>) in
                     let parked = state.withLock { s -> Bool in
                         if Task.isCancelled { return false }
-                        s.roomWaiters.append((id, c))
-                        ring.wantRoom.store(s.roomWaiters.count + s.watchers.count, ordering: .sequentiallyConsistent)
-                        // Room made (or the end set) before `wantRoom` was seen by the receiving side.
-                        guard ring.hasRoom || ring.hasEnded else { return true }
-                        s.roomWaiters.removeLast()
-                        ring.wantRoom.store(s.roomWaiters.count + s.watchers.count, ordering: .sequentiallyConsistent)
-                        return false
+                        return enlist(&s, forRoom: true, add: { $0.roomWaiters.append((id, c)) }, takeBack: { _ = $0.roomWaiters.removeLast() })
                     }
                     if !parked { c.resume(returning: .success(())) }
                 }
             } onCancel: {
                 let parked = state.withLock { s -> UnsafeContinuation<Result<Void, IPCError>, Never>? in
                     guard let i = s.roomWaiters.firstIndex(where: { $0.id == id }) else { return nil }
-                    defer { ring.wantRoom.store(s.roomWaiters.count + s.watchers.count, ordering: .sequentiallyConsistent) }
+                    defer { publishCounts(s) }
                     return s.roomWaiters.remove(at: i).continuation
                 }
                 parked?.resume(returning: .failure(Self.cancelledSend))
@@ -80,7 +74,7 @@ extension LocalChannel {
                     return true
                 }
             }
-            ring.wantValue.store(s.ringReceivers.count, ordering: .sequentiallyConsistent)
+            publishCounts(s)
             return (task, selects)
         }
         task?.resume(returning: true)
@@ -120,13 +114,7 @@ extension LocalChannel {
                 await withUnsafeContinuation { (c: UnsafeContinuation<Bool, Never>) in
                     let parked = state.withLock { s -> Bool in
                         if Task.isCancelled { return false }
-                        s.ringReceivers.append(.task(id, c))
-                        ring.wantValue.store(s.ringReceivers.count, ordering: .sequentiallyConsistent)
-                        // A value (or the end) that came before `wantValue` was seen by the sending side.
-                        guard ring.holdsValue || ring.hasEnded else { return true }
-                        s.ringReceivers.removeLast()
-                        ring.wantValue.store(s.ringReceivers.count, ordering: .sequentiallyConsistent)
-                        return false
+                        return enlist(&s, forRoom: false, add: { $0.ringReceivers.append(.task(id, c)) }, takeBack: { _ = $0.ringReceivers.removeLast() })
                     }
                     if !parked { c.resume(returning: true) }
                 }
@@ -134,7 +122,7 @@ extension LocalChannel {
                 let parked = state.withLock { s -> UnsafeContinuation<Bool, Never>? in
                     guard let i = s.ringReceivers.firstIndex(where: { if case .task(id, _) = $0 { true } else { false } }),
                           case .task(_, let c) = s.ringReceivers.remove(at: i) else { return nil }
-                    ring.wantValue.store(s.ringReceivers.count, ordering: .sequentiallyConsistent)
+                    publishCounts(s)
                     return c
                 }
                 parked?.resume(returning: false)
@@ -148,7 +136,7 @@ extension LocalChannel {
         let (task, selects) = state.withLock { s -> (UnsafeContinuation<Result<Void, IPCError>, Never>?, [(id: UInt64, waiter: SelectWaiter)]) in
             let task = s.roomWaiters.popFirst()?.continuation
             let selects = s.takeWatchers()
-            ring.wantRoom.store(s.roomWaiters.count, ordering: .sequentiallyConsistent)
+            publishCounts(s)
             return (task, selects)
         }
         task?.resume(returning: .success(()))
@@ -198,12 +186,7 @@ extension LocalChannel {
         state.withLock { s -> UInt64? in
             if ring.holdsValue || ring.hasEnded { return nil }
             let id = channelIDs.add(1, ordering: .relaxed).newValue
-            s.ringReceivers.append(.select(id, waiter))
-            ring.wantValue.store(s.ringReceivers.count, ordering: .sequentiallyConsistent)
-            guard ring.holdsValue || ring.hasEnded else { return id }
-            s.ringReceivers.removeLast()
-            ring.wantValue.store(s.ringReceivers.count, ordering: .sequentiallyConsistent)
-            return nil
+            return enlist(&s, forRoom: false, add: { $0.ringReceivers.append(.select(id, waiter)) }, takeBack: { _ = $0.ringReceivers.removeLast() }) ? id : nil
         }
     }
 
@@ -212,12 +195,7 @@ extension LocalChannel {
         state.withLock { s -> UInt64? in
             if ring.hasRoom || ring.hasEnded { return nil }
             let id = channelIDs.add(1, ordering: .relaxed).newValue
-            s.watchers.append((id, waiter))
-            ring.wantRoom.store(s.roomWaiters.count + s.watchers.count, ordering: .sequentiallyConsistent)
-            guard ring.hasRoom || ring.hasEnded else { return id }
-            s.watchers.removeLast()
-            ring.wantRoom.store(s.roomWaiters.count + s.watchers.count, ordering: .sequentiallyConsistent)
-            return nil
+            return enlist(&s, forRoom: true, add: { $0.watchers.append((id, waiter)) }, takeBack: { _ = $0.watchers.removeLast() }) ? id : nil
         }
     }
 
@@ -225,12 +203,32 @@ extension LocalChannel {
         state.withLock { s in
             if let i = s.ringReceivers.firstIndex(where: { if case .select(id, _) = $0 { true } else { false } }) {
                 s.ringReceivers.remove(at: i)
-                ring.wantValue.store(s.ringReceivers.count, ordering: .sequentiallyConsistent)
             }
             if let i = s.watchers.firstIndex(where: { $0.id == id }) {
                 s.watchers.remove(at: i)
-                ring.wantRoom.store(s.roomWaiters.count + s.watchers.count, ordering: .sequentiallyConsistent)
             }
+            publishCounts(s)
         }
+    }
+
+    // MARK: Waiting counts
+
+    /// Publishes how many wait for a value (`wantValue`) and for room (`wantRoom`). Lock held.
+    func publishCounts(_ s: borrowing State) {
+        ring.wantValue.store(s.ringReceivers.count, ordering: .sequentiallyConsistent)
+        ring.wantRoom.store(s.roomWaiters.count + s.watchers.count, ordering: .sequentiallyConsistent)
+    }
+
+    /// Adds a waiter for room (`forRoom`) or for a value, publishes the counts, then looks at the ring again: if
+    /// what it waits for is there already (made before the other side could see the count), takes it back and
+    /// returns false. Lock held.
+    func enlist(_ s: inout State, forRoom: Bool, add: (inout State) -> Void, takeBack: (inout State) -> Void) -> Bool {
+        add(&s)
+        publishCounts(s)
+        let ready = ring.hasEnded || (forRoom ? ring.hasRoom : ring.holdsValue)
+        guard ready else { return true }
+        takeBack(&s)
+        publishCounts(s)
+        return false
     }
 }
