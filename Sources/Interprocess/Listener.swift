@@ -2,10 +2,10 @@
 import Glibc
 #endif
 import DequeModule
+import InterprocessPlatform
 import InterprocessSockets
 import Logging
 import Synchronization
-import InterprocessPlatform
 
 /// Accepts connections on an endpoint and hands out each one, handshake done, as a ``Connection``.
 ///

@@ -4,8 +4,8 @@ import Glibc
 import CInterprocessShim
 import Foundation
 import InterprocessCore
-import Synchronization
 import InterprocessPlatform
+import Synchronization
 
 /// The process's one I/O thread: an epoll loop that tells parked connections when their sockets are ready,
 /// runs deferred flushes, and accepts on listening sockets. It sleeps in `epoll_wait` when nothing happens,

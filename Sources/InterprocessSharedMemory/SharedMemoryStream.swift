@@ -4,8 +4,8 @@ import Glibc
 import CInterprocessShim
 import InterprocessCore
 import InterprocessIO
-import Synchronization
 import InterprocessPlatform
+import Synchronization
 
 /// A connection's byte stream through shared memory, as a ``ByteStream``: the channel semantics above it are the
 /// same as for sockets.

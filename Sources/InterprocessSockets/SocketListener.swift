@@ -4,8 +4,8 @@ import Glibc
 import CInterprocessShim
 import InterprocessCore
 import InterprocessIO
-import Synchronization
 import InterprocessPlatform
+import Synchronization
 
 /// A socket just accepted or connected, with what the kernel says about the peer.
 package struct ConnectedSocket: Sendable {

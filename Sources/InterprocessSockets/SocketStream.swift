@@ -4,8 +4,8 @@ import Glibc
 import CInterprocessShim
 import InterprocessCore
 import InterprocessIO
-import Synchronization
 import InterprocessPlatform
+import Synchronization
 
 /// A connected, non-blocking stream socket (Unix domain or TCP) as a ``ByteStream``.
 ///

@@ -6,7 +6,7 @@ import Synchronization
 let channelIDs = Atomic<UInt64>(0)
 
 /// An in-process channel: Go's `hchan`. A bounded buffer, the tasks parked on either side, and the selects
-/// watching it, all behind one mutex.
+/// watching it, behind one lock (except a ring buffer's values, below).
 ///
 /// Capacity 0 is a rendezvous: a value passes only from a parked sender to a receiver, or from a sender to a
 /// parked receiver, so `send` returns once a receiver has taken the value. With capacity N, senders park once N

@@ -1,5 +1,5 @@
-import Synchronization
 import InterprocessPlatform
+import Synchronization
 
 /// Incremental decoder of the byte stream a peer sends: first its hello, then frames (or, in lines mode,
 /// newline-delimited text). Bytes are read straight into the decoder's buffer; a large data payload is read

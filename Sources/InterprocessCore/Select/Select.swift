@@ -1,5 +1,5 @@
-import Synchronization
 import InterprocessPlatform
+import Synchronization
 
 /// Waits on several channel operations at once and performs exactly one of them: Go's `select`.
 ///
