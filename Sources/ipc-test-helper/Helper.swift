@@ -91,6 +91,30 @@ struct Helper {
                 for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
                 try await tx.closeAndWait()
                 report("sent \(number)")
+            case "listen-flood":
+                // Listens, says where, accepts one receiver and sends `number`-byte messages as fast as it may until
+                // a line arrives on stdin: `trySend` first, then a `send` given 20 ms before it is cancelled, so a
+                // held sender keeps trying all the time. Then closes and says how many were sent and tried.
+                let listener = try IPC.listen(on: endpoint, sending: .raw, options: options)
+                report("listening on \(listener.endpoint)")
+                let tx = try await listener.accept().sender
+                var message = [UInt8](repeating: 7, count: max(number, 8))
+                var sent = 0
+                var attempts = 0
+                while attempts % 64 != 0 || !stdinReady() {
+                    attempts += 1
+                    message.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(sent).littleEndian, as: UInt64.self) }
+                    if try tx.trySend(message) {
+                        sent += 1
+                        continue
+                    }
+                    let attempt = Task { [message] in try await tx.send(message) }
+                    try? await Task.sleep(for: .milliseconds(20))
+                    attempt.cancel()
+                    if (try? await attempt.value) != nil { sent += 1 }
+                }
+                try await tx.closeAndWait()
+                report("sent \(sent) attempts \(attempts)")
             case "take-on-line":
                 // Receives with capacity `number` (0: rendezvous), taking one message per stdin line.
                 options.capacity = number
@@ -339,6 +363,12 @@ struct Helper {
 
     static func index(_ m: [UInt8]) -> UInt64 {
         m.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+    }
+
+    /// Whether stdin has input (or reached its end), without waiting.
+    static func stdinReady() -> Bool {
+        var fds = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+        return poll(&fds, 1, 0) > 0
     }
 
     static func report(_ line: String) {

@@ -95,6 +95,42 @@ struct CrossProcessTests {
         #expect(output.contains("received \(capacity + 500)"))
     }
 
+    /// Both ends in helpers, so that the sender's memory is its own: the receiving process is stopped (SIGSTOP)
+    /// while the sender keeps trying (`trySend`, then a `send` cancelled after 20 ms, over and over), and the
+    /// sender's resident memory stays flat; once the receiver continues, every message sent arrives.
+    @Test("a stopped receiver holds a sender that keeps trying, with its memory flat", arguments: TransportKind.allCases)
+    func stoppedReceiver(_ kind: TransportKind) async throws {
+        let sender = try ChildProcess.helper("listen-flood", kind.endpoint(in: temporaryDirectory()), 4096)
+        defer { sender.kill() }
+        #expect(await sender.waitForOutput("listening on "))
+        let line = try #require(sender.outputSoFar.split(separator: "\n").first { $0.hasPrefix("listening on ") })
+        let endpoint = try Endpoint(parsing: String(line.dropFirst("listening on ".count)))
+        let receiver = try ChildProcess("ipc-test-helper", ["count", endpoint.description, "0", "1000"])
+        defer { receiver.kill() }
+        #expect(await receiver.waitForOutput("got 1000", seconds: 30), "the messages did not flow")
+        kill(receiver.pid, SIGSTOP)
+        // What was in flight settles within the first second; after that the sender only retries.
+        try await Task.sleep(for: .seconds(1))
+        let settled = residentKiB(of: sender.pid)
+        var highest = settled
+        for _ in 0..<15 {
+            try await Task.sleep(for: .milliseconds(200))
+            highest = max(highest, residentKiB(of: sender.pid))
+        }
+        kill(receiver.pid, SIGCONT)
+        if !sanitized { #expect(highest - settled < 8 * 1024, "the held sender's memory grew by \(highest - settled) KiB") }
+        sender.writeLine("end")
+        let (status, output) = await sender.finish()
+        #expect(status == 0, "sender said: \(output)")
+        let sent = output.split(separator: "\n").last { $0.hasPrefix("sent ") }?.split(separator: " ")
+        let count = try #require(sent.flatMap { Int($0[1]) }, "sender said: \(output)")
+        let attempts = try #require(sent.flatMap { Int($0[3]) })
+        // The sender kept trying while held: at least one attempt per 20 ms for three seconds.
+        #expect(attempts - count >= 100, "only \(attempts - count) failed attempts")
+        let (_, received) = await receiver.finish()
+        #expect(received.contains("received \(count)"), "sent \(count), the receiver said: \(received)")
+    }
+
     /// Large messages: the sender stops at its byte limit long before the capacity (64 here), and the
     /// receiver's credits (every 256 KiB taken, not only every quarter window) keep the stream moving: without
     /// them the sender would wait forever for a credit after its third message.
