@@ -176,6 +176,32 @@ struct HostileInputTests {
         withExtendedLifetime(silent) {}
     }
 
+    /// Memory per connection a listener holds: 1,000 clients that completed the handshake and stay idle, and
+    /// 1,000 that connected and say nothing (all but the newest 64 of which it ends), cost the serving process
+    /// less than the stated budget (docs/reliability.md), and a good client is served among them.
+    @Test("a listener with 1,000 idle and 1,000 silent connections stays within its memory budget", arguments: TransportKind.sockets)
+    func manyIdleConnections(_ kind: TransportKind) async throws {
+        let victim = try ChildProcess.helper("serve-limited", kind.endpoint(in: temporaryDirectory()), 0)
+        defer { victim.kill() }
+        #expect(await victim.waitForOutput("listening on "))
+        let line = try #require(victim.outputSoFar.split(separator: "\n").first { $0.hasPrefix("listening on ") })
+        let endpoint = try Endpoint(parsing: String(line.dropFirst("listening on ".count)))
+        let before = residentKiB(of: victim.pid)
+        var clients: [RawClient] = []
+        for i in 0..<2000 {
+            let client = try RawClient(endpoint)
+            if i % 2 == 0 { client.send(HostileInputTests.validHello) }
+            clients.append(client)
+        }
+        // Accepted in order: once a client dialled after all of them is served, the listener has taken them all.
+        let good = try await within(30) { try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw) }
+        try await good.sender.send(numbered(7))
+        #expect(try await within(30) { try await good.receiver.receive() }.map(index) == 7)
+        let grown = residentKiB(of: victim.pid) - before
+        if !sanitized { #expect(grown < 48 * 1024, "2,000 connections cost the listener \(grown) KiB") }
+        withExtendedLifetime(clients) {}
+    }
+
     /// Half a frame, then silence with the connection open: without a bound every receive would wait forever.
     @Test("a peer that stops inside a frame is timed out", arguments: TransportKind.sockets)
     func stalledFrame(_ kind: TransportKind) async throws {
