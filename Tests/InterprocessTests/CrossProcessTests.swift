@@ -102,9 +102,7 @@ struct CrossProcessTests {
     func stoppedReceiver(_ kind: TransportKind) async throws {
         let sender = try ChildProcess.helper("listen-flood", kind.endpoint(in: temporaryDirectory()), 4096)
         defer { sender.kill() }
-        #expect(await sender.waitForOutput("listening on "))
-        let line = try #require(sender.outputSoFar.split(separator: "\n").first { $0.hasPrefix("listening on ") })
-        let endpoint = try Endpoint(parsing: String(line.dropFirst("listening on ".count)))
+        let endpoint = try await sender.listeningEndpoint()
         let receiver = try ChildProcess("ipc-test-helper", ["count", endpoint.description, "0", "1000"])
         defer { receiver.kill() }
         #expect(await receiver.waitForOutput("got 1000", seconds: 30), "the messages did not flow")

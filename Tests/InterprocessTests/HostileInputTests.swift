@@ -125,10 +125,7 @@ struct HostileInputTests {
     func pingFlood(_ kind: TransportKind) async throws {
         let victim = try ChildProcess.helper("serve-limited", kind.endpoint(in: temporaryDirectory()), 0)
         defer { victim.kill() }
-        #expect(await victim.waitForOutput("listening on "))
-        // The endpoint actually listened on (TCP: the port the kernel chose).
-        let line = try #require(victim.outputSoFar.split(separator: "\n").first { $0.hasPrefix("listening on ") })
-        let endpoint = try Endpoint(parsing: String(line.dropFirst("listening on ".count)))
+        let endpoint = try await victim.listeningEndpoint()
         let hostile = try RawClient(endpoint)
         hostile.send(HostileInputTests.validHello)
         let before = residentKiB(of: victim.pid)
@@ -183,9 +180,7 @@ struct HostileInputTests {
     func manyIdleConnections(_ kind: TransportKind) async throws {
         let victim = try ChildProcess.helper("serve-limited", kind.endpoint(in: temporaryDirectory()), 0)
         defer { victim.kill() }
-        #expect(await victim.waitForOutput("listening on "))
-        let line = try #require(victim.outputSoFar.split(separator: "\n").first { $0.hasPrefix("listening on ") })
-        let endpoint = try Endpoint(parsing: String(line.dropFirst("listening on ".count)))
+        let endpoint = try await victim.listeningEndpoint()
         let before = residentKiB(of: victim.pid)
         var clients: [RawClient] = []
         for i in 0..<2000 {

@@ -76,6 +76,14 @@ final class ChildProcess: @unchecked Sendable {
         try ChildProcess("ipc-test-helper", [role, endpoint.description, String(number)])
     }
 
+    /// Waits for a helper that listens (roles `serve-limited`, `listen-flood`) to say where, and returns that
+    /// endpoint: the one actually listened on (TCP: the port the kernel chose).
+    func listeningEndpoint(sourceLocation: SourceLocation = #_sourceLocation) async throws -> Endpoint {
+        #expect(await waitForOutput("listening on "), sourceLocation: sourceLocation)
+        let line = try #require(outputSoFar.split(separator: "\n").first { $0.hasPrefix("listening on ") }, sourceLocation: sourceLocation)
+        return try Endpoint(parsing: String(line.dropFirst("listening on ".count)))
+    }
+
     var pid: Int32 { process.processIdentifier }
     /// What the process wrote so far.
     var outputSoFar: String { collected.withLock { String(decoding: collectedBytes, as: UTF8.self) } }
