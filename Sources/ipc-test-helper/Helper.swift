@@ -115,6 +115,28 @@ struct Helper {
                 }
                 try await tx.closeAndWait()
                 report("sent \(sent) attempts \(attempts)")
+            case "hold-clients":
+                // Opens `number` plain socket connections to a Unix or TCP endpoint, sends the bytes given in hex as
+                // the fourth argument on every other one (a hello, say) and nothing on the rest, says so, and holds
+                // them until a line arrives on stdin. The connections are this process's, so the test process keeps
+                // its own descriptors few.
+                let greeting = stride(from: 0, to: args.count > 3 ? args[3].count : 0, by: 2).compactMap { i -> UInt8? in
+                    let hex = args[3].dropFirst(i).prefix(2)
+                    return UInt8(hex, radix: 16)
+                }
+                var held: [Int32] = []
+                for i in 0..<number {
+                    let fd = rawConnect(endpoint)
+                    guard fd >= 0 else {
+                        report("connection \(i) failed: errno \(errno)")
+                        exit(1)
+                    }
+                    if i % 2 == 0 { _ = greeting.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+                    held.append(fd)
+                }
+                report("holding \(held.count)")
+                _ = readLine()
+                for fd in held { close(fd) }
             case "take-on-line":
                 // Receives with capacity `number` (0: rendezvous), taking one message per stdin line.
                 options.capacity = number
@@ -363,6 +385,35 @@ struct Helper {
 
     static func index(_ m: [UInt8]) -> UInt64 {
         m.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+    }
+
+    /// A connected plain socket to a Unix or TCP endpoint, or -1.
+    static func rawConnect(_ endpoint: Endpoint) -> Int32 {
+        switch endpoint {
+        case .unix(let path):
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (i, b) in path.utf8.prefix(raw.count - 1).enumerated() { raw[i] = b }
+            }
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            return rc == 0 ? fd : -1
+        case .tcp(let host, let port):
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            inet_pton(AF_INET, host, &address.sin_addr)
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            return rc == 0 ? fd : -1
+        default:
+            return -1
+        }
     }
 
     /// Whether stdin has input (or reached its end), without waiting.
