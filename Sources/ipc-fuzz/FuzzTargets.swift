@@ -51,11 +51,18 @@ enum FuzzTarget: String, CaseIterable, Sendable {
                     return count
                 }
                 offset += n
-                while let event = try reader.next() {
+                // As a connection reads: whole data frames through the fast path first, anything else through next().
+                while true {
                     var effects = ConnectionState.Effects()
-                    switch event {
-                    case .hello(let hello): try state.apply(hello: hello)
-                    case .frame(let frame): try state.apply(frame, effects: &effects)
+                    if let (seq, payload) = reader.nextData() {
+                        try state.receiveData(seq: seq, payload: payload)
+                    } else if let event = try reader.next() {
+                        switch event {
+                        case .hello(let hello): try state.apply(hello: hello)
+                        case .frame(let frame): try state.apply(frame, effects: &effects)
+                        }
+                    } else {
+                        break
                     }
                     check(state.inbox.count <= Int(capacity), "the inbox holds \(state.inbox.count) messages, over the capacity")
                     while case .message(let message, _) = state.receive() {

@@ -390,29 +390,9 @@ struct Helper {
     /// A connected plain socket to a Unix or TCP endpoint, or -1.
     static func rawConnect(_ endpoint: Endpoint) -> Int32 {
         switch endpoint {
-        case .unix(let path):
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                for (i, b) in path.utf8.prefix(raw.count - 1).enumerated() { raw[i] = b }
-            }
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            return rc == 0 ? fd : -1
-        case .tcp(let host, let port):
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            inet_pton(AF_INET, host, &address.sin_addr)
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            return rc == 0 ? fd : -1
-        default:
-            return -1
+        case .unix(let path): RawSocket.connect(unixPath: path)
+        case .tcp(let host, let port): RawSocket.connect(tcpHost: host, port: port)
+        default: -1
         }
     }
 

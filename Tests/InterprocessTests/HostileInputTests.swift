@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import BenchmarkSupport
 import Foundation
 import Interprocess
 import Testing
@@ -320,8 +321,8 @@ struct SecurityTests {
         let path = dir + "/s.sock"
         // A stale socket file: bound, never listened on, its process gone (closed).
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = unixAddress(path)
-        let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        var (address, length) = RawSocket.unixAddress(path)
+        let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
         #expect(rc == 0)
         close(fd)
         #expect(access(path, F_OK) == 0)

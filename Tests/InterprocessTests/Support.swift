@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import BenchmarkSupport
 import Foundation
 import Interprocess
 import Testing
@@ -283,37 +284,13 @@ final class RawClient {
         switch endpoint {
         case .sharedMemory(let name):
             // The rendezvous socket in the abstract namespace (see SocketAddress).
-            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array("interprocess-shm-\(getuid())-\(name)".utf8)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                raw[0] = 0
-                for (i, b) in bytes.enumerated() { raw[i + 1] = b }
-            }
-            let length = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)! + 1 + bytes.count)
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) }
-            }
-            guard rc == 0 else { throw IPCError(.connectionRefused, "raw connect failed: errno \(errno)") }
+            fd = RawSocket.connect(unixPath: "interprocess-shm-\(getuid())-\(name)", abstract: true)
         case .unix(let path):
-            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = unixAddress(path)
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            guard rc == 0 else { throw IPCError(.connectionRefused, "raw connect failed: errno \(errno)") }
+            fd = RawSocket.connect(unixPath: path)
         case .tcp(let host, let port):
-            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            inet_pton(AF_INET, host, &address.sin_addr)
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard rc == 0 else { throw IPCError(.connectionRefused, "raw connect failed: errno \(errno)") }
+            fd = RawSocket.connect(tcpHost: host, port: port)
         }
+        guard fd >= 0 else { throw IPCError(.connectionRefused, "raw connect failed: errno \(errno)") }
         var timeout = timeval(tv_sec: 15, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
@@ -337,17 +314,6 @@ final class RawClient {
     }
 
     func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
-}
-
-func unixAddress(_ path: String) -> sockaddr_un {
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        let bytes = Array(path.utf8)
-        raw.copyBytes(from: bytes)
-        raw[bytes.count] = 0
-    }
-    return address
 }
 
 /// Finds the error frame in what a listener sent back (after its hello) and returns its message.

@@ -159,13 +159,11 @@ extension LocalChannel {
                 break
             }
             ring.end(how)
-            defer {
-                s.ringReceivers.removeAll()
-                s.roomWaiters.removeAll()
-                ring.wantValue.store(0, ordering: .sequentiallyConsistent)
-                ring.wantRoom.store(0, ordering: .sequentiallyConsistent)
-            }
-            return (s.ringReceivers, s.roomWaiters, s.takeWatchers())
+            let taken = (s.ringReceivers, s.roomWaiters, s.takeWatchers())
+            s.ringReceivers.removeAll()
+            s.roomWaiters.removeAll()
+            publishCounts(s)
+            return taken
         }
         if how == .receiverGone { ring.discardAll() }
         let senderError = how == .closed ? Self.closedWhileWaiting : Self.goneError
