@@ -374,13 +374,25 @@ extension SharedMemoryStream: InPlaceStream {
     package func consumeReadable(_ body: (UnsafeRawBufferPointer?) throws -> Int) throws {
         try enter()
         defer { leave() }
+        try consumeReadableHeld(body)
+    }
+
+    package func consumeReadableHeld(_ body: (UnsafeRawBufferPointer?) throws -> Int) throws {
         let consumed = try body(try readable())
         if consumed > 0 { consume(consumed) }
     }
 
+    package func beginHold() -> Bool { use.enter() }
+
+    package func endHold() { leave() }
+
     package func write(_ count: Int, publish now: Bool, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool {
         try enter()
         defer { leave() }
+        return try writeHeld(count, publish: now, writing: body)
+    }
+
+    package func writeHeld(_ count: Int, publish now: Bool, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool {
         let room = try room(wanted: count)
         guard room.count >= count else { return false }
         body(UnsafeMutableRawBufferPointer(rebasing: room[..<count]))
@@ -395,6 +407,10 @@ extension SharedMemoryStream: InPlaceStream {
     package func publishWritten() throws {
         try enter()
         defer { leave() }
+        publishPendingEntered()
+    }
+
+    package func publishWrittenHeld() throws {
         publishPendingEntered()
     }
 

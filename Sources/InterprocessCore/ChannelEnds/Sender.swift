@@ -76,7 +76,9 @@ public final class Sender<Value: Sendable>: Sendable {
         if let local = localUnretained {
             if try local._withUnsafeGuaranteedRef({ channel in Result { () throws(IPCError) in try channel.trySend(value) } }).get() { return }
         } else if isRaw {
-            if try trySendRaw(unsafeBitCast(value, to: [UInt8].self)) { return }
+            // The value is lent by address: passed as an array (a new value of another type, for the compiler), it
+            // was retained for the call and released after it.
+            if try withUnsafePointer(to: value, { (pointer) throws(IPCError) in try trySendRaw(at: UnsafeRawPointer(pointer)) }) { return }
         } else if try trySendOnce(value) {
             return
         }
@@ -87,8 +89,16 @@ public final class Sender<Value: Sendable>: Sendable {
     /// frame goes straight into the ring when it can (``ConnectionCore/trySend(raw:)``).
     @usableFromInline
     func trySendRaw(_ bytes: [UInt8]) throws(IPCError) -> Bool {
-        if let sent = try bytes.span.withUnsafeBytes({ raw throws(IPCError) in try core!.trySend(raw: raw) }) { return sent }
-        return try core!.trySend { state throws(IPCError) in try state.appendData(bytes: bytes, asSegment: bytes.count >= Self.segmentThreshold) }
+        try withUnsafePointer(to: bytes) { (pointer) throws(IPCError) in try trySendRaw(at: UnsafeRawPointer(pointer)) }
+    }
+
+    /// ``trySendRaw(_:)`` of the `[UInt8]` at `value`, borrowed (the raw codec's `Value` is `[UInt8]`).
+    @usableFromInline
+    func trySendRaw(at value: UnsafeRawPointer) throws(IPCError) -> Bool {
+        let bytes = value.assumingMemoryBound(to: [UInt8].self)
+        if let sent = try bytes.pointee.span.withUnsafeBytes({ raw throws(IPCError) in try core!.trySend(raw: raw) }) { return sent }
+        let copy = bytes.pointee
+        return try core!.trySend { state throws(IPCError) in try state.appendData(bytes: copy, asSegment: copy.count >= Self.segmentThreshold) }
     }
 
     /// The slow path of ``send(_:)``: waits for credit, or sends within a process. Each path gets its own

@@ -71,6 +71,19 @@ package protocol InPlaceStream: ByteStream {
     /// Like `arm(read: true, write: false)`, but ready only once at least `count` bytes are readable (or the
     /// stream ended): for a reader waiting for the rest of a frame it reads in place.
     func armRead(atLeast count: Int)
+
+    /// Keeps the stream's memory mapped and its descriptors open until ``endHold()``, even across ``close()``, so
+    /// that the holder's calls of the `held` methods below need not count themselves as users one by one (two
+    /// atomic read-modify-writes per call, on the per-message path). False when the stream is already closed.
+    func beginHold() -> Bool
+    /// Ends a hold begun with ``beginHold()``; the stream is released now if it was closed meanwhile.
+    func endHold()
+    /// ``write(_:publish:writing:)`` by a holder (``beginHold()``) before its ``endHold()``.
+    func writeHeld(_ count: Int, publish: Bool, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool
+    /// ``publishWritten()`` by a holder.
+    func publishWrittenHeld() throws
+    /// ``consumeReadable(_:)`` by a holder.
+    func consumeReadableHeld(_ body: (UnsafeRawBufferPointer?) throws -> Int) throws
 }
 
 package enum ReadOutcome: Equatable {

@@ -41,8 +41,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package typealias State = IOState<CheckedContinuation<Void, Never>, SelectWaiter>
 
     package let stream: any ByteStream
-    /// The stream when frames can be written and read in place (shared memory), cast once.
+    /// The stream when frames can be written and read in place (shared memory), cast once. This connection holds
+    /// it (``InPlaceStream/beginHold()``) until ``closeStream()``: its calls made under the lock while the state
+    /// is not closed use the `held` methods, without counting themselves as the stream's users one by one.
     let ring: (any InPlaceStream)?
+    /// Whether the hold on ``ring`` was ended.
+    private let ringHoldEnded = Atomic<Bool>(false)
     package let configuration: Configuration
     /// This side receives at capacity 0: its receives grant the peer one message each (no fast path).
     let rendezvousReceiver: Bool
@@ -58,7 +62,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     package init(stream: any ByteStream, configuration: Configuration) {
         self.stream = stream
-        self.ring = configuration.mode == .framed ? stream as? any InPlaceStream : nil
+        let ring = configuration.mode == .framed ? stream as? any InPlaceStream : nil
+        // A stream closed already is read and written as a plain stream (every call reports the close).
+        self.ring = ring?.beginHold() == true ? ring : nil
         self.configuration = configuration
         self.rendezvousReceiver = configuration.mode == .framed && configuration.local.capacity == 0 && configuration.hasReceiver
         self.reader = FrameReader(mode: configuration.mode == .framed ? .framed : .lines, maxPayload: configuration.maxPayload)
@@ -196,13 +202,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var violation: IPCError?
         var wake = false
         let capacity = min(ring.inPlaceCapacity, Self.ringTakeLimit)
-        try? ring.consumeReadable { bytes -> Int in
-            guard let bytes else { return 0 }
-            // Each frame's fields are read from shared memory once, into locals, and checked before use; its
-            // payload is copied out before the frame is applied, so the peer cannot change it meanwhile. All under
-            // one lock, as the frame reader's frames are applied, and applied at once (gathering them into a list
-            // first would cost a retain, a release and an append per message).
-            return locked.withLock { state -> Int in
+        // Under the lock first, so that the ring is read only while the state is open (the connection's hold on
+        // the stream keeps its memory mapped until then).
+        locked.withLock { state in
+            guard !state.closed else { return }
+            try? ring.consumeReadableHeld { bytes -> Int in
+                guard let bytes else { return 0 }
+                // Each frame's fields are read from shared memory once, into locals, and checked before use; its
+                // payload is copied out before the frame is applied, so the peer cannot change it meanwhile. All
+                // applied at once (gathering them into a list first would cost a retain, a release and an append per
+                // message).
                 var count = 0
                 var at = 0
                 do throws(IPCError) {
@@ -320,9 +329,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
     }
 
-    /// How long a poll waits at most for another task's read in progress (see ``pollInput()``): a read takes
-    /// microseconds, unless its thread was preempted.
-    private static let pollPatienceNanos: UInt64 = 2_000_000
+    /// How long a poll waits at most for another task's read in progress (see ``pollInput()``). A read takes
+    /// microseconds, but its thread may be preempted for milliseconds on a busy machine (a bound of 2 ms let a
+    /// select take its default about once in 12 runs of the conformance test on two busy cores); the bound only
+    /// guards against a reading thread that does not run at all.
+    private static let pollPatienceNanos: UInt64 = 250_000_000
 
     // MARK: Sending
 
@@ -392,7 +403,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             let wasStaged = state.stageDirect()
             let publish = decideWrite(&state, data: true)
             let seq = state.channel.nextSeq
-            let written = (try? ring!.write(frameSize, publish: publish) { region in
+            let written = (try? ring!.writeHeld(frameSize, publish: publish) { region in
                 region.storeBytes(of: Wire.dataFrameHeader(seq: seq, payloadCount: payload.count), as: (UInt64, UInt64).self)
                 UnsafeMutableRawBufferPointer(rebasing: region[Wire.dataFrameOverhead...]).copyMemory(from: payload)
             }) ?? false
@@ -597,6 +608,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     private func closeStream() {
         let (waiters, watchers) = locked.withLock { $0.close() }
         stream.close()
+        // Every held call was made under the lock before the state closed, so none is in progress now.
+        if ring != nil, !ringHoldEnded.exchange(true, ordering: .acquiringAndReleasing) { ring!.endHold() }
         configuration.onClose?()
         for w in waiters { w.resume() }
         for w in watchers { w.watcher.notify() }
@@ -940,9 +953,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         guard count <= Self.ringWriteLimit else { return false }
         do {
             if count > 0 {
-                guard try ring!.write(count, publish: true, writing: { state.channel.outbox.drain(into: $0) }) else { return false }
+                guard try ring!.writeHeld(count, publish: true, writing: { state.channel.outbox.drain(into: $0) }) else { return false }
             } else {
-                try ring!.publishWritten()
+                try ring!.publishWrittenHeld()
             }
         } catch {
             return false

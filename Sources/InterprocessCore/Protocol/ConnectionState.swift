@@ -162,7 +162,8 @@ package struct ConnectionState {
 
     /// Data frame `seq` arrived: queued for the application (dropped once the receiver is gone). Waiting tasks
     /// should re-check the state.
-    package mutating func receiveData(seq: UInt64, payload: [UInt8]) throws(IPCError) {
+    /// (`payload` is consumed: moved into the inbox rather than retained there and released by the caller.)
+    package mutating func receiveData(seq: UInt64, payload: consuming [UInt8]) throws(IPCError) {
         try checkIncoming(seq: seq)
         received += 1
         if !receiverDone { inbox.append(payload) }
