@@ -126,6 +126,7 @@ public enum IPC {
                 throw failure
             }
         }
+        if !lines, let (interval, timeout) = options.heartbeats { core.startHeartbeats(interval: interval, timeout: timeout) }
         return Connection(sender: Sender(core: core, codec: sending), receiver: Receiver(core: core, codec: receiving))
     }
 }

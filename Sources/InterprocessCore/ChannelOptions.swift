@@ -25,14 +25,20 @@ public struct ChannelOptions: Sendable {
     public var handshakeTimeout: Duration = .seconds(10)
     /// How long closing waits for the peer to acknowledge the end of the stream.
     public var closeTimeout: Duration = .seconds(10)
-    /// TCP only: a peer that stops answering without closing the connection (its host lost power, the network
-    /// between broke) is declared gone after about this long, and waiting calls fail with `peerClosed`. The
-    /// kernel does the probing (TCP keepalive, which sends nothing while data flows, and a limit on how long
-    /// sent data may stay unacknowledged), so it costs nothing on a busy or a quiet connection. Default 60
-    /// seconds; at least 3 seconds; nil leaves the kernel's defaults (no keepalive, about 15 minutes of
-    /// retransmission). A peer process that dies is noticed at once either way: its kernel closes the
-    /// connection. Unix sockets and shared memory need no such timeout.
+    /// A peer that stops answering without closing the connection (its process stopped or hung, its host lost
+    /// power, the network between broke) is declared gone once nothing at all arrived from it for this long, and
+    /// the connection fails with `peerClosed`. Every transport checks it with heartbeats: a side that heard
+    /// nothing for ``heartbeatInterval`` sends a ping, which the peer answers at once (its I/O thread reads a
+    /// quiet connection), so a quiet but healthy connection costs a ping and a pong per interval and a busy one
+    /// nothing. Over TCP the kernel probes too (keepalive, and a limit on how long sent data may stay
+    /// unacknowledged). Both sides check on their own: each side's timeout should exceed both sides' intervals.
+    /// Default 60 seconds; at least 1 second; nil turns the check off (a silent peer then waits forever; over
+    /// TCP the kernel's defaults apply: no keepalive, about 15 minutes of retransmission). A peer process that
+    /// exits or is killed is noticed at once either way: its end of the connection closes.
     public var deadPeerTimeout: Duration? = .seconds(60)
+    /// How long a side hears nothing before it pings the peer (see ``deadPeerTimeout``). Default nil: a quarter
+    /// of ``deadPeerTimeout``. At least 100 milliseconds and at most half of ``deadPeerTimeout``.
+    public var heartbeatInterval: Duration?
     /// Unix sockets and TCP: how long a peer may stop sending in the middle of a frame (a message, or any other
     /// frame, partly received) before the connection fails with `timeout`. A peer that stops mid-frame is stuck or
     /// hostile; without this bound every receive on the connection would wait for the rest forever. Progress
@@ -65,6 +71,11 @@ public struct ChannelOptions: Sendable {
 
     public init() {}
 
+    /// The heartbeats' interval and timeout, nil when they are off.
+    package var heartbeats: (interval: Duration, timeout: Duration)? {
+        deadPeerTimeout.map { timeout in (heartbeatInterval ?? timeout / 4, timeout) }
+    }
+
     /// A shared-memory ring is a power of two from 4 KiB to 1 GiB (checked on both sides of the hand-over).
     package static func isValid(sharedMemoryRingSize size: Int) -> Bool {
         size >= 4096 && size <= 1 << 30 && size & (size - 1) == 0
@@ -83,8 +94,11 @@ public struct ChannelOptions: Sendable {
         guard Self.isValid(sharedMemoryRingSize: sharedMemoryRingSize) else {
             throw IPCError(.invalidEndpoint, "sharedMemoryRingSize must be a power of two from 4096 to 1 GiB, not \(sharedMemoryRingSize)")
         }
-        if let deadPeerTimeout, deadPeerTimeout < .seconds(3) || deadPeerTimeout > .seconds(86_400) {
-            throw IPCError(.invalidEndpoint, "deadPeerTimeout must be between 3 seconds and a day (or nil), not \(deadPeerTimeout)")
+        if let deadPeerTimeout, deadPeerTimeout < .seconds(1) || deadPeerTimeout > .seconds(86_400) {
+            throw IPCError(.invalidEndpoint, "deadPeerTimeout must be between 1 second and a day (or nil), not \(deadPeerTimeout)")
+        }
+        if let heartbeatInterval, let deadPeerTimeout, heartbeatInterval < .milliseconds(100) || heartbeatInterval > deadPeerTimeout / 2 {
+            throw IPCError(.invalidEndpoint, "heartbeatInterval must be between 100 milliseconds and half of deadPeerTimeout (\(deadPeerTimeout)), not \(heartbeatInterval)")
         }
         if let stalledFrameTimeout, stalledFrameTimeout < .seconds(1) {
             throw IPCError(.invalidEndpoint, "stalledFrameTimeout must be at least 1 second (or nil), not \(stalledFrameTimeout)")

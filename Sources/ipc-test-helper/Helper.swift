@@ -17,6 +17,10 @@ struct Helper {
         let number = args.count > 2 ? Int(args[2]) ?? 0 : 0
         var options = ChannelOptions()
         options.capacity = 64
+        // IPC_HELPER_DEAD_PEER_MS: the helper's deadPeerTimeout in milliseconds (heartbeats every quarter of it).
+        if let text = getenv("IPC_HELPER_DEAD_PEER_MS"), let ms = Int(String(cString: text)) {
+            options.deadPeerTimeout = .milliseconds(ms)
+        }
         do {
             switch args[0] {
             case "echo":

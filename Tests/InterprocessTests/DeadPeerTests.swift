@@ -53,3 +53,82 @@ struct DeadPeerTests {
         #expect(outcome(output)?.code == "timeout", "\(output)")
     }
 }
+
+/// Heartbeats (`ChannelOptions.deadPeerTimeout`, `heartbeatInterval`) over every transport: a peer process that
+/// stops is declared gone after the timeout, never before it; a quiet connection whose sides read nothing stays
+/// up; a client that completes the handshake and then never answers is cut off by the listener.
+@Suite("Heartbeats", .timeLimit(.minutes(2)))
+struct HeartbeatTests {
+    private static func options(deadPeerTimeout: Duration) -> ChannelOptions {
+        var options = ChannelOptions()
+        options.deadPeerTimeout = deadPeerTimeout
+        return options
+    }
+
+    @Test("a stopped peer process is declared gone after deadPeerTimeout, not before", arguments: TransportKind.allCases)
+    func stoppedPeerIsDeclaredGone(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let timeout = Duration.seconds(2)
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw, receiving: .raw, options: Self.options(deadPeerTimeout: timeout))
+        defer { listener.close() }
+        let helper = try ChildProcess.helper("echo", listener.endpoint)
+        defer {
+            kill(helper.pid, SIGCONT)
+            helper.kill()
+        }
+        let connection = try await within(20) { try await listener.accept() }
+        try await connection.sender.send(numbered(7))
+        #expect(try await within(20) { try await connection.receiver.receive() }.map(index) == 7)
+        kill(helper.pid, SIGSTOP)
+        let start = ContinuousClock.now
+        await #expect {
+            _ = try await within(30) { try await connection.receiver.receive() }
+        } throws: { error in
+            let e = error as! IPCError
+            return e.code == .peerClosed && e.message.contains("heartbeat")
+        }
+        let elapsed = ContinuousClock.now - start
+        #expect(elapsed >= timeout, "declared gone after \(elapsed), before the timeout")
+    }
+
+    @Test("a quiet connection stays up across many heartbeat intervals while neither side reads", arguments: TransportKind.allCases)
+    func quietConnectionStaysUp(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        // Both sides declare the other gone after 1 s of silence (3 s under a sanitizer), so each must answer the
+        // other's pings while its application reads nothing: the helper sends one message and then only sleeps,
+        // and this side does not receive for three timeouts after taking it.
+        let timeout = Duration.seconds(sanitized ? 3 : 1)
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), receiving: .raw, options: Self.options(deadPeerTimeout: timeout))
+        defer { listener.close() }
+        let milliseconds = timeout.components.seconds * 1000
+        let helper = try ChildProcess.helper("send-then-hang", listener.endpoint, 1, environment: ["IPC_HELPER_DEAD_PEER_MS": String(milliseconds)])
+        defer { helper.kill() }
+        let receiver = try await within(20) { try await listener.accept() }.receiver
+        #expect(try await within(20) { try await receiver.receive() }.map(index) == 0)
+        #expect(await helper.waitForOutput("sent 1"))
+        // The quiet time itself is what is tested: twelve heartbeat intervals of this side.
+        try await Task.sleep(for: timeout * 3)
+        // Still open on both sides: nothing arrived, neither an end nor the error frame of a helper that gave up
+        // on this side (which tryReceive would throw).
+        #expect(try receiver.tryReceive() == nil)
+    }
+
+    @Test("a client that completes the handshake and then never answers is cut off after deadPeerTimeout", arguments: TransportKind.sockets)
+    func silentClientIsCutOff(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let listener = try IPC.listen(on: kind.endpoint(in: dir), sending: .raw, receiving: .raw, options: Self.options(deadPeerTimeout: .seconds(1)))
+        defer { listener.close() }
+        let silent = try RawClient(listener.endpoint)
+        silent.send(HostileInputTests.validHello)
+        let connection = try await within(20) { try await listener.accept() }
+        await #expect {
+            _ = try await within(30) { try await connection.receiver.receive() }
+        } throws: { error in
+            (error as! IPCError).code == .peerClosed
+        }
+        // The client was pinged, then told why, then the connection was closed.
+        let received = silent.readAll()
+        let message = errorFrameMessage(in: received)
+        #expect(message?.contains("heartbeat") == true, "the client was told: \(message ?? "nothing")")
+    }
+}

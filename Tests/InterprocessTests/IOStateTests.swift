@@ -51,6 +51,58 @@ struct IOStateTests {
         #expect(other.stallTimerFired(armedAt: 30) == .stalled)
     }
 
+    /// A quiet connection's heartbeats: the I/O thread reads for it (a task may still take the role), a ping goes
+    /// out after an interval without input, input heard resets the silence, and a peer silent for the timeout is
+    /// gone (never earlier: the silence counts from the heartbeat that last saw input).
+    @Test func heartbeatsPingAQuietPeerAndDeclareASilentOneGone() throws {
+        var state = try makeIOState()
+        let ms: UInt64 = 1_000_000, interval = 250 * ms, timeout = 1000 * ms
+        let h1 = state.heartbeat(now: 1000 * ms, interval: interval, timeout: timeout)
+        #expect(h1 == .alive(arm: true))
+        #expect(state.reader == .ioThread)
+        #expect(state.channel.outbox.isEmpty)
+        // Nobody waits: a receiving task reads inline rather than park behind the I/O thread.
+        let took = state.takeReaderRole()
+        #expect(took)
+        state.dropReader()
+        let h2 = state.heartbeat(now: 1250 * ms, interval: interval, timeout: timeout)
+        #expect(h2 == .ping(arm: true))
+        #expect(!state.channel.outbox.isEmpty)
+        state.channel.outbox = Outbox()
+        // The I/O thread read the pong: it keeps reading while the connection stays quiet.
+        state.noteInput()
+        let h3 = state.streamReadable()
+        #expect(h3 == .read)
+        state.dropReader()
+        let h4 = state.keepReading()
+        #expect(h4)
+        #expect(state.reader == .ioThread)
+        let h5 = state.heartbeat(now: 1500 * ms, interval: interval, timeout: timeout)
+        #expect(h5 == .alive(arm: false))
+        #expect(state.channel.outbox.isEmpty)
+        // Silent from 1500 ms on.
+        let h6 = state.heartbeat(now: 1750 * ms, interval: interval, timeout: timeout)
+        #expect(h6 == .ping(arm: false))
+        let h7 = state.heartbeat(now: 2499 * ms, interval: interval, timeout: timeout)
+        #expect(h7 == .ping(arm: false))
+        let h8 = state.heartbeat(now: 2500 * ms, interval: interval, timeout: timeout)
+        #expect(h8 == .dead(silentNanos: timeout))
+        // A heartbeat late by more than the timeout pings first, and gives the peer the rest of the timeout.
+        var late = try makeIOState()
+        let l1 = late.heartbeat(now: 1000 * ms, interval: interval, timeout: timeout)
+        #expect(l1 == .alive(arm: true))
+        let l2 = late.heartbeat(now: 2100 * ms, interval: interval, timeout: timeout)
+        #expect(l2 == .ping(arm: false))
+        let l3 = late.heartbeat(now: 2849 * ms, interval: interval, timeout: timeout)
+        #expect(l3 == .ping(arm: false))
+        let l4 = late.heartbeat(now: 2850 * ms, interval: interval, timeout: timeout)
+        #expect(l4 == .dead(silentNanos: 1850 * ms))
+        // A closed connection beats no more.
+        _ = state.close()
+        let h9 = state.heartbeat(now: 2600 * ms, interval: interval, timeout: timeout)
+        #expect(h9 == .stop)
+    }
+
     @Test func oneReaderAtATimeAndParkedTasksGetTheIOThread() throws {
         var state = try makeIOState()
         let r1 = state.takeReaderRole()
@@ -241,7 +293,7 @@ struct IOStateTests {
 /// choosing a variant (nanoseconds for `advance`).
 enum IOEventKind: CaseIterable, Sendable {
     case takeReader, releaseReader, poll, look, park, cancel, wake, readable, ioReadDone, appendData, appendControl, direct, drain,
-         writable, deferredFlush, loan, endLoan, credit, advance, close, watch, unwatch
+         writable, deferredFlush, loan, endLoan, credit, advance, close, watch, unwatch, heartbeat
 }
 
 struct IOEvent: Sendable, CustomStringConvertible {
@@ -272,6 +324,18 @@ private struct IOModel {
     var closed = false
     var now: UInt64 = 1_000_000
     var generation: UInt64 = 0
+    /// Heartbeats: reads that took input, the count and time the last heartbeat that saw it change saw, and
+    /// whether the I/O thread keeps reading (no task took the reader role since the last heartbeat).
+    var inputReads = 0
+    var heardReads = 0
+    var heardNanos: UInt64?
+    var silencePing: UInt64?
+    var quiet = false
+
+    /// A task may take the reader role: it is free, or the I/O thread holds it with nobody waiting.
+    var readerTakeable: Bool {
+        !closed && (reader == nil || reader == .ioThread && parked.isEmpty && watches.isEmpty)
+    }
 
     var parked: Set<Int> { Set(tasks.indices.filter { if case .parked = tasks[$0] { true } else { false } }) }
 }
@@ -342,8 +406,11 @@ private func check(_ events: [IOEvent]) throws {
         case .takeReader:
             guard model.tasks[i] == .running, model.reader != .task(i) else { continue }
             let took = state.takeReaderRole()
-            #expect(took == (model.reader == nil && !model.closed))
-            if took { model.reader = .task(i) }
+            #expect(took == model.readerTakeable)
+            if took {
+                model.reader = .task(i)
+                model.quiet = false
+            }
         case .releaseReader:
             guard model.reader == .task(i) else { continue }
             release(state.releaseReader())
@@ -352,11 +419,13 @@ private func check(_ events: [IOEvent]) throws {
             let holding = model.reader == .task(i)
             let seen = state.generation
             let pending = state.hasPendingOutput
+            let takeable = model.readerTakeable
             let (step, write) = state.mustWait(holdingReader: holding)
             #expect(write == (pending && model.writer == .idle))
-            #expect(step == (holding || model.reader == nil && !model.closed ? .read : .park))
+            #expect(step == (holding || takeable ? .read : .park))
             if write { writeEverything(blocks: blocks) }
             if step == .read {
+                if !holding { model.quiet = false }
                 model.reader = .task(i)
             } else {
                 model.tasks[i] = .decided(seen: seen)
@@ -405,10 +474,16 @@ private func check(_ events: [IOEvent]) throws {
         case .ioReadDone:
             guard model.reader == .ioThreadReading else { continue }
             if event.amount % 2 == 0 {
-                // Something arrived: the I/O thread gives the role back and wakes everyone.
+                // Something arrived: the I/O thread gives the role back and wakes everyone, then goes on reading
+                // if the connection is quiet.
+                state.noteInput()
+                model.inputReads += 1
                 state.dropReader()
                 model.reader = nil
                 wakeEveryone()
+                let kept = state.keepReading()
+                #expect(kept == (model.quiet && !model.closed))
+                if kept { model.reader = .ioThread }
             } else {
                 // Nothing: it waits again.
                 state.ioThreadReadNothing()
@@ -422,6 +497,7 @@ private func check(_ events: [IOEvent]) throws {
             #expect(took == ((model.reader == nil || model.reader == .ioThread) && !model.closed))
             guard took else { continue }
             model.reader = .task(i)
+            model.quiet = false
             release(state.releaseReader())
         case .appendData:
             guard model.tasks[i] == .running, !state.isLending, state.channel.canSend() == .ready else { continue }
@@ -529,6 +605,33 @@ private func check(_ events: [IOEvent]) throws {
             model.watches[i] = id
             #expect(watch.armRead == readerWasFree)
             if watch.armRead { model.reader = .ioThread }
+        case .heartbeat:
+            let interval: UInt64 = 50_000, timeout: UInt64 = 200_000
+            let action = state.heartbeat(now: model.now, interval: interval, timeout: timeout)
+            if model.closed {
+                #expect(action == .stop)
+                continue
+            }
+            if model.inputReads != model.heardReads || model.heardNanos == nil {
+                model.heardReads = model.inputReads
+                model.heardNanos = model.now
+                model.silencePing = nil
+            }
+            let silent = model.now - model.heardNanos!
+            if silent >= timeout, let pinged = model.silencePing, model.now - pinged >= timeout - interval {
+                // The driver fails the connection now; the sequence ends here.
+                #expect(action == .dead(silentNanos: silent))
+                return
+            }
+            model.quiet = true
+            let arm = model.reader == nil
+            if arm { model.reader = .ioThread }
+            #expect(action == (silent >= interval ? .ping(arm: arm) : .alive(arm: arm)))
+            if silent >= interval && model.silencePing == nil { model.silencePing = model.now }
+            if case .ping = action, state.takeWriterRole() {
+                #expect(model.writer == .idle)
+                writeEverything(blocks: blocks)
+            }
         case .unwatch:
             guard let id = model.watches[i] else { continue }
             let r35 = state.unwatch(id)

@@ -42,14 +42,17 @@ final class ChildProcess: @unchecked Sendable {
     private let collected = NSLock()
     private var collectedBytes: [UInt8] = []
 
-    convenience init(_ executable: String, _ arguments: [String]) throws {
-        try self.init(path: buildDirectory + "/" + executable, arguments)
+    convenience init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+        try self.init(path: buildDirectory + "/" + executable, arguments, environment: environment)
     }
 
-    /// Runs the program at `path` (not one of the build's executables).
-    init(path: String, _ arguments: [String]) throws {
+    /// Runs the program at `path` (not one of the build's executables), with `environment` added to this process's.
+    init(path: String, _ arguments: [String], environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = output
         process.standardError = output
         process.standardInput = input
@@ -73,8 +76,8 @@ final class ChildProcess: @unchecked Sendable {
         thread.start()
     }
 
-    static func helper(_ role: String, _ endpoint: Endpoint, _ number: Int = 0) throws -> ChildProcess {
-        try ChildProcess("ipc-test-helper", [role, endpoint.description, String(number)])
+    static func helper(_ role: String, _ endpoint: Endpoint, _ number: Int = 0, environment: [String: String] = [:]) throws -> ChildProcess {
+        try ChildProcess("ipc-test-helper", [role, endpoint.description, String(number)], environment: environment)
     }
 
     /// Waits for a helper that listens (roles `serve-limited`, `listen-flood`) to say where, and returns that

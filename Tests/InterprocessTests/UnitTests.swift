@@ -35,17 +35,32 @@ struct ChannelOptionsTests {
         #expect { try options.validate() } throws: { ($0 as! IPCError).message.contains("maxBytesInFlight must be at least 524288") }
     }
 
-    @Test func deadPeerTimeoutIsThreeSecondsToADayOrNil() throws {
+    @Test func deadPeerTimeoutIsOneSecondToADayOrNil() throws {
         var options = ChannelOptions()
         #expect(options.deadPeerTimeout == .seconds(60))
-        for valid: Duration? in [nil, .seconds(3), .seconds(86_400)] {
+        for valid: Duration? in [nil, .seconds(1), .seconds(86_400)] {
             options.deadPeerTimeout = valid
             try options.validate()
         }
-        for invalid: Duration in [.milliseconds(2_999), .seconds(86_401), .seconds(-1)] {
+        for invalid: Duration in [.milliseconds(999), .seconds(86_401), .seconds(-1)] {
             options.deadPeerTimeout = invalid
-            #expect { try options.validate() } throws: { ($0 as! IPCError).message.contains("deadPeerTimeout must be between 3 seconds and a day") }
+            #expect { try options.validate() } throws: { ($0 as! IPCError).message.contains("deadPeerTimeout must be between 1 second and a day") }
         }
+    }
+
+    @Test func heartbeatsDefaultToAQuarterOfTheTimeoutAndAtMostHalfOfIt() throws {
+        var options = ChannelOptions()
+        #expect(options.heartbeats?.interval == .seconds(15))
+        #expect(options.heartbeats?.timeout == .seconds(60))
+        options.heartbeatInterval = .seconds(30)
+        try options.validate()
+        #expect(options.heartbeats?.interval == .seconds(30))
+        for invalid: Duration in [.milliseconds(99), .milliseconds(30_001)] {
+            options.heartbeatInterval = invalid
+            #expect { try options.validate() } throws: { ($0 as! IPCError).message.contains("heartbeatInterval must be between 100 milliseconds and half of deadPeerTimeout") }
+        }
+        options.deadPeerTimeout = nil
+        #expect(options.heartbeats == nil)
     }
 }
 

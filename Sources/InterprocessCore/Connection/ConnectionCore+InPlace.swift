@@ -114,7 +114,10 @@ extension ConnectionCore {
                     let consumed = bytes.loadLE(UInt64.self, at: Wire.frameHeaderSize)
                     var effects = ConnectionState.Effects()
                     do throws(IPCError) {
-                        try locked.withLock { state throws(IPCError) in try state.channel.apply(.credit(consumed: consumed), effects: &effects) }
+                        try locked.withLock { state throws(IPCError) in
+                            state.noteInput()
+                            try state.channel.apply(.credit(consumed: consumed), effects: &effects)
+                        }
                     } catch {
                         return .violation(error)
                     }
@@ -128,7 +131,10 @@ extension ConnectionCore {
                 let seq = bytes.loadLE(UInt64.self, at: Wire.frameHeaderSize)
                 let credit: Bool
                 do throws(IPCError) {
-                    credit = try locked.withLock { state throws(IPCError) in try state.channel.takeInPlace(seq: seq, size: frameSize - headerSize) }
+                    credit = try locked.withLock { state throws(IPCError) in
+                        state.noteInput()
+                        return try state.channel.takeInPlace(seq: seq, size: frameSize - headerSize)
+                    }
                 } catch {
                     return .violation(error)
                 }

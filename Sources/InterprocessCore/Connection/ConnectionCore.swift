@@ -238,6 +238,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 // Messages went to the inbox: news, even with nobody parked yet, so that a task which looked before
                 // (and found the reader role taken) does not park beside them.
                 wake = count > 1 && state.newsArrived()
+                if at > 0 { state.noteInput() }
                 return at
             }
         }
@@ -638,6 +639,45 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         Task { await self.finishIfDone(wait: false) }
     }
 
+    // MARK: Heartbeats
+
+    /// Starts the heartbeats (``IOState/heartbeat(now:interval:timeout:)``): every `interval` a quiet connection
+    /// pings its peer, and one that has heard nothing for `timeout` fails with `peerClosed`. They end with the
+    /// connection (and with this object: the loop holds it weakly between beats).
+    package func startHeartbeats(interval: Duration, timeout: Duration) {
+        guard configuration.mode == .framed else { return }
+        let intervalNanos = Self.nanoseconds(interval), timeoutNanos = Self.nanoseconds(timeout)
+        Task { [weak self] in
+            while true {
+                try? await Task.sleep(for: interval)
+                guard let self, self.heartbeat(now: Platform.monotonicNanoseconds(), interval: intervalNanos, timeout: timeoutNanos) else { return }
+            }
+        }
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(seconds, 0)) * 1_000_000_000 + UInt64(max(attoseconds, 0) / 1_000_000_000)
+    }
+
+    /// One heartbeat; false once the connection is done.
+    private func heartbeat(now: UInt64, interval: UInt64, timeout: UInt64) -> Bool {
+        switch locked.withLock({ $0.heartbeat(now: now, interval: interval, timeout: timeout) }) {
+        case .stop:
+            return false
+        case .alive(let arm):
+            if arm { stream.arm(read: true, write: false) }
+        case .ping(let arm):
+            if arm { stream.arm(read: true, write: false) }
+            flushNow()
+        case .dead(let silent):
+            let seconds = Double(silent / 1_000_000) / 1000
+            fail(IPCError(.peerClosed, "the peer stopped answering: nothing arrived from it for \(seconds) s, not even an answer to a heartbeat; its process is stopped or hung, or the network between is cut (ChannelOptions.deadPeerTimeout)"), tellPeer: true)
+            return false
+        }
+        return true
+    }
+
     // MARK: Waiting
 
     /// Runs `check` under the lock until it returns a value. In between, this task reads input itself
@@ -806,7 +846,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .bytes(let n):
                 remaining -= n
                 bytesRead?.pointee += n
-                wanted = locked.withLock { decodeAndApply(&$0, &tally) }
+                wanted = locked.withLock { state in
+                    state.noteInput()
+                    return decodeAndApply(&state, &tally)
+                }
             case .wouldBlock:
                 break reads
             case .endOfStream:
@@ -1099,6 +1142,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .read:
                 if !pump(releasingReader: true) {
                     locked.withLock { $0.ioThreadReadNothing() }
+                    stream.arm(read: true, write: false)
+                } else if locked.withLock({ $0.keepReading() }) {
+                    // A quiet connection (heartbeats): the I/O thread goes on reading for it.
                     stream.arm(read: true, write: false)
                 }
             }

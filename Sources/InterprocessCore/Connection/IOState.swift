@@ -93,6 +93,75 @@ package struct IOState<Waiter, Watcher> {
         self.channel = channel
     }
 
+    // MARK: Heartbeats
+
+    /// Reads of the stream that took input (by anyone): the heartbeat's evidence that the peer is alive.
+    private var inputReads: UInt64 = 0
+    /// ``inputReads`` at the heartbeat that last saw it change, and that heartbeat's time (0: none yet).
+    private var heardReads: UInt64 = 0
+    private var heardNanos: UInt64 = 0
+    /// When the first ping of the current silence went out (nil: none since input was last heard).
+    private var silencePingNanos: UInt64?
+    private var pingsSent: UInt64 = 0
+    /// No task took the reader role since the last heartbeat: the I/O thread keeps reading (re-arming after each
+    /// read) so that the peer's pings are answered at once, whatever this side's application does.
+    private var quiet = false
+
+    /// A read took input from the stream.
+    @inline(__always)
+    package mutating func noteInput() {
+        inputReads &+= 1
+    }
+
+    /// What a heartbeat asks the driver to do.
+    package enum HeartbeatAction: Equatable {
+        /// The connection is done (closed, failed or ended): no more heartbeats.
+        case stop
+        /// Heard from the peer within the interval. `arm`: the I/O thread took the reader role (arm the stream).
+        case alive(arm: Bool)
+        /// Nothing heard for an interval: a ping was appended (write it).
+        case ping(arm: Bool)
+        /// Nothing heard for the timeout, in nanoseconds (at least the timeout): the peer is gone.
+        case dead(silentNanos: UInt64)
+    }
+
+    /// A heartbeat at `now` (every `interval`, monotonic nanoseconds; `interval` at most half of `timeout`): the
+    /// peer is alive while anything was read from it since the previous heartbeat, or since one less than
+    /// `timeout` ago. A side that heard nothing for an interval pings (the peer answers with a pong, which is
+    /// input), and the I/O thread reads whenever no task does, so that the peer's pings are answered promptly
+    /// too. The silence is measured from the heartbeat that last saw input, which is no earlier than the input
+    /// itself, so the peer is never declared gone before `timeout` of real silence; and not before it had
+    /// `timeout - interval` to answer this silence's first ping (a late heartbeat, on a busy machine, may find
+    /// the whole timeout gone before it could ping).
+    package mutating func heartbeat(now: UInt64, interval: UInt64, timeout: UInt64) -> HeartbeatAction {
+        if closed || tearingDown || writeFailed || channel.failure != nil || channel.endOfStream || channel.mode != .framed { return .stop }
+        if inputReads != heardReads || heardNanos == 0 {
+            heardReads = inputReads
+            heardNanos = now
+            silencePingNanos = nil
+        }
+        let silent = now &- heardNanos
+        if silent >= timeout, let pinged = silencePingNanos, now &- pinged >= timeout - interval {
+            return .dead(silentNanos: silent)
+        }
+        quiet = true
+        let arm = keepReading()
+        guard silent >= interval else { return .alive(arm: arm) }
+        if silencePingNanos == nil { silencePingNanos = now }
+        pingsSent &+= 1
+        let nonce = pingsSent
+        channel.outbox.append { $0.appendControlFrame(.ping(nonce)) }
+        return .ping(arm: arm)
+    }
+
+    /// Whether the I/O thread takes the reader role to keep a quiet connection's input read (see ``quiet``): true
+    /// when it did (the caller arms the stream).
+    package mutating func keepReading() -> Bool {
+        guard quiet, reader == .free, channel.wantsMoreInput, !closed, channel.failure == nil, !channel.endOfStream else { return false }
+        reader = .ioThread
+        return true
+    }
+
     @inline(__always)
     package var hasPendingOutput: Bool { staged || !channel.outbox.isEmpty }
     @inline(__always)
@@ -101,14 +170,18 @@ package struct IOState<Waiter, Watcher> {
 
     // MARK: Reader role
 
-    /// Takes the reader role for a task if it is free and input is wanted (and the connection is open).
-    /// `fromIOThread`: also when the I/O thread holds it and waits for the stream to become readable (a
-    /// non-blocking poll reads what is there now rather than report nothing); the thread, woken later, finds the
-    /// role taken and leaves the reading to the task, which hands the role back on release if anyone waits.
+    /// Takes the reader role for a task if it is free and input is wanted (and the connection is open), or
+    /// when the I/O thread holds it while nobody waits (it then reads only to keep a quiet connection answering
+    /// heartbeats: the task reads inline instead).
+    /// `fromIOThread`: also when the I/O thread holds it for waiting tasks and waits for the stream to become
+    /// readable (a non-blocking poll reads what is there now rather than report nothing). Either way the thread,
+    /// woken later, finds the role taken and leaves the reading to the task, which hands the role back on release
+    /// if anyone waits.
     @inline(__always)
     package mutating func takeReaderRole(fromIOThread: Bool = false) -> Bool {
-        guard reader == .free || fromIOThread && reader == .ioThread, channel.wantsMoreInput, !closed else { return false }
+        guard reader == .free || reader == .ioThread && (fromIOThread || !hasWaiters), channel.wantsMoreInput, !closed else { return false }
         reader = .task
+        quiet = false
         return true
     }
 
