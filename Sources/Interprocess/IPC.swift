@@ -82,6 +82,7 @@ public enum IPC {
             closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize, maxBytesInFlight: options.maxBytesInFlight)
         configuration.onClose = onClose
         configuration.stalledFrameTimeout = options.stalledFrameTimeout
+        configuration.heartbeats = options.heartbeats
         let deadline = ContinuousClock.now + options.handshakeTimeout
         // The peer's uid (known for Unix sockets) is checked once, before anything else happens. Shared memory
         // is never handed to a peer whose uid is unknown.
@@ -126,7 +127,7 @@ public enum IPC {
                 throw failure
             }
         }
-        if !lines, let (interval, timeout) = options.heartbeats { core.startHeartbeats(interval: interval, timeout: timeout) }
+        core.startHeartbeats()
         return Connection(sender: Sender(core: core, codec: sending), receiver: Receiver(core: core, codec: receiving))
     }
 }

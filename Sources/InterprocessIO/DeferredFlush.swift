@@ -17,4 +17,10 @@ extension DeferredFlushing {
         guard let handler = flushTarget.handler else { return }
         Poller.shared.cancelFlush(handler)
     }
+
+    package func scheduleHeartbeats(every interval: UInt64) {
+        let target = flushTarget
+        guard !target.closed, let handler = target.handler else { return }
+        Poller.shared.scheduleHeartbeats(handler, every: interval)
+    }
 }

@@ -15,6 +15,9 @@ package final class Poller: Sendable {
 
     private let epollFD: Int32
     private let timerFD: Int32
+    /// The heartbeats' timer, armed for the earliest one due.
+    private let beatFD: Int32
+    private static let beatToken = UInt64.max
     /// How long a deferred flush waits, so a burst of sends is written at once.
     package static let flushDelayNanos: UInt64 = 50_000
     private struct Registry {
@@ -22,14 +25,26 @@ package final class Poller: Sendable {
         var nextToken: UInt64 = 1
         var flushQueue: [any ByteStreamHandler] = []
         var timerArmed = false
+        var beats: [Beat] = []
+        /// When the heartbeat timer fires next (monotonic nanoseconds; nil: disarmed).
+        var beatArmedFor: UInt64?
+    }
+    /// A connection's heartbeats: its handler (held weakly: a connection that goes away stops them), every
+    /// `interval` nanoseconds, the next one at `due`.
+    private struct Beat {
+        weak var handler: (any ByteStreamHandler)?
+        var interval: UInt64
+        var due: UInt64
     }
     private let registry = Lock(Registry())
 
     private init() {
         epollFD = cipc_epoll_create()
         timerFD = cipc_timerfd()
-        precondition(epollFD >= 0 && timerFD >= 0, "Interprocess: cannot create the epoll instance (errno \(errno))")
+        beatFD = cipc_timerfd()
+        precondition(epollFD >= 0 && timerFD >= 0 && beatFD >= 0, "Interprocess: cannot create the epoll instance (errno \(errno))")
         _ = cipc_epoll_arm(epollFD, timerFD, 0, UInt32(CIPC_EV_READ), 0)
+        _ = cipc_epoll_arm(epollFD, beatFD, 0, UInt32(CIPC_EV_READ), Self.beatToken)
         let thread = Thread { [self] in run() }
         thread.name = "interprocess-io"
         thread.start()
@@ -81,6 +96,60 @@ package final class Poller: Sendable {
         }
     }
 
+    /// Calls `handler.heartbeatDue()` on the I/O thread every `interval` nanoseconds until it returns false (or
+    /// the handler is gone). The beats run on this thread rather than as tasks, so that a busy task pool cannot
+    /// hold them up: a quiet connection's I/O thread reading is what answers the peer's pings.
+    package func scheduleHeartbeats(_ handler: any ByteStreamHandler, every interval: UInt64) {
+        let due = Platform.monotonicNanoseconds() + interval
+        registry.withLock { r in
+            r.beats.append(Beat(handler: handler, interval: max(interval, 1), due: due))
+            armBeats(&r)
+        }
+    }
+
+    /// Arms the heartbeat timer for the earliest beat due, or disarms it when there is none (lock held).
+    private func armBeats(_ r: inout Registry) {
+        guard let next = r.beats.lazy.map(\.due).min() else {
+            if r.beatArmedFor != nil { _ = cipc_timerfd_disarm(beatFD) }
+            r.beatArmedFor = nil
+            return
+        }
+        if r.beatArmedFor == next { return }
+        r.beatArmedFor = next
+        let now = Platform.monotonicNanoseconds()
+        _ = cipc_timerfd_arm(beatFD, next > now ? next - now : 0)
+    }
+
+    /// The heartbeat timer fired: runs the beats due (outside the lock), drops the ones that ended.
+    private func runBeats() {
+        var value: UInt64 = 0
+        _ = read(beatFD, &value, 8)
+        _ = cipc_epoll_arm(epollFD, beatFD, 1, UInt32(CIPC_EV_READ), Self.beatToken)
+        let now = Platform.monotonicNanoseconds()
+        let due: [(index: Int, handler: (any ByteStreamHandler)?)] = registry.withLock { r in
+            r.beatArmedFor = nil
+            return r.beats.indices.filter { r.beats[$0].due <= now }.map { ($0, r.beats[$0].handler) }
+        }
+        var ended: [ObjectIdentifier] = []
+        for (_, handler) in due {
+            guard let handler else { continue }
+            if !handler.heartbeatDue() { ended.append(ObjectIdentifier(handler)) }
+        }
+        registry.withLock { r in
+            let later = Platform.monotonicNanoseconds()
+            r.beats.removeAll { beat in
+                guard let handler = beat.handler else { return true }
+                return ended.contains(ObjectIdentifier(handler))
+            }
+            for i in r.beats.indices where r.beats[i].due <= now {
+                // The next beat an interval after this one ran (not after it was due: a late beat is not
+                // followed by a burst of catching up).
+                r.beats[i].due = later + r.beats[i].interval
+            }
+            armBeats(&r)
+        }
+    }
+
     private func run() {
         var events = [cipc_event](repeating: cipc_event(), count: 64)
         while true {
@@ -88,6 +157,10 @@ package final class Poller: Sendable {
             if n < 0 { continue }
             for i in 0..<Int(n) {
                 let event = events[i]
+                if event.token == Self.beatToken {
+                    runBeats()
+                    continue
+                }
                 if event.token == 0 {
                     var value: UInt64 = 0
                     _ = read(timerFD, &value, 8)

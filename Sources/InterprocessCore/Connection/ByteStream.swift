@@ -20,6 +20,9 @@ package protocol ByteStream: AnyObject, Sendable {
     /// Withdraws a ``requestFlush()`` that is no longer needed (the output was written meanwhile), so that the
     /// I/O thread need not wake for it.
     func cancelFlush()
+    /// Calls the handler's ``ByteStreamHandler/heartbeatDue()`` on the transport's I/O thread every `interval`
+    /// (nanoseconds) until it returns false. The I/O thread holds the handler weakly meanwhile.
+    func scheduleHeartbeats(every interval: UInt64)
     /// Ends the sending direction (the peer reads end-of-stream after everything written).
     func shutdownWrite()
     /// Releases the stream. No callbacks follow.
@@ -96,4 +99,6 @@ package enum ReadOutcome: Equatable {
 package protocol ByteStreamHandler: AnyObject, Sendable {
     func streamReady(readable: Bool, writable: Bool)
     func flushRequested()
+    /// A heartbeat (``ByteStream/scheduleHeartbeats(every:)``); false ends them.
+    func heartbeatDue() -> Bool
 }

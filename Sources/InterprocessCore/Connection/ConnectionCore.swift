@@ -24,6 +24,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         package var onClose: (@Sendable () -> Void)?
         /// How long input may stop inside a frame before the connection fails (nil: forever).
         package var stalledFrameTimeout: Duration?
+        /// Heartbeats (``ConnectionCore/startHeartbeats()``): how often a quiet side pings, and after how long a
+        /// silent peer is gone (nil: no heartbeats).
+        package var heartbeats: (interval: Duration, timeout: Duration)?
 
         package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
             self.mode = mode
@@ -641,18 +644,17 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     // MARK: Heartbeats
 
-    /// Starts the heartbeats (``IOState/heartbeat(now:interval:timeout:)``): every `interval` a quiet connection
-    /// pings its peer, and one that has heard nothing for `timeout` fails with `peerClosed`. They end with the
-    /// connection (and with this object: the loop holds it weakly between beats).
-    package func startHeartbeats(interval: Duration, timeout: Duration) {
-        guard configuration.mode == .framed else { return }
-        let intervalNanos = Self.nanoseconds(interval), timeoutNanos = Self.nanoseconds(timeout)
-        Task { [weak self] in
-            while true {
-                try? await Task.sleep(for: interval)
-                guard let self, self.heartbeat(now: Platform.monotonicNanoseconds(), interval: intervalNanos, timeout: timeoutNanos) else { return }
-            }
-        }
+    /// Starts the heartbeats of ``Configuration/heartbeats`` (``IOState/heartbeat(now:interval:timeout:)``), run by
+    /// the transport's I/O thread: every interval a quiet connection pings its peer, and one that has heard nothing
+    /// for the timeout fails with `peerClosed`. They end with the connection.
+    package func startHeartbeats() {
+        guard configuration.mode == .framed, let (interval, _) = configuration.heartbeats else { return }
+        stream.scheduleHeartbeats(every: Self.nanoseconds(interval))
+    }
+
+    package func heartbeatDue() -> Bool {
+        guard let (interval, timeout) = configuration.heartbeats else { return false }
+        return heartbeat(now: Platform.monotonicNanoseconds(), interval: Self.nanoseconds(interval), timeout: Self.nanoseconds(timeout))
     }
 
     private static func nanoseconds(_ duration: Duration) -> UInt64 {
