@@ -83,6 +83,10 @@ public struct IPCError: Error, Sendable, Hashable, CustomStringConvertible {
     public var errno: Int32?
     /// A textual form of the underlying error (for example a `DecodingError`), when there is one.
     public var underlying: String?
+    /// When a connection broke under a sender: how many messages it had sent that the peer had not yet
+    /// acknowledged as taken. They may or may not have reached the peer's application; every message before them
+    /// did. Nil when none were in doubt, or for errors that are not about a broken connection.
+    public var messagesInDoubt: Int?
 
     public init(_ code: Code, _ message: String, errno: Int32? = nil, underlying: String? = nil) {
         self.code = code
@@ -95,6 +99,7 @@ public struct IPCError: Error, Sendable, Hashable, CustomStringConvertible {
         var text = "\(code): \(message)"
         if let errno { text += " (errno \(errno))" }
         if let underlying { text += " [\(underlying)]" }
+        if let messagesInDoubt { text += " (\(messagesInDoubt) message\(messagesInDoubt == 1 ? "" : "s") sent and not acknowledged may not have arrived)" }
         return text
     }
 }

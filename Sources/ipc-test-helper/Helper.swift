@@ -53,6 +53,15 @@ struct Helper {
                 let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
                 for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
                 exit(0)
+            case "send-then-drop":
+                // Sends `number` messages and drops the sender without closing it, then stays until killed: the
+                // drop closes the channel, so everything sent arrives, then the end.
+                do {
+                    let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
+                    for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
+                }
+                report("dropped")
+                while true { pause() }
             case "send-then-hang":
                 // Sends `number` messages, says so, and waits to be killed.
                 let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)

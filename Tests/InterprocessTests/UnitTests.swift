@@ -348,6 +348,32 @@ struct ChannelStateTests {
         #expect(error.code == .peerClosed)
     }
 
+    /// A connection that breaks under a sender reports the messages sent and not acknowledged as taken: they may
+    /// or may not have arrived. None in doubt: none reported.
+    @Test func aBrokenConnectionReportsTheMessagesInDoubt() throws {
+        var state = try makeState(capacity: 8, peerCapacity: 8)
+        for _ in 0..<5 { _ = try state.appendData { $0 += [1] } }
+        var effects = ConnectionState.Effects()
+        try state.apply(.credit(consumed: 2), effects: &effects)
+        state.applyEndOfStream()
+        guard case .failed(let error) = state.canSend() else {
+            Issue.record("expected a failure")
+            return
+        }
+        #expect(error.code == .peerClosed)
+        #expect(error.messagesInDoubt == 3)
+        #expect(error.description.contains("3 messages sent and not acknowledged may not have arrived"))
+        var acknowledged = try makeState(capacity: 8, peerCapacity: 8)
+        _ = try acknowledged.appendData { $0 += [1] }
+        try acknowledged.apply(.credit(consumed: 1), effects: &effects)
+        acknowledged.fail(IPCError(.peerClosed, "gone"))
+        guard case .failed(let clean) = acknowledged.canSend() else {
+            Issue.record("expected a failure")
+            return
+        }
+        #expect(clean.messagesInDoubt == nil)
+    }
+
     @Test func creditsAreGrantedEveryQuarterWindow() throws {
         var state = try makeState(capacity: 8, peerCapacity: 8)
         var effects = ConnectionState.Effects()

@@ -544,7 +544,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         _ = try await waitFor { state throws(IPCError) -> Bool? in
             // A task that waits is noted, so that the writer wakes it when done.
             if state.outputDrained(note: state.channel.failure == nil) { return true }
-            if let failure = state.channel.failure { throw failure }
+            if let failure = state.channel.failure { throw state.channel.inDoubt(failure) }
             return nil
         }
     }

@@ -323,10 +323,10 @@ package struct ConnectionState {
         if senderClosed {
             return .failed(IPCError(.sendOnClosedChannel, "send was called after close() on this sender; create a new connection to send more"))
         }
-        if peerReceiverGone { return .failed(Self.receiverGoneError) }
-        if let failure { return .failed(failure) }
+        if peerReceiverGone { return .failed(inDoubt(Self.receiverGoneError)) }
+        if let failure { return .failed(inDoubt(failure)) }
         if endOfStream {
-            return .failed(IPCError(.peerClosed, "the peer closed the connection; its receiver is gone, so nothing more can be sent"))
+            return .failed(inDoubt(IPCError(.peerClosed, "the peer closed the connection; its receiver is gone, so nothing more can be sent")))
         }
         guard let peer else { return .wait }
         if mode == .lines { return .ready }
@@ -433,12 +433,21 @@ package struct ConnectionState {
     /// Whether a rendezvous send of `seq` is complete (the receiver took it).
     package func isTaken(_ seq: UInt64) -> SendDecision {
         if peerConsumed >= seq { return .ready }
-        if peerReceiverGone { return .failed(Self.receiverGoneError) }
-        if let failure { return .failed(failure) }
+        if peerReceiverGone { return .failed(inDoubt(Self.receiverGoneError)) }
+        if let failure { return .failed(inDoubt(failure)) }
         if endOfStream {
-            return .failed(IPCError(.peerClosed, "the peer closed the connection before taking the message"))
+            return .failed(inDoubt(IPCError(.peerClosed, "the peer closed the connection before taking the message")))
         }
         return .wait
+    }
+
+    /// `error`, as the sending side reports it: with the count of messages sent and not acknowledged as taken
+    /// (``IPCError/messagesInDoubt``), when there are any.
+    package func inDoubt(_ error: IPCError) -> IPCError {
+        guard mode == .framed, unacknowledged > 0 else { return error }
+        var error = error
+        error.messagesInDoubt = Int(unacknowledged)
+        return error
     }
 
     package static var receiverGoneError: IPCError {
