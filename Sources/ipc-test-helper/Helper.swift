@@ -62,6 +62,21 @@ struct Helper {
                 }
                 report("dropped")
                 while true { pause() }
+            case "send-until-cut":
+                // Sends up to `number` numbered messages; when the connection breaks, reports how many sends
+                // returned and how many of those the error says are in doubt.
+                let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
+                var sent = 0
+                do {
+                    while sent < number {
+                        try await tx.send(numbered(UInt64(sent)))
+                        sent += 1
+                    }
+                    try await tx.closeAndWait()
+                    report("sent all \(sent)")
+                } catch {
+                    report("sent \(sent) in doubt \(error.messagesInDoubt ?? 0) \(error.code)")
+                }
             case "send-then-hang":
                 // Sends `number` messages, says so, and waits to be killed.
                 let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)

@@ -1,0 +1,174 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BenchmarkSupport
+import Foundation
+import Interprocess
+import Testing
+
+/// A TCP proxy on loopback for fault injection: it forwards each connection it accepts to a target port and cuts
+/// it once `cutAfter()` bytes (chosen per connection, counted over both directions) have passed: a reset both ways
+/// (`SO_LINGER` 0, then close), so that whatever the kernels still buffered is discarded, as when a network path
+/// breaks. Plain blocking sockets and two threads per connection: no library code between the ends.
+final class CuttingProxy: @unchecked Sendable {
+    let port: UInt16
+    private let listenFD: Int32
+    private let targetPort: UInt16
+    private let cutAfter: @Sendable () -> Int
+
+    init(targetPort: UInt16, cutAfter: @escaping @Sendable () -> Int) throws {
+        self.targetPort = targetPort
+        self.cutAfter = cutAfter
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in
+                bind(fd, a, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, a, &length) == 0
+            }
+        }
+        guard fd >= 0, bound else { throw IPCError(.systemCallFailed, "the proxy cannot listen: errno \(errno)") }
+        listenFD = fd
+        port = UInt16(bigEndian: address.sin_port)
+        let thread = Thread { [self] in acceptLoop() }
+        thread.start()
+    }
+
+    /// Stops accepting (connections in progress run on until cut or closed).
+    func close() {
+        shutdown(listenFD, Int32(SHUT_RDWR))
+    }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(listenFD, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                Glibc.close(listenFD)
+                return
+            }
+            let server = RawSocket.connect(tcpHost: "127.0.0.1", port: targetPort)
+            guard server >= 0 else {
+                Glibc.close(client)
+                continue
+            }
+            let link = Link(client: client, server: server, cutAt: cutAfter())
+            Thread { link.pump(from: client, to: server) }.start()
+            Thread { link.pump(from: server, to: client) }.start()
+        }
+    }
+
+    /// One proxied connection: both sockets, the bytes passed so far, and where it is cut.
+    private final class Link: @unchecked Sendable {
+        let client: Int32
+        let server: Int32
+        let cutAt: Int
+        private let lock = NSLock()
+        private var passed = 0
+        private var cut = false
+        private var pumpsLeft = 2
+
+        init(client: Int32, server: Int32, cutAt: Int) {
+            self.client = client
+            self.server = server
+            self.cutAt = cutAt
+        }
+
+        /// Copies `from` to `to` until either ends or the link is cut; the last pump out closes both sockets.
+        func pump(from: Int32, to: Int32) {
+            var buffer = [UInt8](repeating: 0, count: 16 << 10)
+            copying: while true {
+                let n = buffer.withUnsafeMutableBytes { read(from, $0.baseAddress, $0.count) }
+                guard n > 0 else {
+                    shutdown(to, Int32(SHUT_WR))
+                    break
+                }
+                // How much of this read may pass before the cut.
+                let allowed = lock.withLock { () -> Int in
+                    guard !cut else { return 0 }
+                    let allowed = min(n, cutAt - passed)
+                    passed += allowed
+                    if passed >= cutAt { cut = true }
+                    return allowed
+                }
+                var sent = 0
+                while sent < allowed {
+                    let w = buffer.withUnsafeBytes { Glibc.send(to, $0.baseAddress! + sent, allowed - sent, Int32(MSG_NOSIGNAL)) }
+                    if w <= 0 { break copying }
+                    sent += w
+                }
+                if allowed < n || lock.withLock({ cut }) {
+                    // A reset both ways: what either kernel still holds is discarded.
+                    var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                    for fd in [client, server] {
+                        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                        shutdown(fd, Int32(SHUT_RDWR))
+                    }
+                    break
+                }
+            }
+            let last = lock.withLock { () -> Bool in
+                pumpsLeft -= 1
+                return pumpsLeft == 0
+            }
+            if last {
+                Glibc.close(client)
+                Glibc.close(server)
+            }
+        }
+    }
+}
+
+/// Connections cut at random points between real processes. Without resume a cut ends the connection; what must
+/// hold is that nothing is lost silently: the receiver has an unbroken, in-order prefix of what was sent, and
+/// every message sent and missing from it is among the messages the sender's error says are in doubt.
+@Suite("Fault injection", .timeLimit(.minutes(5)))
+struct FaultInjectionTests {
+    @Test("connections cut at random points: the receiver gets an in-order prefix, and every message missing is in doubt at the sender")
+    func cutsAreAccountedFor() async throws {
+        let listener = try IPC.listen(on: .tcp(host: "127.0.0.1", port: 0), receiving: .raw)
+        defer { listener.close() }
+        guard case .tcp(_, let port) = listener.endpoint else {
+            Issue.record("not a TCP endpoint: \(listener.endpoint)")
+            return
+        }
+        // A cut anywhere after the handshake (a few hundred bytes), before the 100,000 messages (2.4 MB) are through.
+        let proxy = try CuttingProxy(targetPort: port) { Int.random(in: 1_000...400_000) }
+        defer { proxy.close() }
+        let rounds = scaledCount(60)
+        var lostInDoubt = 0
+        for round in 0..<rounds {
+            let helper = try ChildProcess.helper("send-until-cut", .tcp(host: "127.0.0.1", port: proxy.port), 100_000)
+            let rx = try await within(20) { try await listener.accept() }.receiver
+            var received = 0
+            do {
+                while let m = try await within(20, { try await rx.receive() }) {
+                    #expect(index(m) == UInt64(received), "round \(round): message \(index(m)) arrived as number \(received)")
+                    received += 1
+                }
+                Issue.record("round \(round): the channel ended cleanly although it was cut")
+            } catch let error as IPCError {
+                #expect(error.code == .peerClosed, "round \(round): \(error)")
+            }
+            let (status, output) = await helper.finish()
+            #expect(status == 0, "round \(round): \(output)")
+            // "sent S in doubt D CODE"
+            guard let line = output.split(separator: "\n").last(where: { $0.hasPrefix("sent ") }),
+                  case let words = line.split(separator: " "), words.count >= 5,
+                  let sent = Int(words[1]), let inDoubt = Int(words[4]) else {
+                Issue.record("round \(round): the helper said \(output)")
+                continue
+            }
+            #expect(received <= sent, "round \(round): \(received) received of \(sent) sent")
+            #expect(sent - received <= inDoubt, "round \(round): \(sent - received) lost, only \(inDoubt) in doubt")
+            // At most the receiver's window (the helper's options: capacity 64... of the listener's default 1024).
+            #expect(inDoubt <= 1024, "round \(round): \(inDoubt) in doubt")
+            lostInDoubt += sent - received
+        }
+        // Cuts discard what the kernels held: some rounds must have lost messages, or this test tests nothing.
+        #expect(lostInDoubt > 0)
+    }
+}
