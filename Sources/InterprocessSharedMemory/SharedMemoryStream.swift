@@ -414,6 +414,20 @@ extension SharedMemoryStream: InPlaceStream {
         publishPendingEntered()
     }
 
+    package func reserveHeld(_ count: Int) throws -> UnsafeMutableRawBufferPointer? {
+        let room = try room(wanted: count)
+        guard room.count >= count else { return nil }
+        return UnsafeMutableRawBufferPointer(rebasing: room[..<count])
+    }
+
+    package func commitHeld(_ count: Int, publish now: Bool) {
+        if now {
+            publish(count)
+        } else {
+            txHead.store(txHead.load(ordering: .relaxed) + UInt64(count), ordering: .relaxed)
+        }
+    }
+
     /// Publishes what was written without publishing, if anything (caller has entered).
     private func publishPendingEntered() {
         if txHead.load(ordering: .relaxed) != txPublished.load(ordering: .relaxed) { publish(0) }

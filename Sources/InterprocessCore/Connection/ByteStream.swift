@@ -85,6 +85,13 @@ package protocol InPlaceStream: ByteStream {
     func writeHeld(_ count: Int, publish: Bool, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool
     /// ``publishWritten()`` by a holder.
     func publishWrittenHeld() throws
+    /// By a holder that is the one writer: `count` bytes of room at the write position, or nil when that much is
+    /// not free now. The caller writes them and then calls ``commitHeld(_:publish:)``; nothing else is written
+    /// between the two calls. Throws when the peer is gone or broke the ring.
+    func reserveHeld(_ count: Int) throws -> UnsafeMutableRawBufferPointer?
+    /// Takes the `count` bytes written into the room ``reserveHeld(_:)`` gave, and publishes them with everything
+    /// written before (`publish`), or leaves them to be published with the next publish.
+    func commitHeld(_ count: Int, publish: Bool)
     /// ``consumeReadable(_:)`` by a holder.
     func consumeReadableHeld(_ body: (UnsafeRawBufferPointer?) throws -> Int) throws
 }

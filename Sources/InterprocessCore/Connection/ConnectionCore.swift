@@ -401,21 +401,15 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         return try locked.withLock { state throws(IPCError) -> Bool? in
             guard state.mayWriteDirectly else { return nil }
             guard try state.channel.checkSend(size: payload.count) else { return false }
-            // The room is checked first (against the consumer position kept, rarely read again), so that whether to
-            // publish now is decided before the frame is written, and it is written and published in one call.
-            guard ring!.hasRoom(frameSize) else { return nil }
-            let wasStaged = state.stageDirect()
+            // The room is taken first (against the consumer position kept, rarely read again), so that whether to
+            // publish now is decided before the frame is written. No room, or a peer gone or breaking the ring:
+            // the usual path waits or reports it.
+            guard let region = try? ring!.reserveHeld(frameSize) else { return nil }
+            _ = state.stageDirect()
             let publish = decideWrite(&state, data: true)
-            let seq = state.channel.nextSeq
-            let written = (try? ring!.writeHeld(frameSize, publish: publish) { region in
-                region.storeBytes(of: Wire.dataFrameHeader(seq: seq, payloadCount: payload.count), as: (UInt64, UInt64).self)
-                UnsafeMutableRawBufferPointer(rebasing: region[Wire.dataFrameOverhead...]).copyMemory(from: payload)
-            }) ?? false
-            guard written else {
-                // The room was there: the peer is gone or broke the ring. The usual path reports it.
-                state.unstageDirect(wasStaged: wasStaged, published: publish)
-                return nil
-            }
+            region.storeBytes(of: Wire.dataFrameHeader(seq: state.channel.nextSeq, payloadCount: payload.count), as: (UInt64, UInt64).self)
+            UnsafeMutableRawBufferPointer(rebasing: region[Wire.dataFrameOverhead...]).copyMemory(from: payload)
+            ring!.commitHeld(frameSize, publish: publish)
             _ = try state.channel.commitInPlaceData(size: payload.count)
             if publish, state.ringWritten() { stream.cancelFlush() }
             return true

@@ -529,12 +529,6 @@ package struct IOState<Waiter, Watcher> {
         return staged
     }
 
-    /// The direct write did not happen after all (the peer is gone or broke the ring).
-    package mutating func unstageDirect(wasStaged: Bool, published: Bool) {
-        staged = wasStaged
-        if published { writer = .idle }
-    }
-
     /// Everything pending was written into the ring and published by the writer: the role is given back. Returns
     /// whether a deferred flush asked for must be withdrawn.
     @inline(__always)
