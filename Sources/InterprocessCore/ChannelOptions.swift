@@ -34,7 +34,8 @@ public struct ChannelOptions: Sendable {
     /// unacknowledged). Both sides check on their own: each side's timeout should exceed both sides' intervals.
     /// Default 60 seconds; at least 1 second; nil turns the check off (a silent peer then waits forever; over
     /// TCP the kernel's defaults apply: no keepalive, about 15 minutes of retransmission). A peer process that
-    /// exits or is killed is noticed at once either way: its end of the connection closes.
+    /// exits or is killed is noticed at once either way: its end of the connection closes. A process held at a
+    /// debugger's breakpoint is a stopped process: raise the timeout, or set nil, while debugging.
     public var deadPeerTimeout: Duration? = .seconds(60)
     /// How long a side hears nothing before it pings the peer (see ``deadPeerTimeout``). Default nil: a quarter
     /// of ``deadPeerTimeout``. At least 100 milliseconds and at most half of ``deadPeerTimeout``.

@@ -126,16 +126,16 @@ package final class Poller: Sendable {
         _ = read(beatFD, &value, 8)
         _ = cipc_epoll_arm(epollFD, beatFD, 1, UInt32(CIPC_EV_READ), Self.beatToken)
         let now = Platform.monotonicNanoseconds()
-        let due: [(index: Int, handler: (any ByteStreamHandler)?)] = registry.withLock { r in
+        // The handlers due, held strongly until the end (so that an identity in `ended` cannot be reused meanwhile).
+        let due: [any ByteStreamHandler] = registry.withLock { r in
             r.beatArmedFor = nil
-            return r.beats.indices.filter { r.beats[$0].due <= now }.map { ($0, r.beats[$0].handler) }
+            return r.beats.filter { $0.due <= now }.compactMap(\.handler)
         }
         var ended: [ObjectIdentifier] = []
-        for (_, handler) in due {
-            guard let handler else { continue }
-            if !handler.heartbeatDue() { ended.append(ObjectIdentifier(handler)) }
+        for handler in due where !handler.heartbeatDue() {
+            ended.append(ObjectIdentifier(handler))
         }
-        registry.withLock { r in
+        withExtendedLifetime(due) { registry.withLock { r in
             let later = Platform.monotonicNanoseconds()
             r.beats.removeAll { beat in
                 guard let handler = beat.handler else { return true }
@@ -147,7 +147,7 @@ package final class Poller: Sendable {
                 r.beats[i].due = later + r.beats[i].interval
             }
             armBeats(&r)
-        }
+        } }
     }
 
     private func run() {
