@@ -172,3 +172,95 @@ struct FaultInjectionTests {
         #expect(lostInDoubt > 0)
     }
 }
+
+/// Either side killed with SIGKILL at a random point, over and over, on the socket transports (shared memory has
+/// its own drill in `SharedMemoryTests`): the survivor gets `peerClosed`, a receiver holds an unbroken in-order
+/// prefix, and a sender's messages in doubt stay within the peer's window.
+@Suite("Killed peers, in a loop", .timeLimit(.minutes(5)))
+struct KilledPeerLoopTests {
+    @Test("a peer killed with SIGKILL at a random point: peerClosed every time, nothing out of order, the doubt within the window", arguments: TransportKind.sockets)
+    func killedAtRandomPoints(_ kind: TransportKind) async throws {
+        for iteration in 0..<scaledCount(30) {
+            let helperSends = iteration % 2 == 0
+            let killAfter = Int.random(in: 0..<3000)
+            if helperSends {
+                let receiving = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), receiving: .raw)
+                defer { receiving.close() }
+                let helper = try ChildProcess.helper("send", receiving.endpoint, 10_000_000)
+                let rx = try await within(20) { try await receiving.accept() }.receiver
+                let (received, error) = try await within(20) { () async -> (Int, IPCError?) in
+                    var received = 0
+                    if killAfter == 0 { helper.kill() }
+                    do {
+                        while let m = try await rx.receive() {
+                            if index(m) != UInt64(received) { return (received, IPCError(.protocolViolation, "message \(index(m)) arrived as number \(received)")) }
+                            received += 1
+                            if received == killAfter { helper.kill() }
+                        }
+                        return (received, nil)
+                    } catch {
+                        return (received, error as? IPCError)
+                    }
+                }
+                #expect(error?.code == .peerClosed, "iteration \(iteration), after \(received): \(String(describing: error))")
+                _ = await helper.finish()
+            } else {
+                let sending = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), sending: .raw)
+                defer { sending.close() }
+                let helper = try ChildProcess.helper("count", sending.endpoint, 10_000_000)
+                let tx = try await within(20) { try await sending.accept() }.sender
+                let error = try await within(20) { () async -> IPCError? in
+                    do {
+                        for i in 0..<10_000_000 {
+                            if i == killAfter { helper.kill() }
+                            try await tx.send(numbered(UInt64(i)))
+                        }
+                        return nil
+                    } catch {
+                        return error as? IPCError
+                    }
+                }
+                #expect(error?.code == .peerClosed, "iteration \(iteration): \(String(describing: error))")
+                // The helper's window is 64 messages (its capacity).
+                #expect((error?.messagesInDoubt ?? 0) <= 64, "iteration \(iteration): \(String(describing: error))")
+                _ = await helper.finish()
+            }
+        }
+    }
+
+    /// Without resume, a listener killed and started again is a new listener: the dialer's connection fails with
+    /// `peerClosed` (its messages in doubt within the window), and a new connection to the same endpoint works.
+    @Test("a listener killed mid-stream and started again: the dialer gets peerClosed, and a new connection works", arguments: TransportKind.allCases)
+    func listenerRestarted(_ kind: TransportKind) async throws {
+        let dir = temporaryDirectory()
+        let first = try ChildProcess.helper("serve-limited", kind.endpoint(in: dir), 0)
+        defer { first.kill() }
+        // The endpoint actually listened on (TCP: the port the kernel chose), to listen on again.
+        let endpoint = try await first.listeningEndpoint()
+        let connection = try await within(20) { try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw) }
+        for i in 0..<100 {
+            try await within(20) { try await connection.sender.send(numbered(UInt64(i))) }
+            #expect(try await within(20) { try await connection.receiver.receive() }.map(index) == UInt64(i))
+        }
+        let error = try await within(20) { () async -> IPCError? in
+            do {
+                for i in 100..<10_000_000 {
+                    if i == 150 { first.kill() }
+                    try await connection.sender.send(numbered(UInt64(i)))
+                }
+                return nil
+            } catch {
+                return error as? IPCError
+            }
+        }
+        #expect(error?.code == .peerClosed, "\(String(describing: error))")
+        #expect((error?.messagesInDoubt ?? 0) <= 64, "\(String(describing: error))")
+        _ = await first.finish()
+        let second = try ChildProcess.helper("serve-limited", endpoint, 0)
+        defer { second.kill() }
+        #expect(try await second.listeningEndpoint() == endpoint)
+        let again = try await within(20) { try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw) }
+        try await within(20) { try await again.sender.send(numbered(7)) }
+        #expect(try await within(20) { try await again.receiver.receive() }.map(index) == 7)
+    }
+}
