@@ -3,6 +3,7 @@ import InterprocessIO
 import InterprocessSharedMemory
 import InterprocessSockets
 import Logging
+import Synchronization
 
 /// Entry points: dial or listen on an `Endpoint` and get typed `Sender`s and `Receiver`s.
 ///
@@ -83,6 +84,11 @@ public enum IPC {
         configuration.onClose = onClose
         configuration.stalledFrameTimeout = options.stalledFrameTimeout
         configuration.heartbeats = options.heartbeats
+        var logger = options.logger
+        logger[metadataKey: "endpoint"] = "\(endpoint)"
+        logger[metadataKey: "peer"] = "\(socket.stream.peerDescription)"
+        logger[metadataKey: "connection"] = "\(connectionNumbers.add(1, ordering: .relaxed).newValue)"
+        configuration.logger = logger
         let deadline = ContinuousClock.now + options.handshakeTimeout
         // The peer's uid (known for Unix sockets) is checked once, before anything else happens. Shared memory
         // is never handed to a peer whose uid is unknown.
@@ -128,6 +134,7 @@ public enum IPC {
             }
         }
         core.startHeartbeats()
+        logger.debug("connection established", metadata: ["side": listening ? "accepted" : "dialed"])
         return Connection(sender: Sender(core: core, codec: sending), receiver: Receiver(core: core, codec: receiving))
     }
 }
@@ -152,3 +159,6 @@ public struct Connection<Out: Sendable, In: Sendable>: Sendable {
     /// A description of the peer (`pid 4242 uid 1000` for Unix sockets, `host:port` for TCP).
     public var peer: String { sender.peer }
 }
+
+/// Numbers the connections of this process for log metadata.
+private let connectionNumbers = Atomic<UInt64>(0)

@@ -67,8 +67,12 @@ public struct ChannelOptions: Sendable {
     public var maxConnections: Int?
     /// Which peers a Unix-socket listener or client accepts, checked with the kernel's peer credentials.
     public var peerCheck: PeerCheck = .sameUser
-    /// Where connection-level events (refused handshakes, protocol violations) are logged.
-    public var logger: Logger = Logger(label: "interprocess")
+    /// Where connection-level events are logged, each line with the endpoint, the peer (`pid 4242 uid 1000` or an
+    /// address) and a connection number as metadata: a connection established or closed (debug); a peer that
+    /// breaks the protocol, stops answering, or is refused (warning); a listener that cannot accept (warning, or
+    /// error when it stops). Nothing is logged per message. Default: no output; pass a logger of your own to see
+    /// them.
+    public var logger: Logger = Logger(label: "interprocess", factory: { _ in SwiftLogNoOpLogHandler() })
 
     public init() {}
 

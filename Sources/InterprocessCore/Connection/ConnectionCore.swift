@@ -1,4 +1,5 @@
 import InterprocessPlatform
+import Logging
 import Synchronization
 
 /// Drives one connection: holds its decisions (``IOState``, which holds the protocol's ``ConnectionState``) behind
@@ -27,6 +28,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         /// Heartbeats (``ConnectionCore/startHeartbeats()``): how often a quiet side pings, and after how long a
         /// silent peer is gone (nil: no heartbeats).
         package var heartbeats: (interval: Duration, timeout: Duration)?
+        /// Where the connection's events are logged (with its metadata set): a failure, the close.
+        package var logger: Logger?
 
         package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
             self.mode = mode
@@ -604,7 +607,12 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     private func closeStream() {
-        let (waiters, watchers) = locked.withLock { $0.close() }
+        let (waiters, watchers, failure) = locked.withLock { state in
+            let failure = state.channel.failure
+            let (waiters, watchers) = state.close()
+            return (waiters, watchers, failure)
+        }
+        configuration.logger?.debug("connection closed", metadata: failure.map { ["error": "\($0.code)"] })
         stream.close()
         // Every held call was made under the lock before the state closed, so none is in progress now.
         if ring != nil, !ringHoldEnded.exchange(true, ordering: .acquiringAndReleasing) { ring!.endHold() }
@@ -621,19 +629,34 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     /// Fails the connection: tells the peer why (best effort) and wakes everyone.
-    package func fail(_ error: IPCError, tellPeer: Bool) {
-        let first = locked.withLock { state -> Bool in
-            guard state.channel.failure == nil else { return false }
+    /// `warn`: log it as a warning whatever its code (see ``log(_:warn:)``).
+    package func fail(_ error: IPCError, tellPeer: Bool, warn: Bool = false) {
+        let (first, handshaken) = locked.withLock { state -> (Bool, Bool) in
+            guard state.channel.failure == nil else { return (false, false) }
             state.channel.fail(error)
             if tellPeer && state.channel.mode == .framed {
                 state.channel.outbox.append { $0.appendControlFrame(.error(code: error.code.value, message: error.message)) }
             }
-            return true
+            return (true, state.channel.peer != nil)
         }
         guard first else { return }
+        // A handshake that fails is reported by whoever made the connection (the caller's error, the listener's log).
+        if handshaken { log(error, warn: warn) }
         flushNow()
         wakeAll()
         Task { await self.finishIfDone(wait: false) }
+    }
+
+    /// Logs why the connection failed: a peer that broke the protocol or stalled inside a frame (and, with `warn`,
+    /// one that stopped answering) as a warning; anything else (the peer went away or reported an error, a
+    /// handshake this side refused, which a listener logs itself) as debug; this side's own close not at all.
+    private func log(_ error: IPCError, warn: Bool) {
+        guard let logger = configuration.logger, error.code != .alreadyClosed, error.code != .cancelled else { return }
+        if warn || error.code == .protocolViolation || error.code == .timeout {
+            logger.warning("connection failed: \(error.message)", metadata: ["error": "\(error.code)"])
+        } else {
+            logger.debug("connection failed: \(error.message)", metadata: ["error": "\(error.code)"])
+        }
     }
 
     // MARK: Heartbeats
@@ -668,7 +691,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             flushNow()
         case .dead(let silent):
             let seconds = Double(silent / 1_000_000) / 1000
-            fail(IPCError(.peerClosed, "the peer stopped answering: nothing arrived from it for \(seconds) s, not even an answer to a heartbeat; its process is stopped or hung, or the network between is cut (ChannelOptions.deadPeerTimeout)"), tellPeer: true)
+            fail(IPCError(.peerClosed, "the peer stopped answering: nothing arrived from it for \(seconds) s, not even an answer to a heartbeat; its process is stopped or hung, or the network between is cut (ChannelOptions.deadPeerTimeout)"), tellPeer: true, warn: true)
             return false
         }
         return true
