@@ -39,20 +39,45 @@ struct Receive: AsyncParsableCommand {
     @Option(help: CLICodec.help) var codec: CLICodec = .text
     @Option(help: "Exit after this many messages.") var count: Int?
     @Option(name: .customLong("type"), help: "Element type name announced in json mode (must match the sender's).") var typeName = "json"
+    @Flag(name: .customLong("json"), help: "Machine-readable output: one JSON object per line, {\"message\": ...} for each message (the text as a string, a json message as its value, raw bytes as {\"base64\": ...}), and {\"error\": {\"code\", \"message\", \"messagesInDoubt\"}} if the channel fails.") var jsonOutput = false
 
     func run() async throws {
         let endpoint = try parseEndpoint(self.endpoint)
         if let count, count < 0 { throw ValidationError("--count must be 0 or more") }
         do {
             switch codec {
-            case .text: try await receive(endpoint, StringCodec()) { print($0) }
-            case .lines: try await receive(endpoint, LinesCodec()) { print($0) }
-            case .json: try await receive(endpoint, JSONTextCodec(typeName: typeName)) { print($0) }
-            case .raw: try await receive(endpoint, RawBytesCodec()) { FileHandleLite.standardOutput.write(bytes: $0) }
+            case .text: try await receive(endpoint, StringCodec()) { output(text: $0) }
+            case .lines: try await receive(endpoint, LinesCodec()) { output(text: $0) }
+            case .json: try await receive(endpoint, JSONTextCodec(typeName: typeName)) { jsonOutput ? print("{\"message\":\($0)}") : print($0) }
+            case .raw:
+                try await receive(endpoint, RawBytesCodec()) { bytes in
+                    if jsonOutput {
+                        print("{\"message\":{\"base64\":\"\(Data(bytes).base64EncodedString())\"}}")
+                    } else {
+                        FileHandleLite.standardOutput.write(bytes: bytes)
+                    }
+                }
             }
         } catch let error as IPCError {
+            if jsonOutput {
+                var fields: [String: Any] = ["code": "\(error.code)", "message": error.message]
+                if let inDoubt = error.messagesInDoubt { fields["messagesInDoubt"] = inDoubt }
+                print(Self.jsonLine(["error": fields]))
+                fflush(nil)
+            }
             fail(error)
         }
+    }
+
+    /// A text message as the user sees it: its own line, or with `--json` a JSON object.
+    private func output(text: String) {
+        print(jsonOutput ? Self.jsonLine(["message": text]) : text)
+    }
+
+    /// One line of JSON for `object` (keys sorted, so that the output is stable).
+    private static func jsonLine(_ object: [String: Any]) -> String {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
     }
 
     private func receive<C: MessageCodec>(_ endpoint: Endpoint, _ codec: C, _ output: (C.Value) -> Void) async throws {

@@ -45,6 +45,41 @@ struct CLITests {
         #expect(output == "alpha\nbeta\n")
     }
 
+    @Test("receive --json prints one JSON object per message, and the error as one when the channel fails")
+    func receiveJSONOutput() async throws {
+        let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/j.sock"), sending: .utf8)
+        defer { listener.close() }
+        let cli = try ChildProcess("ipc", ["receive", "--connect", "--json", listener.endpoint.description])
+        let tx = try await within(10) { try await listener.accept() }.sender
+        let sent = ["plain", "a \"quoted\" word\nand a second line", "unicode: é 漢字 \u{1F600}"]
+        for text in sent { try await tx.send(text) }
+        try await tx.close()
+        let (status, output) = await cli.finish()
+        #expect(status == 0, "receive said: \(output)")
+        let lines = output.split(separator: "\n").map(String.init)
+        #expect(lines.count == sent.count, "receive said: \(output)")
+        for (line, text) in zip(lines, sent) {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object?["message"] as? String == text, "line: \(line)")
+        }
+        // A sender killed mid-stream: raw messages come as base64, and the failure as a JSON object too.
+        let flood = try ChildProcess.helper("listen-flood", .unix(path: temporaryDirectory() + "/k.sock"), 64)
+        defer { flood.kill() }
+        let endpoint = try await flood.listeningEndpoint()
+        let failing = try ChildProcess("ipc", ["receive", "--connect", "--json", "--codec", "raw", endpoint.description])
+        #expect(await failing.waitForOutput("base64"))
+        flood.kill()
+        let (status2, output2) = await failing.finish()
+        #expect(status2 == 1, "receive said: \(output2)")
+        let objects = output2.split(separator: "\n").filter { $0.hasPrefix("{") }.map {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
+        }
+        let first = (objects.first??["message"] as? [String: Any])?["base64"] as? String
+        #expect(first.flatMap { Data(base64Encoded: $0) }?.count == 64, "receive said: \(output2.prefix(300))")
+        let error = objects.last??["error"] as? [String: Any]
+        #expect(error?["code"] as? String == "peerClosed", "receive said: \(output2.suffix(300))")
+    }
+
     @Test("receive --count stops after N messages")
     func receiveCount() async throws {
         let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/n.sock"), sending: .utf8)
