@@ -151,8 +151,6 @@ struct CrossProcessTests {
         #expect(output.contains("received 200"))
     }
 
-    /// A process that exits right after its last `send`, without closing: every message `send` accepted is
-    /// still delivered (then the end of the stream, reported as the peer closing without a close).
     /// A sender dropped without `close()` or `closeAndWait()` in a process that lives on: the drop closes the
     /// channel, so everything it sent is delivered, then the end (not an error).
     @Test("a sender dropped without closing delivers everything it sent, then the end", arguments: TransportKind.allCases)
@@ -172,6 +170,8 @@ struct CrossProcessTests {
         #expect(await helper.waitForOutput("dropped"))
     }
 
+    /// A process that exits right after its last `send`, without closing: every message `send` accepted is
+    /// still delivered (then the end of the stream, reported as the peer closing without a close).
     @Test("a process that exits right after its last send loses nothing it sent", arguments: TransportKind.allCases)
     func exitAfterSend(_ kind: TransportKind) async throws {
         for round in 0..<5 {
