@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
@@ -36,6 +37,7 @@ let package = Package(
                 "InterprocessPlatform",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -61,7 +63,10 @@ let package = Package(
         // What users import.
         .target(
             name: "Interprocess",
-            dependencies: ["InterprocessCore", "InterprocessIO", "InterprocessPlatform", "InterprocessSockets", "InterprocessSharedMemory", "CInterprocessShim"],
+            dependencies: [
+                "InterprocessCore", "InterprocessIO", "InterprocessPlatform", "InterprocessSockets", "InterprocessSharedMemory", "CInterprocessShim",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -106,6 +111,7 @@ let package = Package(
                 "Interprocess", "InterprocessCore", "InterprocessPlatform", "InterprocessIO", "InterprocessSockets",
                 "InterprocessSharedMemory", "InterprocessNIO", "BenchmarkSupport", "CInterprocessShim", "ipc-test-helper", "ipc", "ipc-fuzz",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -2,6 +2,7 @@
 import InterprocessIO
 import InterprocessSharedMemory
 import InterprocessSockets
+import CoreMetrics
 import Logging
 import Synchronization
 
@@ -89,6 +90,7 @@ public enum IPC {
         logger[metadataKey: "peer"] = "\(socket.stream.peerDescription)"
         logger[metadataKey: "connection"] = "\(connectionNumbers.add(1, ordering: .relaxed).newValue)"
         configuration.logger = logger
+        configuration.metrics = ConnectionMetrics(endpoint: "\(endpoint)", factory: options.metricsFactory ?? MetricsSystem.factory)
         let deadline = ContinuousClock.now + options.handshakeTimeout
         // The peer's uid (known for Unix sockets) is checked once, before anything else happens. Shared memory
         // is never handed to a peer whose uid is unknown.

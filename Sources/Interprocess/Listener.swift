@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CoreMetrics
 import DequeModule
 import InterprocessPlatform
 import InterprocessSockets
@@ -40,7 +41,12 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                 let handshakes = HandshakeSlots(capacity: Self.handshakesAtOnce)
                 var evicting = false
                 let limit = options.maxConnections ?? Self.defaultMaxConnections()
-                let open = ConnectionCount()
+                let metricsFactory = options.metricsFactory ?? MetricsSystem.factory
+                let open = ConnectionCount(gauge: Gauge(label: "interprocess_connections_open", dimensions: [("endpoint", "\(endpoint)")], factory: metricsFactory))
+                /// Counts a refused connection by the code of its refusal.
+                let refused: @Sendable (IPCError.Code) -> Void = { code in
+                    Counter(label: "interprocess_connections_refused_total", dimensions: [("endpoint", "\(endpoint)"), ("reason", "\(code)")], factory: metricsFactory).increment()
+                }
                 var refusing = false
                 var backoff = Self.firstBackoff
                 while true {
@@ -74,6 +80,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                     refusing = served == nil
                     guard let slot else {
                         accepted.stream.close()
+                        refused(.connectionRefused)
                         continue
                     }
                     let refusal = served == nil
@@ -100,6 +107,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                         } catch {
                             if handshakes.end(handshake) {
                                 options.logger.warning("refused a connection on \(endpoint) from \(accepted.stream.peerDescription): \(error)")
+                                refused((error as? IPCError)?.code ?? .protocolViolation)
                             } else {
                                 options.logger.debug("ended the handshake of \(accepted.stream.peerDescription) on \(endpoint) to make room: \(error)")
                             }
@@ -198,15 +206,18 @@ final class HandshakeSlots: Sendable {
     }
 }
 
-/// How many connections a listener has open (handshakes in progress included).
+/// How many connections a listener has open (handshakes in progress included), reported to `gauge` as it changes.
 final class ConnectionCount: Sendable {
     private let open = Atomic<Int>(0)
+    private let gauge: Gauge
+
+    init(gauge: Gauge) { self.gauge = gauge }
 
     /// A slot for one more connection, or nil when `bound` are open. Only the accept loop takes slots, so the
     /// check and the increment need not be one step.
     func take(below bound: Int) -> Slot? {
         guard open.load(ordering: .relaxed) < bound else { return nil }
-        open.add(1, ordering: .relaxed)
+        gauge.record(open.add(1, ordering: .relaxed).newValue)
         return Slot(self)
     }
 
@@ -217,7 +228,7 @@ final class ConnectionCount: Sendable {
         private let released = Atomic(false)
         init(_ count: ConnectionCount) { self.count = count }
         func release() {
-            if !released.exchange(true, ordering: .relaxed) { count.open.subtract(1, ordering: .relaxed) }
+            if !released.exchange(true, ordering: .relaxed) { count.gauge.record(count.open.subtract(1, ordering: .relaxed).newValue) }
         }
         deinit { release() }
     }

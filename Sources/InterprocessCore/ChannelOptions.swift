@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 
 /// How a channel behaves. The defaults suit most uses; every field can be changed.
@@ -73,6 +74,11 @@ public struct ChannelOptions: Sendable {
     /// error when it stops). Nothing is logged per message. Default: no output; pass a logger of your own to see
     /// them.
     public var logger: Logger = Logger(label: "interprocess", factory: { _ in SwiftLogNoOpLogHandler() })
+    /// Where connections and listeners report their metrics (swift-metrics): messages and bytes delivered each way,
+    /// credit stalls and their time, dead peers, failures by code; per listener, the connections open and those
+    /// refused by reason. Messages and bytes are counted per batch (each credit), never per message. Default nil:
+    /// the process's `MetricsSystem` (no output until the application bootstraps a backend).
+    public var metricsFactory: (any MetricsFactory)?
 
     public init() {}
 

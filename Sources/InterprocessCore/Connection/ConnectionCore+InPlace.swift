@@ -155,6 +155,7 @@ extension ConnectionCore {
             return .progressed
         case .creditApplied(let wake):
             if wake { wakeAll() }
+            reportMetrics()
             return .progressed
         case .frame(let size):
             // Not a data frame to read in place: the frame reader takes exactly this frame (and checks it).

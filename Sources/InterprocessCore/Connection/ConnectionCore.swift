@@ -30,6 +30,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         package var heartbeats: (interval: Duration, timeout: Duration)?
         /// Where the connection's events are logged (with its metadata set): a failure, the close.
         package var logger: Logger?
+        /// The connection's metrics (nil: none), updated per credit, never per message.
+        package var metrics: ConnectionMetrics?
 
         package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
             self.mode = mode
@@ -479,6 +481,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Appends one data frame once credit allows (waiting for it, reading meanwhile) and arranges for it to be
     /// written; at capacity 0, returns once the peer took it. The caller tried ``trySend(_:)`` first.
     package func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
+        // The caller's send found no credit: a stall (unless it is a rendezvous, which always waits).
+        let stalledAt = configuration.metrics == nil ? 0 : Platform.monotonicNanoseconds()
+        defer {
+            if let metrics = configuration.metrics, !locked.withLock({ $0.channel.isRendezvous }) {
+                metrics.creditStall(nanoseconds: Platform.monotonicNanoseconds() &- stalledAt)
+            }
+        }
         let seq: UInt64 = try await waitFor { state throws(IPCError) -> UInt64? in
             if state.isLending { return nil }
             switch state.channel.canSend() {
@@ -613,6 +622,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             return (waiters, watchers, failure)
         }
         configuration.logger?.debug("connection closed", metadata: failure.map { ["error": "\($0.code)"] })
+        reportMetrics(final: true)
         stream.close()
         // Every held call was made under the lock before the state closed, so none is in progress now.
         if ring != nil, !ringHoldEnded.exchange(true, ordering: .acquiringAndReleasing) { ring!.endHold() }
@@ -641,7 +651,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         guard first else { return }
         // A handshake that fails is reported by whoever made the connection (the caller's error, the listener's log).
-        if handshaken { log(error, warn: warn) }
+        if handshaken {
+            log(error, warn: warn)
+            if error.code != .alreadyClosed && error.code != .cancelled { configuration.metrics?.failed(error.code) }
+        }
         flushNow()
         wakeAll()
         Task { await self.finishIfDone(wait: false) }
@@ -690,6 +703,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             if arm { stream.arm(read: true, write: false) }
             flushNow()
         case .dead(let silent):
+            configuration.metrics?.deadPeer()
             let seconds = Double(silent / 1_000_000) / 1000
             fail(IPCError(.peerClosed, "the peer stopped answering: nothing arrived from it for \(seconds) s, not even an answer to a heartbeat; its process is stopped or hung, or the network between is cut (ChannelOptions.deadPeerTimeout)"), tellPeer: true, warn: true)
             return false
@@ -904,6 +918,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         if tally.effects.output { flushNow() }
         wakeAll()
+        reportMetrics()
         return releasingReader || tally.effects.wake || ended
     }
 
@@ -996,6 +1011,15 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// deferred flush on the I/O thread writes the tail of a burst that ends without a wait.
     func afterAppend(data: Bool) {
         if locked.withLock({ state in decideWrite(&state, data: data) && !writeToRing(&state) }) { writeInline(data: data) }
+        // A credit (or another control frame) was appended: a batch of messages was taken.
+        if !data { reportMetrics() }
+    }
+
+    /// Reports what was delivered each way since the last report (``ConnectionMetrics``): after a credit was
+    /// appended or applied, that is once per batch of messages, and when the connection closes.
+    func reportMetrics(final: Bool = false) {
+        guard let metrics = configuration.metrics, let delta = locked.withLock({ $0.totalsToReport(final: final) }) else { return }
+        metrics.record(delta)
     }
 
     /// Larger outboxes are left to ``writeOutbox()``: the ring's `write` publishes every 256 KiB, so that the

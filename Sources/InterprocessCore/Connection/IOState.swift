@@ -93,6 +93,20 @@ package struct IOState<Waiter, Watcher> {
         self.channel = channel
     }
 
+    // MARK: Metrics
+
+    /// The totals last reported to the metrics.
+    private var reportedTotals = ConnectionState.Totals()
+
+    /// What was delivered each way since the last call, or nil when nothing was (`final`: when the connection ends,
+    /// everything taken, credited or not).
+    package mutating func totalsToReport(final: Bool = false) -> ConnectionState.Totals? {
+        let now = channel.totals(final: final)
+        guard now != reportedTotals else { return nil }
+        defer { reportedTotals = now }
+        return now - reportedTotals
+    }
+
     // MARK: Heartbeats
 
     /// Reads of the stream that took input (by anyone): the heartbeat's evidence that the peer is alive.

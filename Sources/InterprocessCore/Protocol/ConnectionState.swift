@@ -40,6 +40,8 @@ package struct ConnectionState {
     package var granted: UInt64 = 0
     /// Bytes of data frames (payload and ``Wire/dataFrameOverhead``) taken since the last credit frame.
     private var takenBytesSinceCredit = 0
+    /// Bytes of data frames (payload and overhead) taken up to the last credit frame.
+    private var creditedBytes = 0
     /// The peer closed its sending direction after this sequence number.
     package var peerClosedAfter: UInt64?
     package var receiverDone: Bool
@@ -62,6 +64,8 @@ package struct ConnectionState {
     /// `peerConsumed`), oldest first, and their sum.
     private var untakenSizes = Deque<Int>()
     package private(set) var untakenBytes = 0
+    /// Bytes of data frames (payload and overhead) the peer acknowledged as taken.
+    private var acknowledgedBytes = 0
     /// Sends wait while `untakenBytes` is at least this (one message of any size may always be in flight).
     package let maxBytesInFlight: Int
     package var senderClosed: Bool
@@ -124,7 +128,11 @@ package struct ConnectionState {
                 throw IPCError(.protocolViolation, "the peer acknowledged message \(consumed) but only \(nextSeq - 1) were sent")
             }
             if consumed > peerConsumed {
-                for _ in peerConsumed..<consumed { untakenBytes -= untakenSizes.removeFirst() }
+                for _ in peerConsumed..<consumed {
+                    let size = untakenSizes.removeFirst()
+                    untakenBytes -= size
+                    acknowledgedBytes += size
+                }
                 peerConsumed = consumed
                 effects.wake = true
             }
@@ -167,6 +175,41 @@ package struct ConnectionState {
         try checkIncoming(seq: seq)
         received += 1
         if !receiverDone { inbox.append(payload) }
+    }
+
+    /// What was delivered each way so far, for metrics: messages (and their payload bytes) this side sent that the
+    /// peer acknowledged as taken, and messages this side's application took, as far as this side credited them
+    /// (so that the figures move once per credit), or all of them (`final`, when the connection ends).
+    package struct Totals: Equatable, Sendable {
+        package var delivered: UInt64 = 0
+        package var deliveredBytes = 0
+        package var received: UInt64 = 0
+        package var receivedBytes = 0
+
+        package init() {}
+
+        package static func - (lhs: Totals, rhs: Totals) -> Totals {
+            var d = Totals()
+            d.delivered = lhs.delivered - rhs.delivered
+            d.deliveredBytes = lhs.deliveredBytes - rhs.deliveredBytes
+            d.received = lhs.received - rhs.received
+            d.receivedBytes = lhs.receivedBytes - rhs.receivedBytes
+            return d
+        }
+    }
+
+    package func totals(final: Bool) -> Totals {
+        var t = Totals()
+        t.delivered = peerConsumed
+        t.deliveredBytes = acknowledgedBytes - Int(peerConsumed) * Wire.dataFrameOverhead
+        if final {
+            t.received = taken
+            t.receivedBytes = creditedBytes + takenBytesSinceCredit - Int(taken) * Wire.dataFrameOverhead
+        } else {
+            t.received = granted
+            t.receivedBytes = creditedBytes - Int(granted) * Wire.dataFrameOverhead
+        }
+        return t
     }
 
     /// Checks that data frame `seq` may arrive now.
@@ -259,6 +302,7 @@ package struct ConnectionState {
             || taken > granted && (endOfStream || peerClosedAfter != nil)
         else { return false }
         granted = taken
+        creditedBytes += takenBytesSinceCredit
         takenBytesSinceCredit = 0
         outbox.append { $0.appendControlFrame(.credit(consumed: taken)) }
         return true
