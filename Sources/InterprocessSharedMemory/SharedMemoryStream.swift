@@ -393,14 +393,9 @@ extension SharedMemoryStream: InPlaceStream {
     }
 
     package func writeHeld(_ count: Int, publish now: Bool, writing body: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool {
-        let room = try room(wanted: count)
-        guard room.count >= count else { return false }
-        body(UnsafeMutableRawBufferPointer(rebasing: room[..<count]))
-        if now {
-            publish(count)
-        } else {
-            txHead.store(txHead.load(ordering: .relaxed) + UInt64(count), ordering: .relaxed)
-        }
+        guard let region = try reserveHeld(count) else { return false }
+        body(region)
+        commitHeld(count, publish: now)
         return true
     }
 

@@ -154,8 +154,11 @@ extension ConnectionCore {
             delivered = credit
             return .progressed
         case .creditApplied(let wake):
-            if wake { wakeAll() }
-            reportMetrics()
+            // `wake`: the credit acknowledged messages not acknowledged before.
+            if wake {
+                wakeAll()
+                reportMetrics()
+            }
             return .progressed
         case .frame(let size):
             // Not a data frame to read in place: the frame reader takes exactly this frame (and checks it).

@@ -483,11 +483,6 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     package func send(_ append: (inout ConnectionState) throws(IPCError) -> UInt64) async throws(IPCError) {
         // The caller's send found no credit: a stall (unless it is a rendezvous, which always waits).
         let stalledAt = configuration.metrics == nil ? 0 : Platform.monotonicNanoseconds()
-        defer {
-            if let metrics = configuration.metrics, !locked.withLock({ $0.channel.isRendezvous }) {
-                metrics.creditStall(nanoseconds: Platform.monotonicNanoseconds() &- stalledAt)
-            }
-        }
         let seq: UInt64 = try await waitFor { state throws(IPCError) -> UInt64? in
             if state.isLending { return nil }
             switch state.channel.canSend() {
@@ -499,6 +494,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         afterAppend(data: true)
         if locked.withLock({ $0.channel.isRendezvous }) {
             try await awaitTaken(seq)
+        } else if let metrics = configuration.metrics {
+            metrics.creditStall(nanoseconds: Platform.monotonicNanoseconds() &- stalledAt)
         }
     }
 
@@ -918,7 +915,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
         if tally.effects.output { flushNow() }
         wakeAll()
-        reportMetrics()
+        if tally.effects.credited { reportMetrics() }
         return releasingReader || tally.effects.wake || ended
     }
 

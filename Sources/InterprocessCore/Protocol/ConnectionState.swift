@@ -102,6 +102,8 @@ package struct ConnectionState {
         package var wake = false
         /// The outbox has new bytes (a pong, an error frame).
         package var output = false
+        /// A credit acknowledged messages not acknowledged before (a batch was delivered: see ``totals(final:)``).
+        package var credited = false
 
         package init() {}
     }
@@ -135,6 +137,7 @@ package struct ConnectionState {
                 }
                 peerConsumed = consumed
                 effects.wake = true
+                effects.credited = true
             }
         case .close(let lastSeq):
             guard lastSeq == received else {
