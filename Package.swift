@@ -94,7 +94,7 @@ let package = Package(
         // Spawned by the tests: the other process of every cross-process test.
         .executableTarget(
             name: "ipc-test-helper",
-            dependencies: ["Interprocess", "BenchmarkSupport"],
+            dependencies: ["Interprocess", "BenchmarkSupport", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // The fuzz targets: every entry point that decodes untrusted bytes. Built with `-sanitize=fuzzer -DFUZZING`

@@ -5,6 +5,7 @@ import Glibc
 #endif
 import BenchmarkSupport
 import Interprocess
+import Logging
 
 @main
 struct Helper {
@@ -17,6 +18,9 @@ struct Helper {
         let number = args.count > 2 ? Int(args[2]) ?? 0 : 0
         var options = ChannelOptions()
         options.capacity = 64
+        // Warnings on standard error (what a listener refuses, and why), for the tests to read: the library is
+        // silent by default.
+        options.logger = Logger(label: "ipc-test-helper")
         // IPC_HELPER_DEAD_PEER_MS: the helper's deadPeerTimeout in milliseconds (heartbeats every quarter of it).
         if let text = getenv("IPC_HELPER_DEAD_PEER_MS"), let ms = Int(String(cString: text)) {
             options.deadPeerTimeout = .milliseconds(ms)

@@ -149,7 +149,7 @@ struct HostileInputTests {
         withExtendedLifetime(hostile) {}
         #expect(cutOff, "the victim took all \(pings) pings")
         if !sanitized { #expect(residentKiB(of: victim.pid) - before < 32 * 1024, "the victim's memory grew while the peer flooded") }
-        #expect(await victim.waitForOutput("protocolViolation: the peer keeps sending pings without reading the pongs"))
+        #expect(await victim.waitForOutput("protocolViolation: the peer keeps sending pings without reading the pongs"), "the victim said: \(victim.outputSoFar.prefix(2000))")
         // A good client is still served.
         let good = try await within(10) { try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw) }
         try await good.sender.send(numbered(7))
