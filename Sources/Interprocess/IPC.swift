@@ -28,7 +28,8 @@ public enum IPC {
     ) async throws(IPCError) -> Connection<Out.Value, In.Value> {
         try options.validate()
         let socket = try await SocketConnector.connect(to: endpoint)
-        return try await establish(socket, endpoint: endpoint, listening: false, sending: sending, receiving: receiving, options: options, role: "connecting to \(endpoint)")
+        let resumable = if case .sharedMemory = endpoint { false } else { options.resume != nil }
+        return try await establish(socket, endpoint: endpoint, listening: false, sending: sending, receiving: receiving, options: options, role: "connecting to \(endpoint)", resumable: resumable)!
     }
 
     /// Dials `endpoint` to send only.
@@ -70,10 +71,13 @@ public enum IPC {
     /// Checks the peer, runs the handshake (unless a side is in lines mode) and builds the channel ends.
     static func establish<Out: MessageCodec, In: MessageCodec>(
         _ socket: ConnectedSocket, endpoint: Endpoint, listening: Bool, sending: Out, receiving: In, options: ChannelOptions, role: String,
-        refusal listenerRefusal: IPCError? = nil, onClose: (@Sendable () -> Void)? = nil
-    ) async throws(IPCError) -> Connection<Out.Value, In.Value> {
+        refusal listenerRefusal: IPCError? = nil, onClose: (@Sendable () -> Void)? = nil,
+        resumable resumeOffered: Bool = false, sessions: SessionTable? = nil
+    ) async throws(IPCError) -> Connection<Out.Value, In.Value>? {
         let lines = sending is LinesCodec || receiving is LinesCodec
-        let local = Hello(
+        let sharedMemory = if case .sharedMemory = endpoint { true } else { false }
+        let resumable = resumeOffered && !lines && !sharedMemory && options.resume != nil
+        var local = Hello(
             capacity: UInt32(options.capacity), maxFrame: UInt32(options.maxFrameSize),
             sendCodec: sending.name, sendType: sending.name == "none" ? "none" : sending.typeName,
             receiveCodec: receiving.name, receiveType: receiving.name == "none" ? "none" : receiving.typeName)
@@ -83,6 +87,27 @@ public enum IPC {
             spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
             closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize, maxBytesInFlight: options.maxBytesInFlight)
         configuration.onClose = onClose
+        var resumer: Resumer?
+        if resumable, let policy = options.resume {
+            // The dialer picks the session id at random; the listener learns it from the dialer's hello.
+            var session = [UInt8](repeating: 0, count: Wire.sessionIDSize)
+            if !listening {
+                var random = SystemRandomNumberGenerator()
+                for i in session.indices { session[i] = random.next() }
+            }
+            local.resume = Hello.Resume(session: session)
+            configuration.local = local
+            configuration.answersHello = listening
+            let tcpDeadPeer: Duration? = if case .tcp = endpoint { options.deadPeerTimeout } else { nil }
+            let check = options.peerCheck
+            var dial: (@Sendable () async throws(IPCError) -> SocketStream)?
+            if !listening {
+                dial = { () async throws(IPCError) -> SocketStream in try await redial(endpoint, check: check, tcpDeadPeer: tcpDeadPeer) }
+            }
+            let made = Resumer(policy: policy, handshakeTimeout: options.handshakeTimeout, dial: dial)
+            configuration.onBreak = { made.broke() }
+            resumer = made
+        }
         configuration.stalledFrameTimeout = options.stalledFrameTimeout
         configuration.heartbeats = options.heartbeats
         var logger = options.logger
@@ -94,7 +119,6 @@ public enum IPC {
         let deadline = ContinuousClock.now + options.handshakeTimeout
         // The peer's uid (known for Unix sockets) is checked once, before anything else happens. Shared memory
         // is never handed to a peer whose uid is unknown.
-        let sharedMemory = if case .sharedMemory = endpoint { true } else { false }
         var refusal = listenerRefusal
         if refusal == nil, endpoint.isLocal, !(socket.peerUID.map(options.peerCheck.allows) ?? !sharedMemory) {
             refusal = IPCError(.permissionDenied, "\(role): the peer runs as uid \(socket.peerUID.map(String.init) ?? "unknown"), which this side does not accept (ChannelOptions.peerCheck)")
@@ -114,9 +138,10 @@ public enum IPC {
                 : try await SharedMemorySetup.join(rendezvous: rendezvous, peer: peer, deadline: deadline)
         } else {
             if case .tcp = endpoint, let timeout = options.deadPeerTimeout { socket.stream.detectDeadPeer(after: timeout) }
-            stream = socket.stream
+            stream = resumable ? ResumableSocketStream(socket.stream) : socket.stream
         }
         let core = ConnectionCore(stream: stream, configuration: configuration)
+        resumer?.attach(core)
         // What this side sends is delivered even if the process exits right after its last send.
         ExitLinger.watch(core)
         if let refusal {
@@ -135,12 +160,37 @@ public enum IPC {
                 throw failure
             }
         }
+        if listening, let offered = core.peerHello?.resume, offered.resuming {
+            // The client continues a connection on this new stream: the connection it names takes the stream.
+            guard let existing = sessions?.find(offered.session) else {
+                let error = IPCError(.peerClosed, "\(role): the peer asks to resume a connection this side does not know (this process restarted, or the connection ended or gave up waiting); what it sent and was not acknowledged may be lost")
+                core.fail(error, tellPeer: true)
+                throw error
+            }
+            guard let newStream = core.surrenderStream() else {
+                throw IPCError(.protocolViolation, "\(role): the peer sent frames before its resumed connection was answered")
+            }
+            try await existing.continueOn(newStream, peerReceived: offered.received)
+            return nil
+        }
+        if listening, let session = core.resumeSession { sessions?.register(session, core) }
         core.startHeartbeats()
-        logger.debug("connection established", metadata: ["side": listening ? "accepted" : "dialed"])
+        logger.debug("connection established", metadata: ["side": listening ? "accepted" : "dialed", "resumable": "\(core.resumeSession != nil)"])
         return Connection(sender: Sender(core: core, codec: sending), receiver: Receiver(core: core, codec: receiving))
     }
-}
 
+    /// A resumable connection's dialer connects again: the peer is checked as the first time.
+    private static func redial(_ endpoint: Endpoint, check: PeerCheck, tcpDeadPeer: Duration?) async throws(IPCError) -> SocketStream {
+        let socket = try await SocketConnector.connect(to: endpoint)
+        if endpoint.isLocal, !(socket.peerUID.map(check.allows) ?? false) {
+            socket.stream.close()
+            let uid = socket.peerUID.map { String($0) } ?? "unknown"
+            throw IPCError(.permissionDenied, "resuming the connection to \(endpoint): the peer runs as uid \(uid), which this side does not accept (ChannelOptions.peerCheck)")
+        }
+        if let tcpDeadPeer { socket.stream.detectDeadPeer(after: tcpDeadPeer) }
+        return socket.stream
+    }
+}
 
 extension PeerCheck {
     func allows(uid: UInt32) -> Bool {

@@ -42,6 +42,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                 var evicting = false
                 let limit = options.maxConnections ?? Self.defaultMaxConnections()
                 let metricsFactory = options.metricsFactory ?? MetricsSystem.factory
+                let sessions = options.resume == nil ? nil : SessionTable()
                 let open = ConnectionCount(gauge: Gauge(label: "interprocess_connections_open", dimensions: [("endpoint", "\(endpoint)")], factory: metricsFactory))
                 /// Counts a refused connection by the code of its refusal.
                 let refused: @Sendable (IPCError.Code) -> Void = { code in
@@ -101,9 +102,11 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                         do {
                             let connection = try await IPC.establish(
                                 accepted, endpoint: endpoint, listening: true, sending: sending, receiving: receiving,
-                                options: options, role: "accepting on \(endpoint)", refusal: refusal, onClose: onClose)
+                                options: options, role: "accepting on \(endpoint)", refusal: refusal, onClose: onClose,
+                                resumable: sessions != nil, sessions: sessions)
                             // Ended to make room just as it completed: its stream is closed, nothing to hand out.
-                            if handshakes.end(handshake) { await ready.put(connection) }
+                            // (No connection: the client continued one it had, on this stream.)
+                            if handshakes.end(handshake), let connection { await ready.put(connection) }
                         } catch {
                             if handshakes.end(handshake) {
                                 options.logger.warning("refused a connection on \(endpoint) from \(accepted.stream.peerDescription): \(error)")

@@ -91,7 +91,7 @@ extension IPC {
         do {
             let connection = try await establish(
                 socket, endpoint: sharedMemory ? .sharedMemory(name: "child") : .unix(path: "(socket pair)"), listening: true,
-                sending: sending, receiving: receiving, options: options, role: "connecting to child \(pid)")
+                sending: sending, receiving: receiving, options: options, role: "connecting to child \(pid)")!
             return (connection, child)
         } catch {
             child.kill(signal: SIGKILL)
@@ -124,6 +124,6 @@ extension IPC {
         let socket = SocketListener.pairEnd(3, peer: "parent pid \(getppid())")
         return try await establish(
             socket, endpoint: sharedMemory ? .sharedMemory(name: "parent") : .unix(path: "(socket pair)"), listening: false,
-            sending: sending, receiving: receiving, options: options, role: "connecting to the parent")
+            sending: sending, receiving: receiving, options: options, role: "connecting to the parent")!
     }
 }

@@ -41,6 +41,17 @@ public struct ChannelOptions: Sendable {
     /// How long a side hears nothing before it pings the peer (see ``deadPeerTimeout``). Default nil: a quarter
     /// of ``deadPeerTimeout``. At least 100 milliseconds and at most half of ``deadPeerTimeout``.
     public var heartbeatInterval: Duration?
+    /// Unix sockets and TCP: resume a connection whose stream breaks (a network cut, a proxy or load balancer
+    /// that drops it, a peer's host that stalls past ``deadPeerTimeout``) instead of failing it. The dialing side
+    /// connects again (backing off as the policy says) and the two sides continue where they were: each sends
+    /// again what the other did not receive, so every message is delivered exactly once and in order, and the
+    /// application sees only a delay. Both sides must offer it (a listener offers it to every client when its
+    /// options set it; a client without it is served as before). A connection that finds no new stream within the
+    /// policy's deadline fails with `peerClosed` and the count of messages in doubt; so does one whose listener
+    /// restarted meanwhile (it does not know the connection). Default nil: a broken stream fails the connection at
+    /// once, which is also how a dead peer process is noticed at once (with resume, a dialer whose listener died
+    /// keeps trying until the deadline). Shared memory has no stream to break and does not resume.
+    public var resume: ResumePolicy?
     /// Unix sockets and TCP: how long a peer may stop sending in the middle of a frame (a message, or any other
     /// frame, partly received) before the connection fails with `timeout`. A peer that stops mid-frame is stuck or
     /// hostile; without this bound every receive on the connection would wait for the rest forever. Progress
@@ -111,6 +122,9 @@ public struct ChannelOptions: Sendable {
         if let heartbeatInterval, let deadPeerTimeout, heartbeatInterval < .milliseconds(100) || heartbeatInterval > deadPeerTimeout / 2 {
             throw IPCError(.invalidEndpoint, "heartbeatInterval must be between 100 milliseconds and half of deadPeerTimeout (\(deadPeerTimeout)), not \(heartbeatInterval)")
         }
+        if let resume, resume.deadline <= .zero || resume.firstBackoff <= .zero || resume.maxBackoff < resume.firstBackoff {
+            throw IPCError(.invalidEndpoint, "a ResumePolicy needs a positive deadline and first backoff, and a maxBackoff no shorter than the first, not \(resume)")
+        }
         if let stalledFrameTimeout, stalledFrameTimeout < .seconds(1) {
             throw IPCError(.invalidEndpoint, "stalledFrameTimeout must be at least 1 second (or nil), not \(stalledFrameTimeout)")
         }
@@ -120,6 +134,24 @@ public struct ChannelOptions: Sendable {
         guard maxFrameSize > 0 && maxFrameSize <= Int(UInt32.max) - Wire.dataPrefixSize else {
             throw IPCError(.invalidEndpoint, "maxFrameSize must be between 1 and \(Int(UInt32.max) - Wire.dataPrefixSize), not \(maxFrameSize)")
         }
+    }
+}
+
+/// How a resumable connection (``ChannelOptions/resume``) looks for a new stream after its stream breaks.
+public struct ResumePolicy: Sendable, Hashable {
+    /// How long, from the break, the connection may be without a stream before it fails. Default 30 seconds.
+    public var deadline: Duration
+    /// The dialing side's first pause between attempts to connect again, doubled after each failed attempt up to
+    /// ``maxBackoff``, each pause drawn at random between half and all of it (so that many clients of one
+    /// listener do not come back at the same instant). Default 10 milliseconds.
+    public var firstBackoff: Duration
+    /// The longest pause between attempts. Default 1 second.
+    public var maxBackoff: Duration
+
+    public init(deadline: Duration = .seconds(30), firstBackoff: Duration = .milliseconds(10), maxBackoff: Duration = .seconds(1)) {
+        self.deadline = deadline
+        self.firstBackoff = firstBackoff
+        self.maxBackoff = maxBackoff
     }
 }
 

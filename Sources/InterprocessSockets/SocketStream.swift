@@ -126,6 +126,17 @@ package final class SocketStream: DeferredFlushing, @unchecked Sendable {
         }.get()
     }
 
+    /// Delivers the readiness events to `handler` from now on: starts the stream, or, when it was started by
+    /// another owner (a connection that gave it up), changes whom its events go to.
+    package func adopt(handler: any ByteStreamHandler) {
+        let started = state.withLock { s -> Bool in
+            guard s.token != 0 else { return false }
+            s.handler = handler
+            return true
+        }
+        if !started { start(handler: handler) }
+    }
+
     package func start(handler: any ByteStreamHandler) {
         let token = Poller.shared.register(fd: fd) { [weak self] events in self?.deliver(events) }
         state.withLock { s in

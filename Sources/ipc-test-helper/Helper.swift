@@ -25,6 +25,10 @@ struct Helper {
         if let text = getenv("IPC_HELPER_DEAD_PEER_MS"), let ms = Int(String(cString: text)) {
             options.deadPeerTimeout = .milliseconds(ms)
         }
+        // IPC_HELPER_RESUME: resume broken connections (ChannelOptions.resume), giving up after this many seconds.
+        if let text = getenv("IPC_HELPER_RESUME"), let seconds = Int(String(cString: text)) {
+            options.resume = ResumePolicy(deadline: .seconds(seconds))
+        }
         do {
             switch args[0] {
             case "echo":
@@ -50,6 +54,17 @@ struct Helper {
                 // Sends `number` numbered messages, then closes.
                 let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
                 for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
+                try await tx.closeAndWait()
+                report("sent \(number)")
+            case "send-batched":
+                // Sends `number` numbered messages, 512 per call, then closes.
+                let tx = try await IPC.connect(to: endpoint, sending: .raw, options: options)
+                var next = 0
+                while next < number {
+                    let end = min(next + 512, number)
+                    try await tx.send(contentsOf: (next..<end).map { numbered(UInt64($0)) })
+                    next = end
+                }
                 try await tx.closeAndWait()
                 report("sent \(number)")
             case "send-then-exit":

@@ -96,6 +96,18 @@ package protocol InPlaceStream: ByteStream {
     func consumeReadableHeld(_ body: (UnsafeRawBufferPointer?) throws -> Int) throws
 }
 
+/// A ``ByteStream`` that a resumable connection continues on a new stream of the same transport when the one it
+/// has breaks (see ``ConnectionCore/continueOn(_:peerReceived:)``).
+package protocol SwappableStream: ByteStream {
+    /// Stops using the current stream and closes it: until ``attach(_:)``, reads find nothing and writes take
+    /// nothing (arming is remembered for the next stream).
+    func detach()
+    /// Continues on `stream` (connected by the same transport; started or not). A closed swappable stream closes it.
+    func attach(_ stream: any ByteStream)
+    /// Gives the current stream up to a new owner, unclosed; this one is closed and has none any more.
+    func surrender() -> (any ByteStream)?
+}
+
 package enum ReadOutcome: Equatable {
     case bytes(Int)
     case wouldBlock

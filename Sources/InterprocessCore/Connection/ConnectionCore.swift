@@ -32,6 +32,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         package var logger: Logger?
         /// The connection's metrics (nil: none), updated per credit, never per message.
         package var metrics: ConnectionMetrics?
+        /// This side sends its hello once the peer's arrived (a listener that offers resuming).
+        package var answersHello = false
+        /// A resumable connection's stream broke and the connection waits for a new one
+        /// (``continueOn(_:peerReceived:)``): called once per break, on whatever thread noticed it.
+        package var onBreak: (@Sendable () -> Void)?
 
         package init(mode: ConnectionState.Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, spinNanoseconds: UInt64, closeTimeout: Duration, maxPayload: Int, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
             self.mode = mode
@@ -76,7 +81,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         self.configuration = configuration
         self.rendezvousReceiver = configuration.mode == .framed && configuration.local.capacity == 0 && configuration.hasReceiver
         self.reader = FrameReader(mode: configuration.mode == .framed ? .framed : .lines, maxPayload: configuration.maxPayload)
-        self.locked = Lock(State(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver, maxBytesInFlight: configuration.maxBytesInFlight)))
+        self.locked = Lock(State(channel: ConnectionState(mode: configuration.mode, local: configuration.local, hasSender: configuration.hasSender, hasReceiver: configuration.hasReceiver, maxBytesInFlight: configuration.maxBytesInFlight, answersHello: configuration.answersHello)))
         stream.start(handler: self)
     }
 
@@ -669,6 +674,143 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
     }
 
+    // MARK: Resuming
+
+    /// The stream ended or failed: true when the connection goes on, on a new stream (``continueOn(_:peerReceived:)``),
+    /// see ``ConnectionState/streamBroke()``. The first time, the old stream is let go and ``Configuration/onBreak``
+    /// called.
+    private func streamBroke() -> Bool {
+        guard let swappable = stream as? any SwappableStream else { return false }
+        switch locked.withLock({ $0.channel.streamBroke() }) {
+        case .end: return false
+        case .resuming: return true
+        case .resume:
+            breaks.wrappingAdd(1, ordering: .relaxed)
+            brokenAt.store(Platform.monotonicNanoseconds(), ordering: .relaxed)
+            swappable.detach()
+            configuration.logger?.debug("connection interrupted; resuming")
+            configuration.onBreak?()
+            wakeAll()
+            return true
+        }
+    }
+
+    /// How many times the stream broke (and the connection resumed or waits to), and when it last did
+    /// (monotonic nanoseconds).
+    private let breaks = Atomic<UInt64>(0)
+    private let brokenAt = Atomic<UInt64>(0)
+
+    /// The last break: its number (``breaks``), when it happened (monotonic nanoseconds), and whether the
+    /// connection is still without a stream since.
+    package var lastBreak: (number: UInt64, at: UInt64, broken: Bool) {
+        let broken = isBroken
+        return (breaks.load(ordering: .relaxed), brokenAt.load(ordering: .relaxed), broken)
+    }
+
+    /// Whether this connection resumes after its stream breaks (both sides offered it), and its session.
+    package var resumeSession: [UInt8]? {
+        locked.withLock { $0.channel.resumable ? $0.channel.session : nil }
+    }
+
+    /// The peer's hello (after the handshake).
+    package var peerHello: Hello? { locked.withLock { $0.channel.peer } }
+
+    /// Continues the connection on `newStream`, a new stream of the same transport, once its old one broke (or now,
+    /// when the peer continues it while this side has not noticed the break yet). The dialing side passes no
+    /// `peerReceived` (its hello goes first, and the rest once the peer's hello says what it received); the
+    /// listening side, which read the dialer's hello, passes what that hello says it received. Throws when the
+    /// connection cannot go on (it failed, closed or ended meanwhile); `newStream` is closed then.
+    package func continueOn(_ newStream: any ByteStream, peerReceived: UInt64?) async throws(IPCError) {
+        guard let swappable = stream as? any SwappableStream else {
+            newStream.close()
+            throw IPCError(.protocolViolation, "this connection does not resume")
+        }
+        // The roles are taken once the task or thread holding them lets go (it is reading or writing right now: a
+        // matter of microseconds, unless its thread is preempted).
+        while true {
+            let step = locked.withLock { state -> Bool? in
+                if let failure = state.channel.failure { _ = failure; return nil }
+                if state.closed { return nil }
+                switch state.channel.streamBroke() {
+                case .end: return nil
+                case .resume, .resuming: break
+                }
+                return state.takeRolesForResume()
+            }
+            guard let step else {
+                newStream.close()
+                throw locked.withLock { $0.channel.failure } ?? IPCError(.alreadyClosed, "the connection ended before it could be resumed")
+            }
+            if step { break }
+            await Task.yield()
+        }
+        swappable.detach()
+        reader.restart(expectingHello: peerReceived == nil)
+        toldInsideFrame = false
+        let failure = locked.withLock { state -> IPCError? in
+            do throws(IPCError) {
+                try state.channel.continueOnNewStream(peerReceived: peerReceived)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        swappable.attach(newStream)
+        if let failure {
+            locked.withLock { $0.writerBroke() }
+            releaseReader(armIfWaiters: false)
+            fail(failure, tellPeer: false)
+            throw failure
+        }
+        configuration.logger?.debug("connection resumed", metadata: ["peer": "\(newStream.peerDescription)"])
+        // This task holds the writer role: what the new stream starts with goes out now.
+        writeOutbox()
+        releaseReader(armIfWaiters: true)
+        wakeAll()
+    }
+
+    /// Waits until a new stream continued the connection (the dialing side: until the peer's hello on it arrived).
+    /// Throws the connection's failure; returns false when the new stream broke too.
+    package func waitUntilContinued() async throws(IPCError) -> Bool {
+        try await waitFor(spin: false) { state throws(IPCError) -> Bool? in
+            if let failure = state.channel.failure { throw state.channel.inDoubt(failure) }
+            if state.closed { throw IPCError(.alreadyClosed, "the connection is closed") }
+            if state.channel.broken { return false }
+            return state.channel.awaitingResumeHello ? nil : true
+        }
+    }
+
+    /// Whether the connection is between streams now (or waits for the peer's answer on a new one).
+    package var isBroken: Bool { locked.withLock { $0.channel.broken || $0.channel.awaitingResumeHello } }
+
+    /// Drops a new stream whose peer did not answer in time: the connection looks for another.
+    package func abandonStream() {
+        _ = streamBroke()
+    }
+
+    /// A resumable connection found no new stream in time: it fails with `error` (plus the messages in doubt).
+    package func giveUpResuming(_ error: IPCError) {
+        guard locked.withLock({ $0.channel.broken || $0.channel.awaitingResumeHello }) else { return }
+        fail(error, tellPeer: false)
+    }
+
+    /// Gives this connection's stream to another connection (``continueOn(_:peerReceived:)``), which it continues:
+    /// this one ends without closing it. Nil when the stream holds more than the peer's hello (the peer sent
+    /// frames before it was answered) or is busy.
+    package func surrenderStream() -> (any ByteStream)? {
+        guard let swappable = stream as? any SwappableStream else { return nil }
+        let ok = locked.withLock { state -> Bool in
+            guard state.takeRolesForResume() else { return false }
+            return state.channel.outbox.isEmpty && reader.pendingBytes == 0
+        }
+        guard ok, let surrendered = swappable.surrender() else {
+            fail(IPCError(.protocolViolation, "the peer sent frames before its resumed connection was answered"), tellPeer: true)
+            return nil
+        }
+        closeStream()
+        return surrendered
+    }
+
     // MARK: Heartbeats
 
     /// Starts the heartbeats of ``Configuration/heartbeats`` (``IOState/heartbeat(now:interval:timeout:)``), run by
@@ -700,6 +842,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             if arm { stream.arm(read: true, write: false) }
             flushNow()
         case .dead(let silent):
+            // A resumable connection looks for a new stream (the peer may be reachable again).
+            if streamBroke() { return true }
             configuration.metrics?.deadPeer()
             let seconds = Double(silent / 1_000_000) / 1000
             fail(IPCError(.peerClosed, "the peer stopped answering: nothing arrived from it for \(seconds) s, not even an answer to a heartbeat; its process is stopped or hung, or the network between is cut (ChannelOptions.deadPeerTimeout)"), tellPeer: true, warn: true)
@@ -861,15 +1005,22 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         // (`limit - remaining` is what this pump has read.)
         reads: for _ in 0..<16 where wanted && remaining > 0 && tally.applied < 4096 && !(tally.effects.wake && limit - remaining >= Wire.creditBytes) {
             var outcome = ReadOutcome.wouldBlock
+            var streamFailed = false
             do {
                 _ = try reader.read { buffer throws(IPCError) -> Int in
                     let room = buffer.count <= remaining ? buffer : UnsafeMutableRawBufferPointer(rebasing: buffer[..<remaining])
-                    outcome = try stream.read(into: room)
+                    do throws(IPCError) {
+                        outcome = try stream.read(into: room)
+                    } catch {
+                        streamFailed = true
+                        throw error
+                    }
                     if case .bytes(let n) = outcome { return n }
                     return 0
                 }
             } catch {
-                tally.protocolError = error
+                // A resumable connection whose stream failed goes on once a new stream continues it.
+                if !(streamFailed && streamBroke()) { tally.protocolError = error }
                 break
             }
             switch outcome {
@@ -883,6 +1034,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             case .wouldBlock:
                 break reads
             case .endOfStream:
+                if streamBroke() { break reads }
                 ended = true
                 locked.withLock { state in
                     do throws(IPCError) {
@@ -961,6 +1113,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 case .hello(let hello):
                     try state.channel.apply(hello: hello)
                     tally.effects.wake = true
+                    // An answering side's hello, or what a resumed connection sends again.
+                    tally.effects.output = !state.channel.outbox.isEmpty
                 case .frame(let frame):
                     try state.channel.apply(frame, effects: &tally.effects)
                 }
@@ -1143,6 +1297,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 // alone again when `consume` keeps it for reuse (a second reference would make reusing it copy it).
                 written = try Self.write(taking: &next, to: stream)
             } catch {
+                if streamBroke() {
+                    locked.withLock { $0.writerBroke() }
+                    return
+                }
                 let mayRead = locked.withLock { $0.writeFailedTakingReader() }
                 // The peer may have said why it closed (an error frame before its end of stream): read that
                 // first, so the error reported is the peer's reason rather than a bare broken pipe.

@@ -149,6 +149,11 @@ package struct IOState<Waiter, Watcher> {
     /// the whole timeout gone before it could ping).
     package mutating func heartbeat(now: UInt64, interval: UInt64, timeout: UInt64) -> HeartbeatAction {
         if closed || tearingDown || writeFailed || channel.failure != nil || channel.endOfStream || channel.mode != .framed { return .stop }
+        if channel.broken || channel.awaitingResumeHello {
+            // Between streams (resuming): the silence of the next stream is measured from its start.
+            heardNanos = 0
+            return .alive(arm: false)
+        }
         if inputReads != heardReads || heardNanos == 0 {
             heardReads = inputReads
             heardNanos = now
@@ -524,6 +529,26 @@ package struct IOState<Waiter, Watcher> {
         if !hasPendingOutput && writer == .idle { return true }
         if note { writerWaited = true }
         return false
+    }
+
+    // MARK: Resuming
+
+    /// The stream broke under a writer (a resumable connection goes on): nothing is written until a new stream
+    /// continues the connection, whose driver takes the role (``takeRolesForResume()``).
+    package mutating func writerBroke() {
+        writer = .waitingForRoom
+    }
+
+    /// A new stream is about to continue the connection: takes both roles when nobody is reading or writing
+    /// right now (a reader or writer at work would touch the old stream's bytes), so that the frame reader
+    /// and the outbox can be started again. False: try again in a moment.
+    package mutating func takeRolesForResume() -> Bool {
+        guard !closed, reader == .free || reader == .ioThread, writer == .idle || writer == .waitingForRoom else { return false }
+        reader = .task
+        writer = .writing
+        staged = false
+        unflushedFrames = 0
+        return true
     }
 
     // MARK: Writing straight into a ring (shared memory)

@@ -76,16 +76,34 @@ package struct ConnectionState {
     /// Where each pong not yet written ends in the outbox's stream of bytes: at most `Wire.maxUnwrittenPongs`.
     private var unwrittenPongs = Deque<UInt64>()
 
-    package init(mode: Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight) {
+    // Resuming (both hellos carry ``Hello/Resume``).
+    /// This side sends its hello only once the peer's arrived (the listening side: its answer depends on the
+    /// dialer's, which may continue a session).
+    private let answersHello: Bool
+    /// The connection continues on a new stream after its stream breaks (both sides offered it).
+    package private(set) var resumable = false
+    /// The session this connection is (resumable connections).
+    package private(set) var session: [UInt8]?
+    /// Resumable sender: every data frame sent and not yet acknowledged as taken, whole, oldest first (the frames
+    /// after `peerConsumed`, whose sizes `untakenSizes` lists), to be sent again on a new stream.
+    private var retransmit = RetransmitBuffer()
+    /// The stream broke and no new one continues the connection yet: the outbox is rebuilt when one does.
+    package private(set) var broken = false
+    /// A dialing side continued the session on a new stream: its hello went first, and nothing else goes until
+    /// the peer's hello says what it received.
+    package private(set) var awaitingResumeHello = false
+
+    package init(mode: Mode, local: Hello, hasSender: Bool, hasReceiver: Bool, maxBytesInFlight: Int = Wire.defaultMaxBytesInFlight, answersHello: Bool = false) {
         self.mode = mode
         self.local = local
         self.maxBytesInFlight = maxBytesInFlight
         self.senderClosed = !hasSender
         self.receiverDone = !hasReceiver
         self.carriesIncoming = !local.receiveCodec.isEmpty && local.receiveCodec != "none"
+        self.answersHello = answersHello && mode == .framed
         if mode == .lines {
             peer = Hello(capacity: UInt32.max, maxFrame: UInt32.max, sendCodec: local.receiveCodec, sendType: local.receiveType, receiveCodec: local.sendCodec, receiveType: local.sendType)
-        } else {
+        } else if !self.answersHello {
             outbox.append { $0 += local.encoded() }
         }
     }
@@ -109,6 +127,10 @@ package struct ConnectionState {
     }
 
     package mutating func apply(hello: Hello) throws(IPCError) {
+        if awaitingResumeHello {
+            try applyResumeHello(hello)
+            return
+        }
         guard peer == nil else { throw IPCError(.protocolViolation, "the peer sent a second handshake") }
         do {
             try local.checkCompatible(withPeer: hello)
@@ -117,6 +139,36 @@ package struct ConnectionState {
             throw error
         }
         peer = hello
+        guard let offered = hello.resume, local.resume != nil else {
+            if answersHello {
+                let answer = local.terms.encoded()
+                outbox.append { $0 += answer }
+            }
+            return
+        }
+        if answersHello {
+            session = offered.session
+            resumable = true
+            // A hello that continues a session is answered by the connection it continues (on this new stream);
+            // a new session is answered here.
+            if !offered.resuming {
+                let answer = resumeHello(resuming: false).encoded()
+                outbox.append { $0 += answer }
+            }
+        } else {
+            guard offered.session == local.resume!.session, !offered.resuming else {
+                throw IPCError(.protocolViolation, "the peer answered with another session than the one this side started")
+            }
+            session = offered.session
+            resumable = true
+        }
+    }
+
+    /// This side's hello for a resumable connection's stream.
+    private func resumeHello(resuming: Bool) -> Hello {
+        var hello = local
+        hello.resume = Hello.Resume(session: session ?? local.resume!.session, resuming: resuming, received: resuming ? received : 0)
+        return hello
     }
 
     /// Applies one frame. Throws for anything the protocol forbids; the connection is then failed.
@@ -134,6 +186,7 @@ package struct ConnectionState {
                     let size = untakenSizes.removeFirst()
                     untakenBytes -= size
                     acknowledgedBytes += size
+                    if resumable { retransmit.dropFirst(size) }
                 }
                 peerConsumed = consumed
                 effects.wake = true
@@ -147,7 +200,11 @@ package struct ConnectionState {
             effects.wake = true
             if appendCreditIfDue() { effects.output = true }
         case .error(let code, let message):
-            failure = IPCError(.peerError, "the peer reported an error and closed the connection: \(message)", underlying: "peer code \(code)")
+            if awaitingResumeHello {
+                failure = IPCError(.peerClosed, "the peer does not continue this connection (it restarted, or gave up waiting for it): \(message)", underlying: "peer code \(code)")
+            } else {
+                failure = IPCError(.peerError, "the peer reported an error and closed the connection: \(message)", underlying: "peer code \(code)")
+            }
             effects.wake = true
         case .ping(let nonce):
             while let end = unwrittenPongs.first, end <= outbox.written { unwrittenPongs.removeFirst() }
@@ -298,7 +355,7 @@ package struct ConnectionState {
     /// since the last one, so the sender always hears in time to keep three quarters of its window busy, and a
     /// sender held by its byte limit hears before it runs dry.
     private mutating func appendCreditIfDue() -> Bool {
-        guard mode == .framed else { return false }
+        guard mode == .framed, !awaitingResumeHello else { return false }
         // Once the peer's sending direction has ended, every message taken is acknowledged at once: the peer may
         // be an exiting process that waits to hear that nothing it sent can be lost.
         guard taken - granted >= max(receiveWindow / 4, 1) || taken > granted && takenBytesSinceCredit >= Wire.creditBytes
@@ -334,7 +391,7 @@ package struct ConnectionState {
     /// Rendezvous receiver: offers the next message while a receive waits (or a granted one arrived and is not
     /// taken yet), else nothing beyond what was taken; appends a grant frame when that changes.
     private mutating func updateGrant() -> Bool {
-        guard isRendezvousReceiver, !receiverDone, failure == nil, !endOfStream, peerClosedAfter == nil else { return false }
+        guard isRendezvousReceiver, !receiverDone, failure == nil, !endOfStream, peerClosedAfter == nil, !awaitingResumeHello else { return false }
         let wanted = waitingReceives > 0 || received > taken ? taken + 1 : taken
         guard wanted != grantOffered else { return false }
         grantOffered = wanted
@@ -375,7 +432,7 @@ package struct ConnectionState {
         if endOfStream {
             return .failed(inDoubt(IPCError(.peerClosed, "the peer closed the connection; its receiver is gone, so nothing more can be sent")))
         }
-        guard let peer else { return .wait }
+        guard let peer, !awaitingResumeHello else { return .wait }
         if mode == .lines { return .ready }
         guard peer.capacity > 0 || nextSeq <= peerGrant else { return .wait }
         return unacknowledged < UInt64(max(peer.capacity, 1)) && untakenBytes < maxBytesInFlight ? .ready : .wait
@@ -386,6 +443,7 @@ package struct ConnectionState {
         let framed = mode == .framed
         let seq = nextSeq
         let limit = Int(peer?.maxFrame ?? UInt32(Wire.defaultMaxFrame))
+        let frameStart = outbox.tail.count
         let payload = try outbox.append { buffer throws(IPCError) -> Int in
             let start = buffer.count
             if framed {
@@ -409,7 +467,10 @@ package struct ConnectionState {
             }
             return payload
         }
-        if framed { recordSent(payload) }
+        if framed {
+            recordSent(payload)
+            if resumable { outbox.tail.withUnsafeBytes { retransmit.append(UnsafeRawBufferPointer(rebasing: $0[frameStart...])) } }
+        }
         nextSeq += 1
         return seq
     }
@@ -460,12 +521,17 @@ package struct ConnectionState {
         let limit = Int(peer?.maxFrame ?? UInt32(Wire.defaultMaxFrame))
         guard payload.count <= limit else { throw Self.tooLarge(payload.count, limit) }
         let seq = nextSeq
+        let frameStart = outbox.tail.count
         outbox.append { buffer in
             if asSegment {
                 buffer.appendDataFrameHeader(seq: seq, length: Wire.dataPrefixSize + payload.count)
             } else {
                 payload.withUnsafeBytes { buffer.appendDataFrame(seq: seq, payload: $0) }
             }
+        }
+        if resumable {
+            outbox.tail.withUnsafeBytes { retransmit.append(UnsafeRawBufferPointer(rebasing: $0[frameStart...])) }
+            if asSegment { payload.withUnsafeBytes { retransmit.append($0) } }
         }
         if asSegment { outbox.appendSegment(payload, recyclable: recyclable) }
         recordSent(payload.count)
@@ -509,7 +575,7 @@ package struct ConnectionState {
         receiverDone = true
         inbox.removeAll()
         guard mode == .framed, failure == nil, !endOfStream, peerClosedAfter == nil,
-              let peer, peer.sendCodec != "none" else { return false }
+              let peer, peer.sendCodec != "none", !awaitingResumeHello else { return false }
         outbox.append { $0.appendControlFrame(.stop(taken: taken)) }
         return true
     }
@@ -524,8 +590,120 @@ package struct ConnectionState {
             throw IPCError(.alreadyClosed, "close() was called twice on the same sender")
         }
         senderClosed = true
-        if mode == .framed && failure == nil {
+        if mode == .framed && failure == nil && !awaitingResumeHello {
             outbox.append { $0.appendControlFrame(.close(lastSeq: nextSeq - 1)) }
         }
     }
+
+    // MARK: Resuming
+
+    package enum BreakOutcome: Equatable {
+        /// Not resumable, failed already, or the peer was done: the connection ends as it would without resume.
+        case end
+        /// The connection goes on once a new stream continues it (``continueOnNewStream(peerReceived:)``).
+        case resume
+        /// The stream was known to be broken already.
+        case resuming
+    }
+
+    /// The stream ended or failed. Decides whether the connection goes on, on a new stream: it is resumable, has
+    /// not failed, and the peer may still send or take something.
+    package mutating func streamBroke() -> BreakOutcome {
+        guard resumable, failure == nil, let peer else { return .end }
+        if broken { return .resuming }
+        if !awaitingResumeHello {
+            // The peer said all it will say and took all it will take: the end of its stream is its goodbye.
+            let peerSenderDone = peer.sendCodec == "none" || peerClosedAfter != nil
+            let peerReceiverDone = peer.receiveCodec == "none" || peerReceiverGone || senderClosed && unacknowledged == 0
+            if peerSenderDone && peerReceiverDone { return .end }
+        }
+        broken = true
+        awaitingResumeHello = false
+        return .resume
+    }
+
+    /// A new stream continues the connection (nothing is read from or written to the old one any more; the
+    /// caller holds both roles). What was not yet written is dropped: the outbox is rebuilt on the new stream.
+    /// The dialing side's hello goes first, and the rest once the peer's hello arrives
+    /// (``applyResumeHello(_:)``); the listening side, which read the dialer's hello already
+    /// (``Hello/Resume/received`` in `peerReceived`), answers and sends the rest at once.
+    package mutating func continueOnNewStream(peerReceived: UInt64?) throws(IPCError) {
+        precondition(resumable && broken)
+        broken = false
+        outbox = Outbox()
+        unwrittenPongs.removeAll()
+        let hello = resumeHello(resuming: true).encoded()
+        outbox.append { $0 += hello }
+        if let peerReceived {
+            try resend(after: peerReceived)
+        } else {
+            awaitingResumeHello = true
+        }
+    }
+
+    /// The dialing side's new stream: the listener's hello says what it received.
+    private mutating func applyResumeHello(_ hello: Hello) throws(IPCError) {
+        guard let resume = hello.resume, resume.resuming, resume.session == session, hello.terms == peer?.terms else {
+            throw IPCError(.protocolViolation, "the peer answered a resumed connection with a handshake for another session or other terms")
+        }
+        awaitingResumeHello = false
+        try resend(after: resume.received)
+    }
+
+    /// Writes what the peer needs on a new stream: this side's cumulative credit, its grant, its stop, the data
+    /// frames after `peerReceived`, and its close.
+    private mutating func resend(after peerReceived: UInt64) throws(IPCError) {
+        guard peerReceived >= peerConsumed, peerReceived < nextSeq else {
+            throw IPCError(.protocolViolation, "the peer resumed having received message \(peerReceived), but it had taken \(peerConsumed) and \(nextSeq - 1) were sent")
+        }
+        if mode == .framed && taken > 0 {
+            granted = taken
+            creditedBytes += takenBytesSinceCredit
+            takenBytesSinceCredit = 0
+            outbox.append { $0.appendControlFrame(.credit(consumed: taken)) }
+        }
+        if isRendezvousReceiver {
+            grantOffered = .max
+            _ = updateGrant()
+        }
+        if receiverDone, failure == nil, peerClosedAfter == nil, let peer, peer.sendCodec != "none" {
+            outbox.append { $0.appendControlFrame(.stop(taken: taken)) }
+        }
+        var skip = 0
+        for (i, size) in untakenSizes.enumerated() where UInt64(i) < peerReceived - peerConsumed { skip += size }
+        let frames = retransmit.bytes(from: skip)
+        outbox.append { $0 += frames }
+        if senderClosed, peer?.receiveCodec != "none" {
+            outbox.append { $0.appendControlFrame(.close(lastSeq: nextSeq - 1)) }
+        }
+    }
+}
+
+/// The data frames a resumable sender keeps until the peer acknowledges them, back to back: dropped from the front
+/// as credits arrive, so its size is bounded by the peer's window and the bytes-in-flight limit.
+struct RetransmitBuffer {
+    private var bytes: [UInt8] = []
+    private var head = 0
+
+    mutating func append(_ frame: UnsafeRawBufferPointer) {
+        bytes.append(contentsOf: frame)
+    }
+
+    mutating func dropFirst(_ count: Int) {
+        head += count
+        if head == bytes.count {
+            bytes.removeAll(keepingCapacity: bytes.capacity <= 1 << 20)
+            head = 0
+        } else if head >= 64 << 10 && head * 2 >= bytes.count {
+            bytes.removeSubrange(..<head)
+            head = 0
+        }
+    }
+
+    /// The frames kept, from `offset` bytes past the oldest.
+    func bytes(from offset: Int) -> [UInt8] {
+        Array(bytes[(head + offset)...])
+    }
+
+    var count: Int { bytes.count - head }
 }

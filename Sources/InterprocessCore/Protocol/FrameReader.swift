@@ -48,6 +48,16 @@ package final class FrameReader {
     /// Bytes read since the reader was made.
     package private(set) var totalRead: UInt64 = 0
 
+    /// A resumed connection's new stream: whatever was received of the old one and not decoded (part of a frame)
+    /// is dropped (the peer sends that frame again), and the new stream starts with a hello (`expectingHello`) or
+    /// with frames (its hello was read already).
+    package func restart(expectingHello: Bool) {
+        start = 0
+        end = 0
+        large = nil
+        self.expectingHello = expectingHello && mode == .framed
+    }
+
     /// Bytes received but not yet decoded (for truncation checks).
     package var pendingBytes: Int { end - start + (large?.filled ?? 0) }
 

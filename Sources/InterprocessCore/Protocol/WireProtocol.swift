@@ -5,6 +5,12 @@ package enum Wire {
     /// "IPCH": the first four bytes each side sends.
     package static let helloMagic: [UInt8] = [0x49, 0x50, 0x43, 0x48]
     package static let version: UInt16 = 2
+    /// The version of a hello that carries the resume extension (``Hello/Resume``); otherwise a version-2 hello.
+    package static let resumeVersion: UInt16 = 3
+    /// Hello flag (version 3): the hello continues the session it names rather than starting it.
+    package static let resumingFlag: UInt16 = 1
+    /// Bytes of a session id.
+    package static let sessionIDSize = 16
     /// Fixed part of a hello: magic, version, flags, body length.
     package static let helloHeaderSize = 12
     /// Largest hello body accepted.
@@ -61,14 +67,40 @@ package struct Hello: Equatable, Sendable {
     package var sendType: String
     package var receiveCodec: String
     package var receiveType: String
+    /// The resume extension (version 3): this side can resume the connection after its stream breaks.
+    package var resume: Resume?
 
-    package init(capacity: UInt32, maxFrame: UInt32, sendCodec: String, sendType: String, receiveCodec: String, receiveType: String) {
+    /// A resumable connection's session and how much of the peer's messages this side received.
+    package struct Resume: Equatable, Sendable {
+        /// Chosen at random by the dialing side; the same for every stream of the connection.
+        package var session: [UInt8]
+        /// Whether this hello continues the session (on a new stream) rather than starting it.
+        package var resuming: Bool
+        /// The sequence number of the last data frame this side received from the peer (0 when starting).
+        package var received: UInt64
+
+        package init(session: [UInt8], resuming: Bool = false, received: UInt64 = 0) {
+            self.session = session
+            self.resuming = resuming
+            self.received = received
+        }
+    }
+
+    package init(capacity: UInt32, maxFrame: UInt32, sendCodec: String, sendType: String, receiveCodec: String, receiveType: String, resume: Resume? = nil) {
         self.capacity = capacity
         self.maxFrame = maxFrame
         self.sendCodec = sendCodec
         self.sendType = sendType
         self.receiveCodec = receiveCodec
         self.receiveType = receiveType
+        self.resume = resume
+    }
+
+    /// The hello without its resume extension: what must stay the same on every stream of a resumed connection.
+    package var terms: Hello {
+        var terms = self
+        terms.resume = nil
+        return terms
     }
 
     package func encoded() -> [UInt8] {
@@ -79,9 +111,14 @@ package struct Hello: Equatable, Sendable {
         body.appendString16(sendType)
         body.appendString8(receiveCodec)
         body.appendString16(receiveType)
+        if let resume {
+            precondition(resume.session.count == Wire.sessionIDSize)
+            body += resume.session
+            body.appendLE(resume.received)
+        }
         var out = Wire.helloMagic
-        out.appendLE(Wire.version)
-        out.appendLE(UInt16(0))
+        out.appendLE(resume == nil ? Wire.version : Wire.resumeVersion)
+        out.appendLE(resume?.resuming == true ? Wire.resumingFlag : UInt16(0))
         out.appendLE(UInt32(body.count))
         return out + body
     }
@@ -94,12 +131,13 @@ package struct Hello: Equatable, Sendable {
         }
         guard bytes.count >= Wire.helloHeaderSize else { return nil }
         let version = bytes.loadLE(UInt16.self, at: 4)
-        guard version == Wire.version else {
-            throw IPCError(.handshakeMismatch, "the peer speaks wire protocol version \(version), this side version \(Wire.version); upgrade the older side")
+        guard version == Wire.version || version == Wire.resumeVersion else {
+            throw IPCError(.handshakeMismatch, "the peer speaks wire protocol version \(version), this side versions \(Wire.version) and \(Wire.resumeVersion); upgrade the older side")
         }
         let flags = bytes.loadLE(UInt16.self, at: 6)
-        guard flags == 0 else {
-            throw IPCError(.protocolViolation, "the peer's handshake has flags \(flags) set; version \(Wire.version) defines none (they must be 0)")
+        let defined = version == Wire.resumeVersion ? Wire.resumingFlag : 0
+        guard flags & ~defined == 0 else {
+            throw IPCError(.protocolViolation, "the peer's handshake has flags \(flags) set; version \(version) defines \(defined == 0 ? "none (they must be 0)" : "only \(defined)")")
         }
         let bodyLength = Int(bytes.loadLE(UInt32.self, at: 8))
         guard bodyLength <= Wire.maxHelloBody else {
@@ -113,10 +151,17 @@ package struct Hello: Equatable, Sendable {
         else {
             throw IPCError(.protocolViolation, "the peer's handshake is truncated or malformed (a field runs past its end, or a name is not valid UTF-8)")
         }
-        guard reader.remaining == 0 else {
-            throw IPCError(.protocolViolation, "the peer's handshake has \(reader.remaining) bytes after its last field; version \(Wire.version) defines none")
+        var resume: Resume?
+        if version == Wire.resumeVersion {
+            guard let session = reader.readBytes(Wire.sessionIDSize), let received = reader.read(UInt64.self) else {
+                throw IPCError(.protocolViolation, "the peer's version-\(version) handshake lacks its session id or received count")
+            }
+            resume = Resume(session: [UInt8](session), resuming: flags & Wire.resumingFlag != 0, received: received)
         }
-        return (Hello(capacity: capacity, maxFrame: maxFrame, sendCodec: sendCodec, sendType: sendType, receiveCodec: receiveCodec, receiveType: receiveType), Wire.helloHeaderSize + bodyLength)
+        guard reader.remaining == 0 else {
+            throw IPCError(.protocolViolation, "the peer's handshake has \(reader.remaining) bytes after its last field; version \(version) defines none")
+        }
+        return (Hello(capacity: capacity, maxFrame: maxFrame, sendCodec: sendCodec, sendType: sendType, receiveCodec: receiveCodec, receiveType: receiveType, resume: resume), Wire.helloHeaderSize + bodyLength)
     }
 
     /// Checks that `peer` sends what this side receives and receives what this side sends.
