@@ -164,7 +164,7 @@ public enum IPC {
             // The client continues a connection on this new stream: the connection it names takes the stream.
             guard let existing = sessions?.find(offered.session) else {
                 let error = IPCError(.peerClosed, "\(role): the peer asks to resume a connection this side does not know (this process restarted, or the connection ended or gave up waiting); what it sent and was not acknowledged may be lost")
-                core.fail(error, tellPeer: true)
+                core.refuseResume(error)
                 throw error
             }
             guard let newStream = core.surrenderStream() else {

@@ -11,34 +11,64 @@ import Testing
 /// (`SO_LINGER` 0, then close), so that whatever the kernels still buffered is discarded, as when a network path
 /// breaks. Plain blocking sockets and two threads per connection: no library code between the ends.
 final class CuttingProxy: @unchecked Sendable {
-    let port: UInt16
+    /// Where clients connect: `tcp://127.0.0.1:PORT`, or a Unix socket path in the temporary directory.
+    let endpoint: Endpoint
     private let listenFD: Int32
-    private let targetPort: UInt16
+    private let connectTarget: @Sendable () -> Int32
     private let cutAfter: @Sendable () -> Int
     private let accepted = NSLock()
     private var acceptedCount = 0
     /// Connections accepted so far.
     var connections: Int { accepted.withLock { acceptedCount } }
 
-    init(targetPort: UInt16, cutAfter: @escaping @Sendable () -> Int) throws {
-        self.targetPort = targetPort
+    /// A TCP proxy on loopback to `targetPort`.
+    convenience init(targetPort: UInt16, cutAfter: @escaping @Sendable () -> Int) throws {
+        try self.init(target: .tcp(host: "127.0.0.1", port: targetPort), cutAfter: cutAfter)
+    }
+
+    /// A proxy to `target` (TCP on loopback, or a Unix socket), listening the same way.
+    init(target: Endpoint, cutAfter: @escaping @Sendable () -> Int) throws {
         self.cutAfter = cutAfter
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in
-                bind(fd, a, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, a, &length) == 0
+        let fd: Int32
+        var bound = false
+        switch target {
+        case .tcp(_, let port):
+            connectTarget = { RawSocket.connect(tcpHost: "127.0.0.1", port: port) }
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = 0
+            inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            bound = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in
+                    bind(fd, a, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, a, &length) == 0
+                }
             }
+            endpoint = .tcp(host: "127.0.0.1", port: UInt16(bigEndian: address.sin_port))
+        case .unix(let path):
+            connectTarget = { RawSocket.connect(unixPath: path) }
+            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let proxyPath = path + ".proxy"
+            unlink(proxyPath)
+            var (address, length) = RawSocket.unixAddress(proxyPath)
+            bound = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in bind(fd, a, length) == 0 && listen(fd, 16) == 0 }
+            }
+            endpoint = .unix(path: proxyPath)
+        case .sharedMemory:
+            throw IPCError(.invalidEndpoint, "the proxy forwards sockets only")
         }
         guard fd >= 0, bound else { throw IPCError(.systemCallFailed, "the proxy cannot listen: errno \(errno)") }
         listenFD = fd
-        port = UInt16(bigEndian: address.sin_port)
         let thread = Thread { [self] in acceptLoop() }
         thread.start()
+    }
+
+    /// The proxy's TCP port (TCP proxies).
+    var port: UInt16 {
+        if case .tcp(_, let port) = endpoint { return port }
+        return 0
     }
 
     /// Stops accepting (connections in progress run on until cut or closed).
@@ -55,10 +85,16 @@ final class CuttingProxy: @unchecked Sendable {
                 return
             }
             accepted.withLock { acceptedCount += 1 }
-            let server = RawSocket.connect(tcpHost: "127.0.0.1", port: targetPort)
+            let server = connectTarget()
             guard server >= 0 else {
                 Glibc.close(client)
                 continue
+            }
+            if case .tcp = endpoint {
+                // As the library's own sockets: small frames go out at once (Nagle's algorithm would hold each
+                // for the previous one's acknowledgement, which the peer delays by 40 ms).
+                var on: Int32 = 1
+                for fd in [client, server] { setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size)) }
             }
             let link = Link(client: client, server: server, cutAt: cutAfter())
             Thread { link.pump(from: client, to: server) }.start()
@@ -180,25 +216,31 @@ struct FaultInjectionTests {
 
 /// Resumable connections (`ChannelOptions.resume`) through a proxy that cuts every connection at a random byte:
 /// the dialer connects again, both sides send again what the other did not receive, and the application sees
-/// every message exactly once, in order, and the clean end.
+/// every message exactly once, in order, and the clean end. And what resume cannot hide: a peer that is gone (the
+/// deadline), a listener that restarted (it does not know the connection).
 @Suite("Resume after cuts", .timeLimit(.minutes(8)))
 struct ResumeTests {
-    @Test("200,000 messages through over a thousand cuts arrive exactly once and in order, either way", arguments: [true, false])
-    func everyMessageOnceThroughCuts(helperSends: Bool) async throws {
+    static func resumeOptions(deadline: Duration = .seconds(30)) -> ChannelOptions {
         var options = ChannelOptions()
-        options.resume = ResumePolicy(deadline: .seconds(30))
+        options.resume = ResumePolicy(deadline: deadline)
+        return options
+    }
+
+    @Test("messages through over a thousand cuts arrive exactly once and in order, either way", arguments: TransportKind.sockets, [true, false])
+    func everyMessageOnceThroughCuts(_ kind: TransportKind, helperSends: Bool) async throws {
+        let options = Self.resumeOptions()
         let count = scaledCount(200_000)
         // Cuts anywhere from just after the handshake on (the hellos are about 60 bytes each way): 24 bytes a
         // message, so a cut every 170 messages or so, over a thousand in all.
-        let listenerEndpoint = Endpoint.tcp(host: "127.0.0.1", port: 0)
+        let cut: @Sendable () -> Int = { Int.random(in: 500...8_000) }
         let environment = ["IPC_HELPER_RESUME": "30"]
+        let endpoint = kind.endpoint(in: temporaryDirectory())
         if helperSends {
-            let listener = try IPC.listen(on: listenerEndpoint, receiving: .raw, options: options)
+            let listener = try IPC.listen(on: endpoint, receiving: .raw, options: options)
             defer { listener.close() }
-            guard case .tcp(_, let port) = listener.endpoint else { return }
-            let proxy = try CuttingProxy(targetPort: port) { Int.random(in: 500...8_000) }
+            let proxy = try CuttingProxy(target: listener.endpoint, cutAfter: cut)
             defer { proxy.close() }
-            let helper = try ChildProcess.helper("send-batched", .tcp(host: "127.0.0.1", port: proxy.port), count, environment: environment)
+            let helper = try ChildProcess.helper("send-batched", proxy.endpoint, count, environment: environment)
             let rx = try await within(60) { try await listener.accept() }.receiver
             let received = try await within(400) { () async throws -> Int in
                 var received = 0
@@ -216,12 +258,11 @@ struct ResumeTests {
             #expect(status == 0, "\(output)")
             #expect(proxy.connections > scaledCount(1_000), "only \(proxy.connections - 1) cuts")
         } else {
-            let listener = try IPC.listen(on: listenerEndpoint, sending: .raw, options: options)
+            let listener = try IPC.listen(on: endpoint, sending: .raw, options: options)
             defer { listener.close() }
-            guard case .tcp(_, let port) = listener.endpoint else { return }
-            let proxy = try CuttingProxy(targetPort: port) { Int.random(in: 500...8_000) }
+            let proxy = try CuttingProxy(target: listener.endpoint, cutAfter: cut)
             defer { proxy.close() }
-            let helper = try ChildProcess.helper("count", .tcp(host: "127.0.0.1", port: proxy.port), count, environment: environment)
+            let helper = try ChildProcess.helper("count", proxy.endpoint, count, environment: environment)
             let tx = try await within(60) { try await listener.accept() }.sender
             try await within(400) { () async throws in
                 var next = 0
@@ -237,6 +278,111 @@ struct ResumeTests {
             #expect(output.contains("received \(count)"), "\(output)")
             #expect(proxy.connections > scaledCount(1_000), "only \(proxy.connections - 1) cuts")
         }
+    }
+
+    /// At capacity 0 the receiver grants each message while it waits; a grant lost in a cut is granted again on
+    /// the new stream, so the rendezvous goes on.
+    @Test("capacity 0 through cuts: every value once, in order", arguments: TransportKind.sockets)
+    func rendezvousThroughCuts(_ kind: TransportKind) async throws {
+        var options = Self.resumeOptions()
+        options.capacity = 0
+        let count = scaledCount(3_000)
+        let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), receiving: .raw, options: options)
+        defer { listener.close() }
+        let proxy = try CuttingProxy(target: listener.endpoint) { Int.random(in: 300...3_000) }
+        defer { proxy.close() }
+        let helper = try ChildProcess.helper("send", proxy.endpoint, count, environment: ["IPC_HELPER_RESUME": "30"])
+        let rx = try await within(60) { try await listener.accept() }.receiver
+        let received = try await within(300) { () async throws -> Int in
+            var received = 0
+            while let m = try await rx.receive() {
+                #expect(index(m) == UInt64(received))
+                received += 1
+            }
+            return received
+        }
+        let (status, output) = await helper.finish()
+        #expect(received == count)
+        #expect(status == 0, "\(output)")
+        #expect(proxy.connections > 10, "only \(proxy.connections - 1) cuts")
+    }
+
+    @Test("a peer gone for good: the survivor gives up at the deadline, with the messages in doubt", arguments: TransportKind.sockets)
+    func peerGoneGivesUpAtTheDeadline(_ kind: TransportKind) async throws {
+        let options = Self.resumeOptions(deadline: .seconds(2))
+        // The listening side waits for its client to come back.
+        let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), receiving: .raw, options: options)
+        defer { listener.close() }
+        let sender = try ChildProcess.helper("send-then-hang", listener.endpoint, 100, environment: ["IPC_HELPER_RESUME": "2"])
+        let rx = try await within(20) { try await listener.accept() }.receiver
+        for i in 0..<100 { #expect(try await within(20) { try await rx.receive() }.map(index) == UInt64(i)) }
+        sender.kill()
+        let start = ContinuousClock.now
+        let error = try await within(20) { () async -> IPCError? in
+            do {
+                _ = try await rx.receive()
+                return nil
+            } catch {
+                return error as? IPCError
+            }
+        }
+        #expect(error?.code == .peerClosed, "\(String(describing: error))")
+        #expect(error?.message.contains("not resumed within") == true, "\(String(describing: error))")
+        #expect(ContinuousClock.now - start >= .seconds(1.5))
+        _ = await sender.finish()
+
+        // The dialing side tries to connect again until the deadline.
+        let receiver = try ChildProcess.helper("serve-limited", kind.endpoint(in: temporaryDirectory()), 0, environment: ["IPC_HELPER_RESUME": "2"])
+        let endpoint = try await receiver.listeningEndpoint()
+        let connection = try await within(20) { try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options) }
+        for i in 0..<10 {
+            try await within(20) { try await connection.sender.send(numbered(UInt64(i))) }
+            #expect(try await within(20) { try await connection.receiver.receive() }.map(index) == UInt64(i))
+        }
+        receiver.kill()
+        _ = await receiver.finish()
+        let sendError = try await within(20) { () async -> IPCError? in
+            do {
+                for i in 10..<10_000_000 { try await connection.sender.send(numbered(UInt64(i))) }
+                return nil
+            } catch {
+                return error as? IPCError
+            }
+        }
+        #expect(sendError?.code == .peerClosed, "\(String(describing: sendError))")
+        #expect(sendError?.message.contains("not resumed within") == true, "\(String(describing: sendError))")
+        // The helper echoes with a window of 64: what it had not acknowledged is in doubt, and no more.
+        #expect((1...64).contains(sendError?.messagesInDoubt ?? 0), "\(String(describing: sendError))")
+    }
+
+    @Test("a listener that restarted does not know the connection: the dialer is told, with the messages in doubt", arguments: TransportKind.sockets)
+    func restartedListenerIsNotResumed(_ kind: TransportKind) async throws {
+        let options = Self.resumeOptions(deadline: .seconds(20))
+        let environment = ["IPC_HELPER_RESUME": "20"]
+        let first = try ChildProcess.helper("serve-limited", kind.endpoint(in: temporaryDirectory()), 0, environment: environment)
+        defer { first.kill() }
+        let endpoint = try await first.listeningEndpoint()
+        let connection = try await within(20) { try await IPC.connect(to: endpoint, sending: .raw, receiving: .raw, options: options) }
+        for i in 0..<10 {
+            try await within(20) { try await connection.sender.send(numbered(UInt64(i))) }
+            #expect(try await within(20) { try await connection.receiver.receive() }.map(index) == UInt64(i))
+        }
+        first.kill()
+        _ = await first.finish()
+        let second = try ChildProcess.helper("serve-limited", endpoint, 0, environment: environment)
+        defer { second.kill() }
+        #expect(try await second.listeningEndpoint() == endpoint)
+        let error = try await within(30) { () async -> IPCError? in
+            do {
+                for i in 10..<10_000_000 { try await connection.sender.send(numbered(UInt64(i))) }
+                return nil
+            } catch {
+                return error as? IPCError
+            }
+        }
+        #expect(error?.code == .peerClosed, "\(String(describing: error))")
+        #expect(error?.message.contains("does not continue this connection") == true, "\(String(describing: error))")
+        #expect((1...64).contains(error?.messagesInDoubt ?? 0), "\(String(describing: error))")
     }
 }
 

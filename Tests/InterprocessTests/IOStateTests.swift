@@ -810,3 +810,225 @@ struct ProtocolPropertyTests {
         #expect(sender.canSend() == .ready, "the sender stays blocked after everything was taken")
     }
 }
+
+enum ResumeEventKind: CaseIterable, Sendable {
+    case send, deliverToListener, deliverToDialer, take, cut
+}
+
+@Suite("Resuming, between two ends, random events")
+struct ResumePropertyTests {
+    /// A dialer sending to a listener (both offering resume) over a simulated wire that delivers in random pieces
+    /// and is cut at random: a cut drops whatever was on the wire, the dialer's hello continues the session on a
+    /// new stream, and the listener answers. Every message arrives exactly once and in order however often the
+    /// wire is cut, the sender's kept frames never exceed its window's bytes, and once the wire stays up
+    /// everything sent is taken.
+    @Test func everyMessageOnceThroughRandomCuts() async {
+        let event = zip(Gen<ResumeEventKind>.case, Gen.int(in: 0...5000))
+        await propertyCheck(count: 200, input: event.array(of: 1...150)) { events in
+            try exchange(events)
+        }
+    }
+
+    private func exchange(_ events: [(ResumeEventKind, Int)]) throws {
+        let capacity: UInt32 = 8
+        var dialerHello = Hello(capacity: capacity, maxFrame: 1 << 20, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes")
+        var listenerHello = dialerHello
+        dialerHello.resume = Hello.Resume(session: Array(0..<16))
+        listenerHello.resume = Hello.Resume(session: [UInt8](repeating: 0, count: 16))
+        var dialer = ConnectionState(mode: .framed, local: dialerHello, hasSender: true, hasReceiver: true)
+        var listener = ConnectionState(mode: .framed, local: listenerHello, hasSender: true, hasReceiver: true, answersHello: true)
+        let toListener = FrameReader(mode: .framed, maxPayload: 1 << 20)
+        let toDialer = FrameReader(mode: .framed, maxPayload: 1 << 20)
+        var sent: [[UInt8]] = []
+        var taken = 0
+        var cuts = 0
+
+        func take() throws {
+            while case .message(let bytes, _) = listener.receive() {
+                try #require(taken < sent.count, "a message nobody sent")
+                #expect(bytes == sent[taken], "message \(taken) changed, repeated or out of order")
+                taken += 1
+            }
+        }
+
+        func cut() throws {
+            // Both ends learn of the break (the handshake may not even be done: then there is nothing to resume).
+            guard dialer.resumable && listener.resumable else { return }
+            #expect(dialer.streamBroke() != .end)
+            #expect(listener.streamBroke() != .end)
+            cuts += 1
+            toListener.restart(expectingHello: true)
+            toDialer.restart(expectingHello: true)
+            try dialer.continueOnNewStream(peerReceived: nil)
+            #expect(dialer.canSend() == .wait, "the dialer sends before the listener answered")
+            // The listener's accept reads the dialer's hello from the new stream, and the connection it names
+            // answers with what it received and sends again the rest.
+            let (segments, offset) = dialer.outbox.snapshot()
+            var bytes: [UInt8] = []
+            for (i, segment) in segments.enumerated() { bytes += segment[(i == 0 ? offset : 0)...] }
+            let parsed = try bytes.withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) }
+            let (hello, size) = try #require(parsed)
+            #expect(size == bytes.count, "the dialer sent more than its hello before the answer")
+            let resume = try #require(hello.resume)
+            #expect(resume.resuming && resume.session == Array(0..<16))
+            dialer.outbox.consume(size)
+            toListener.restart(expectingHello: false)
+            try listener.continueOnNewStream(peerReceived: resume.received)
+        }
+
+        for (kind, amount) in events {
+            switch kind {
+            case .send:
+                guard dialer.canSend() == .ready else { continue }
+                let size = amount % 10 == 0 ? amount * 40 : amount % 300
+                var payload = [UInt8](repeating: UInt8(truncatingIfNeeded: sent.count), count: size)
+                withUnsafeBytes(of: UInt64(sent.count)) { tag in for (i, b) in tag.prefix(size).enumerated() { payload[i] = b } }
+                _ = try dialer.appendData(bytes: payload)
+                sent.append(payload)
+            case .deliverToListener:
+                try transfer(from: &dialer, to: &listener, through: toListener, limit: amount * 53)
+            case .deliverToDialer:
+                try transfer(from: &listener, to: &dialer, through: toDialer, limit: amount * 53)
+            case .take:
+                try take()
+            case .cut:
+                if amount % 3 == 0 { try cut() }
+            }
+            #expect(dialer.unacknowledged <= UInt64(capacity), "more than the capacity in flight")
+            #expect(listener.inbox.count <= Int(capacity), "the listener holds more than its capacity")
+        }
+        for _ in 0..<(sent.count + 4) where taken < sent.count || !dialer.outbox.isEmpty || !listener.outbox.isEmpty {
+            try transfer(from: &dialer, to: &listener, through: toListener, limit: .max)
+            try take()
+            try transfer(from: &listener, to: &dialer, through: toDialer, limit: .max)
+        }
+        #expect(taken == sent.count, "\(sent.count - taken) of \(sent.count) messages never arrived (\(cuts) cuts)")
+        #expect(dialer.canSend() == .ready, "the dialer stays blocked after everything was taken")
+    }
+}
+
+@Suite("Resuming: the hello and the state machine")
+struct ResumeUnitTests {
+    let terms = Hello(capacity: 4, maxFrame: 1 << 16, sendCodec: "raw", sendType: "bytes", receiveCodec: "raw", receiveType: "bytes")
+
+    @Test("a version-3 hello carries the session, whether it continues it, and what was received")
+    func helloRoundTrip() throws {
+        var hello = terms
+        hello.resume = Hello.Resume(session: Array(100..<116), resuming: true, received: 42)
+        let bytes = hello.encoded()
+        #expect(bytes[4] == 3 && bytes[6] == 1, "version 3, flag 1")
+        let parsed = try bytes.withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) }
+        #expect(parsed?.0 == hello && parsed?.1 == bytes.count)
+        // A version-2 hello (no resume) is unchanged: what peers without resume send and expect.
+        let plain = terms.encoded()
+        #expect(plain[4] == 2 && plain[6] == 0)
+        #expect(try plain.withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) }?.0.resume == nil)
+        // A version-3 hello without its session, or with an undefined flag, is refused.
+        var truncated = bytes
+        truncated.removeLast(8)
+        truncated.storeLE(UInt32(truncated.count - Wire.helloHeaderSize), at: 8)
+        #expect(throws: IPCError.self) { try truncated.withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) } }
+        var flagged = bytes
+        flagged[6] = 3
+        #expect(throws: IPCError.self) { try flagged.withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) } }
+    }
+
+    /// The answering side answers a hello without resume with a version-2 hello (so a peer without resume is
+    /// served as before), and one that starts a session with a version-3 hello echoing it.
+    @Test("a listener that offers resume answers each client in its own version")
+    func listenerAnswersInTheClientsVersion() throws {
+        var offering = terms
+        offering.resume = Hello.Resume(session: [UInt8](repeating: 0, count: 16))
+        var listener = ConnectionState(mode: .framed, local: offering, hasSender: true, hasReceiver: true, answersHello: true)
+        #expect(listener.outbox.isEmpty, "the listener spoke first")
+        try listener.apply(hello: terms)
+        #expect(!listener.resumable)
+        let answer = listener.outbox.snapshot().segments.joined()
+        #expect(Array(answer) == terms.encoded())
+
+        var resumingClient = terms
+        resumingClient.resume = Hello.Resume(session: Array(1...16))
+        var second = ConnectionState(mode: .framed, local: offering, hasSender: true, hasReceiver: true, answersHello: true)
+        try second.apply(hello: resumingClient)
+        #expect(second.resumable && second.session == Array(1...16))
+        let parsed = try Array(second.outbox.snapshot().segments.joined()).withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) }
+        #expect(parsed?.0.resume == Hello.Resume(session: Array(1...16)))
+    }
+
+    /// Frames are kept until the peer acknowledges them, no longer: a credit drops them, and a new stream sends
+    /// exactly those the peer did not receive, after the cumulative credit, with the close last.
+    @Test("a resumable sender keeps exactly the unacknowledged frames and sends again those not received")
+    func keepsAndResendsUnacknowledgedFrames() throws {
+        var dialerHello = terms
+        dialerHello.resume = Hello.Resume(session: Array(1...16))
+        var dialer = ConnectionState(mode: .framed, local: dialerHello, hasSender: true, hasReceiver: true)
+        var answer = terms
+        answer.resume = Hello.Resume(session: Array(1...16))
+        try dialer.apply(hello: answer)
+        #expect(dialer.resumable)
+        for i in 0..<4 { _ = try dialer.appendData(bytes: [UInt8](repeating: UInt8(i), count: 10)) }
+        #expect(dialer.canSend() == .wait, "capacity 4")
+        var effects = ConnectionState.Effects()
+        try dialer.apply(.credit(consumed: 2), effects: &effects)
+        try dialer.closeSender()
+        // The stream breaks; the listener had received 3 of the 4.
+        #expect(dialer.streamBroke() == .resume)
+        #expect(dialer.streamBroke() == .resuming)
+        try dialer.continueOnNewStream(peerReceived: nil)
+        // Its hello is written.
+        _ = dialer.outbox.snapshot()
+        dialer.outbox.consume(dialer.outbox.count)
+        var listenerAnswer = answer
+        listenerAnswer.resume = Hello.Resume(session: Array(1...16), resuming: true, received: 3)
+        try dialer.apply(hello: listenerAnswer)
+        let reader = FrameReader(mode: .framed, maxPayload: 1 << 16)
+        reader.restart(expectingHello: false)
+        let (segments, offset) = dialer.outbox.snapshot()
+        let bytes = Array(Array(segments.joined())[offset...])
+        _ = try reader.read { buffer throws(IPCError) -> Int in
+            bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            return bytes.count
+        }
+        var resent: [UInt64] = []
+        var frames: [Frame] = []
+        while true {
+            if let (seq, payload) = reader.nextData() {
+                resent.append(seq)
+                #expect(payload == [UInt8](repeating: UInt8(seq - 1), count: 10))
+                continue
+            }
+            guard case .frame(let frame)? = try reader.next() else { break }
+            frames.append(frame)
+        }
+        #expect(resent == [4], "only message 4 was not received")
+        #expect(frames == [.close(lastSeq: 4)])
+        // A peer claiming to have received more than was sent, or less than it took, is refused.
+        var other = dialer
+        _ = other.streamBroke()
+        try other.continueOnNewStream(peerReceived: nil)
+        listenerAnswer.resume?.received = 9
+        #expect(throws: IPCError.self) { try other.apply(hello: listenerAnswer) }
+    }
+
+    /// The end of the stream after the peer said and took all it will is its goodbye, not a break.
+    @Test("the end of the stream is a break only while the peer may still send or take")
+    func endOfStreamAfterGoodbyeIsNotABreak() throws {
+        var dialerHello = terms
+        dialerHello.resume = Hello.Resume(session: Array(1...16))
+        var answer = terms
+        answer.resume = Hello.Resume(session: Array(1...16))
+        var dialer = ConnectionState(mode: .framed, local: dialerHello, hasSender: true, hasReceiver: true)
+        try dialer.apply(hello: answer)
+        var effects = ConnectionState.Effects()
+        #expect(dialer.streamBroke() == .resume, "the peer may still send")
+        var done = ConnectionState(mode: .framed, local: dialerHello, hasSender: true, hasReceiver: true)
+        try done.apply(hello: answer)
+        try done.apply(.close(lastSeq: 0), effects: &effects)
+        try done.closeSender()
+        #expect(done.streamBroke() == .end, "both directions are done")
+        var failed = ConnectionState(mode: .framed, local: dialerHello, hasSender: true, hasReceiver: true)
+        try failed.apply(hello: answer)
+        failed.fail(IPCError(.protocolViolation, "test"))
+        #expect(failed.streamBroke() == .end, "a failed connection does not resume")
+    }
+}

@@ -780,6 +780,13 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         }
     }
 
+    /// A client asked this connection (a new one, its hello read) to continue a session this side does not know:
+    /// it answers that it continues nothing, and fails with `error`.
+    package func refuseResume(_ error: IPCError) {
+        locked.withLock { $0.channel.refuseResume() }
+        fail(error, tellPeer: true)
+    }
+
     /// Whether the connection is between streams now (or waits for the peer's answer on a new one).
     package var isBroken: Bool { locked.withLock { $0.channel.broken || $0.channel.awaitingResumeHello } }
 
@@ -1114,7 +1121,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                     try state.channel.apply(hello: hello)
                     tally.effects.wake = true
                     // An answering side's hello, or what a resumed connection sends again.
-                    tally.effects.output = !state.channel.outbox.isEmpty
+                    if !state.channel.outbox.isEmpty { tally.effects.output = true }
                 case .frame(let frame):
                     try state.channel.apply(frame, effects: &tally.effects)
                 }

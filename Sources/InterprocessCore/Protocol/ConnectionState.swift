@@ -132,29 +132,20 @@ package struct ConnectionState {
             return
         }
         guard peer == nil else { throw IPCError(.protocolViolation, "the peer sent a second handshake") }
-        do {
-            try local.checkCompatible(withPeer: hello)
-        } catch {
-            peer = hello
-            throw error
-        }
         peer = hello
-        guard let offered = hello.resume, local.resume != nil else {
-            if answersHello {
-                let answer = local.terms.encoded()
-                outbox.append { $0 += answer }
-            }
-            return
+        let offered = local.resume == nil ? nil : hello.resume
+        // The answering side answers first, whatever it decides (the peer reads why it is refused after a hello),
+        // except to a hello that continues a session: the connection it continues answers on this new stream.
+        if answersHello, offered?.resuming != true {
+            if let offered { session = offered.session }
+            let answer = offered == nil ? local.terms.encoded() : resumeHello(resuming: false).encoded()
+            outbox.append { $0 += answer }
         }
+        try local.checkCompatible(withPeer: hello)
+        guard let offered else { return }
         if answersHello {
             session = offered.session
             resumable = true
-            // A hello that continues a session is answered by the connection it continues (on this new stream);
-            // a new session is answered here.
-            if !offered.resuming {
-                let answer = resumeHello(resuming: false).encoded()
-                outbox.append { $0 += answer }
-            }
         } else {
             guard offered.session == local.resume!.session, !offered.resuming else {
                 throw IPCError(.protocolViolation, "the peer answered with another session than the one this side started")
@@ -641,8 +632,21 @@ package struct ConnectionState {
         }
     }
 
+    /// An answering side that does not know the session a hello continues: its answer, a hello that continues
+    /// nothing (an error frame follows).
+    package mutating func refuseResume() {
+        guard answersHello, let resume = peer?.resume, resume.resuming else { return }
+        var answer = local
+        answer.resume = Hello.Resume(session: resume.session, resuming: false)
+        let bytes = answer.encoded()
+        outbox.append { $0 += bytes }
+    }
+
     /// The dialing side's new stream: the listener's hello says what it received.
     private mutating func applyResumeHello(_ hello: Hello) throws(IPCError) {
+        if let resume = hello.resume, !resume.resuming {
+            throw IPCError(.peerClosed, "the peer does not continue this connection (it restarted, or the connection ended there or gave up waiting); what was sent and not acknowledged may be lost")
+        }
         guard let resume = hello.resume, resume.resuming, resume.session == session, hello.terms == peer?.terms else {
             throw IPCError(.protocolViolation, "the peer answered a resumed connection with a handshake for another session or other terms")
         }
