@@ -40,6 +40,7 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Exit after this many messages.") var count: Int?
     @Option(name: .customLong("type"), help: "Element type name announced in json mode (must match the sender's).") var typeName = "json"
     @Flag(name: .customLong("json"), help: "Machine-readable output: one JSON object per line, {\"message\": ...} for each message (the text as a string, a json message as its value, raw bytes as {\"base64\": ...}), and {\"error\": {\"code\", \"message\", \"messagesInDoubt\"}} if the channel fails.") var jsonOutput = false
+    @OptionGroup var resume: ResumeOptions
 
     func run() async throws {
         let endpoint = try parseEndpoint(self.endpoint)
@@ -82,12 +83,16 @@ struct Receive: AsyncParsableCommand {
 
     private func receive<C: MessageCodec>(_ endpoint: Endpoint, _ codec: C, _ output: (C.Value) -> Void) async throws {
         let receiver: Receiver<C.Value>
+        let options = resume.channelOptions
+        // A resumable connection's listener stays open: the client comes back to it after a break.
+        var listener: Listener<NoMessages, C>?
+        defer { listener?.close() }
         if connect {
-            receiver = try await IPC.connect(to: endpoint, receiving: codec)
+            receiver = try await IPC.connect(to: endpoint, receiving: codec, options: options)
         } else {
-            let listener = try IPC.listen(on: endpoint, receiving: codec)
-            receiver = try await listener.accept().receiver
-            listener.close()
+            listener = try IPC.listen(on: endpoint, receiving: codec, options: options)
+            receiver = try await listener!.accept().receiver
+            if options.resume == nil { listener?.close() }
         }
         var received = 0
         if count == 0 { return }
@@ -110,6 +115,7 @@ struct Send: AsyncParsableCommand {
     @Flag(help: "Listen on the endpoint and accept one connection instead of dialling.") var listen = false
     @Option(help: CLICodec.help) var codec: CLICodec = .text
     @Option(name: .customLong("type"), help: "Element type name announced in json mode (must match the receiver's).") var typeName = "json"
+    @OptionGroup var resume: ResumeOptions
 
     func run() async throws {
         let endpoint = try parseEndpoint(self.endpoint)
@@ -163,12 +169,16 @@ struct Send: AsyncParsableCommand {
 
     private func send<C: MessageCodec, S>(_ endpoint: Endpoint, _ codec: C, _ source: AnyIterator<S>, transform: (S) throws -> C.Value) async throws {
         let sender: Sender<C.Value>
+        let options = resume.channelOptions
+        // A resumable connection's listener stays open: the client comes back to it after a break.
+        var listener: Listener<C, NoMessages>?
+        defer { listener?.close() }
         if listen {
-            let listener = try IPC.listen(on: endpoint, sending: codec)
-            sender = try await listener.accept().sender
-            listener.close()
+            listener = try IPC.listen(on: endpoint, sending: codec, options: options)
+            sender = try await listener!.accept().sender
+            if options.resume == nil { listener?.close() }
         } else {
-            sender = try await IPC.connect(to: endpoint, sending: codec)
+            sender = try await IPC.connect(to: endpoint, sending: codec, options: options)
         }
         while let item = source.next() {
             try await sender.send(try transform(item))
@@ -180,4 +190,16 @@ struct Send: AsyncParsableCommand {
 struct ValidationFailure: Error, CustomStringConvertible {
     let text: String
     var description: String { text }
+}
+
+/// `ipc send` and `ipc receive` resume a broken connection by default (ChannelOptions.resume).
+struct ResumeOptions: ParsableArguments {
+    @Flag(help: "Fail at once when the connection breaks, instead of resuming it (by default a Unix-socket or TCP connection that breaks is resumed, and nothing sent is lost or repeated, if both sides offer it).") var noResume = false
+    @Option(help: "How long a broken connection may take to resume before the command fails, in seconds.") var resumeDeadline: Int = 30
+
+    var channelOptions: ChannelOptions {
+        var options = ChannelOptions()
+        if !noResume { options.resume = ResumePolicy(deadline: .seconds(max(resumeDeadline, 1))) }
+        return options
+    }
 }

@@ -31,6 +31,32 @@ struct CLITests {
         #expect(await cli.finish().status == 0)
     }
 
+    /// `ipc send` and `ipc receive` resume a broken connection by default: lines sent through a proxy that cuts
+    /// every connection at a random byte arrive once each, in order.
+    @Test("send and receive resume through cuts: every line once, in order")
+    func sendReceiveResumeThroughCuts() async throws {
+        let path = temporaryDirectory() + "/r.sock"
+        let receive = try ChildProcess("ipc", ["receive", "unix:" + path])
+        #expect(try await within(20) { () async -> Bool in
+            while access(path, F_OK) != 0 { await Task.yield() }
+            return true
+        })
+        let proxy = try CuttingProxy(target: .unix(path: path)) { Int.random(in: 500...20_000) }
+        defer { proxy.close() }
+        let count = scaledCount(100_000)
+        let send = try ChildProcess("ipc", ["send", proxy.endpoint.description])
+        send.write(Array((0..<count).map { "line \($0)\n" }.joined().utf8))
+        send.closeInput()
+        let (sendStatus, sendOutput) = await send.finish(within: 120)
+        let (status, output) = await receive.finish(within: 120)
+        #expect(sendStatus == 0, "send said: \(sendOutput.suffix(300))")
+        #expect(status == 0, "receive said: \(output.suffix(300))")
+        let lines = output.split(separator: "\n")
+        #expect(lines.count == count)
+        #expect(lines.enumerated().allSatisfy { $0.element == "line \($0.offset)" }, "lines missing, repeated or out of order")
+        #expect(proxy.connections > 10, "only \(proxy.connections - 1) cuts")
+    }
+
     @Test("receive --connect prints each message on its own line and exits at the end")
     func receiveText() async throws {
         let listener = try IPC.listen(on: .unix(path: temporaryDirectory() + "/r.sock"), sending: .utf8)
