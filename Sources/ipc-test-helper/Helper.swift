@@ -265,6 +265,52 @@ struct Helper {
                     report("\(error.code) after \(elapsed.components.seconds) s: \(error.message)")
                 }
                 withExtendedLifetime(server) {}
+            case "link-down-up":
+                // Run in a network namespace of its own (`unshare -n`): a resumable TCP connection to itself
+                // (deadPeerTimeout 2 s) carries `number` numbered messages while the namespace's loopback interface
+                // goes down for 5 s and comes back, twice. Reports how many arrived, in order, and how many resumes.
+                try command(["ip", "link", "set", "lo", "up"])
+                options.deadPeerTimeout = .seconds(2)
+                options.resume = ResumePolicy(deadline: .seconds(30))
+                let listener = try IPC.listen(on: endpoint, receiving: .raw, options: options)
+                let tx = try await IPC.connect(to: listener.endpoint, sending: .raw, options: options)
+                let rx = try await listener.accept().receiver
+                let sending = Task {
+                    for i in 0..<number { try await tx.send(numbered(UInt64(i))) }
+                    try await tx.closeAndWait()
+                }
+                let outages = Task {
+                    for _ in 0..<2 {
+                        try await Task.sleep(for: .seconds(1))
+                        try command(["ip", "link", "set", "lo", "down"])
+                        try await Task.sleep(for: .seconds(5))
+                        try command(["ip", "link", "set", "lo", "up"])
+                    }
+                }
+                var count = 0
+                var last = ContinuousClock.now
+                var longestGap = Duration.zero
+                while let m = try await rx.receive() {
+                    guard index(m) == UInt64(count) else {
+                        report("out of order: message \(index(m)) arrived as number \(count)")
+                        exit(1)
+                    }
+                    count += 1
+                    longestGap = max(longestGap, ContinuousClock.now - last)
+                    // Paced (about 12 s in all), so that the stream flows across both outages.
+                    if count % 10 == 0 { try? await Task.sleep(for: .milliseconds(40)) }
+                    last = ContinuousClock.now
+                }
+                do {
+                    try await sending.value
+                    try await outages.value
+                } catch {
+                    report("failed: \(error)")
+                    exit(1)
+                }
+                report("longest gap \(longestGap.components.seconds) s")
+                report("received \(count) in order")
+                exit(count == number ? 0 : 1)
             case "serve-limited":
                 // Lowers its descriptor limit to `number` above the descriptors open now (0: leaves it), listens,
                 // says so, and echoes on every connection until its peer closes it, saying how each one ended

@@ -20,7 +20,7 @@ let canMakeNetworkNamespace: Bool = {
 
 /// A TCP peer whose host vanishes (no FIN, no reset: here, the loopback interface of a private network namespace
 /// taken down under an established connection) is declared gone after `ChannelOptions.deadPeerTimeout`.
-@Suite("Dead TCP peers", .timeLimit(.minutes(1)), .enabled(if: canMakeNetworkNamespace, "needs a network namespace of its own (root, unshare, ip)"))
+@Suite("Dead TCP peers", .timeLimit(.minutes(2)), .enabled(if: canMakeNetworkNamespace, "needs a network namespace of its own (root, unshare, ip)"))
 struct DeadPeerTests {
     /// Runs the helper's dead-peer drill in a fresh network namespace with deadPeerTimeout `seconds` (0: none).
     private func drill(deadPeerTimeout seconds: Int) async throws -> (status: Int32, output: String) {
@@ -44,6 +44,20 @@ struct DeadPeerTests {
         #expect(result?.code == "peerClosed", "\(output)")
         #expect((2...10).contains(result?.seconds ?? -1), "\(output)")
         #expect(output.contains("stopped answering"), "\(output)")
+    }
+
+    /// The link between two ends goes down (without a reset: the peer just stops answering) for longer than the
+    /// dead-peer timeout, twice, and comes back: a resumable connection is declared broken by its heartbeats,
+    /// the dialer keeps trying, and once the link is back it resumes with nothing lost or repeated.
+    @Test("with resume, a link that goes down and comes back loses and repeats nothing")
+    func linkDownAndUpIsResumed() async throws {
+        let child = try ChildProcess(path: "/usr/bin/env", ["unshare", "-n", buildDirectory + "/ipc-test-helper", "link-down-up", "tcp://127.0.0.1:0", "3000"])
+        let (status, output) = await child.finish(within: 50)
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("received 3000 in order"), "\(output)")
+        // The stream stopped while the link was down (longer than the dead-peer timeout) and went on after.
+        let gap = output.split(separator: "\n").first { $0.hasPrefix("longest gap ") }.flatMap { Int($0.split(separator: " ")[2]) }
+        #expect((3...20).contains(gap ?? -1), "\(output)")
     }
 
     @Test("without deadPeerTimeout the same receive is still waiting when its own 12 s limit ends")
