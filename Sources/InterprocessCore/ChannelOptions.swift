@@ -50,7 +50,8 @@ public struct ChannelOptions: Sendable {
     /// policy's deadline fails with `peerClosed` and the count of messages in doubt; so does one whose listener
     /// restarted meanwhile (it does not know the connection). Default nil: a broken stream fails the connection at
     /// once, which is also how a dead peer process is noticed at once (with resume, a dialer whose listener died
-    /// keeps trying until the deadline). Shared memory has no stream to break and does not resume.
+    /// keeps trying until the deadline). Shared memory has no stream to break and does not resume; nor does the
+    /// socket pair of `IPC.spawn` (there is no endpoint to dial again), nor lines mode (no sequence numbers).
     public var resume: ResumePolicy?
     /// Unix sockets and TCP: how long a peer may stop sending in the middle of a frame (a message, or any other
     /// frame, partly received) before the connection fails with `timeout`. A peer that stops mid-frame is stuck or

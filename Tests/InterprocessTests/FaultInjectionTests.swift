@@ -293,15 +293,22 @@ struct ResumeTests {
         defer { proxy.close() }
         let helper = try ChildProcess.helper("send", proxy.endpoint, count, environment: ["IPC_HELPER_RESUME": "30"])
         let rx = try await within(60) { try await listener.accept() }.receiver
-        let received = try await within(300) { () async throws -> Int in
-            var received = 0
-            while let m = try await rx.receive() {
-                #expect(index(m) == UInt64(received))
-                received += 1
+        var received = 0
+        var failure: (any Error)?
+        do {
+            received = try await within(300) { () async throws -> Int in
+                var received = 0
+                while let m = try await rx.receive() {
+                    #expect(index(m) == UInt64(received))
+                    received += 1
+                }
+                return received
             }
-            return received
+        } catch {
+            failure = error
         }
         let (status, output) = await helper.finish()
+        #expect(failure == nil, "\(String(describing: failure)); the helper said: \(output.suffix(2000))")
         #expect(received == count)
         #expect(status == 0, "\(output)")
         #expect(proxy.connections > 10, "only \(proxy.connections - 1) cuts")
@@ -383,6 +390,13 @@ struct ResumeTests {
         #expect(error?.code == .peerClosed, "\(String(describing: error))")
         #expect(error?.message.contains("does not continue this connection") == true, "\(String(describing: error))")
         #expect((1...64).contains(error?.messagesInDoubt ?? 0), "\(String(describing: error))")
+        // A failed connection stops trying: over a second, the new listener hears no more of it (it logs each
+        // refusal).
+        try await Task.sleep(for: .seconds(1))
+        second.kill()
+        let (_, output) = await second.finish()
+        let refusals = output.components(separatedBy: "refused a connection").count - 1
+        #expect(refusals == 1, "the restarted listener refused \(refusals) connections: \(output.prefix(500))")
     }
 }
 

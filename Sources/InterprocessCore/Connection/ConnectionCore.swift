@@ -726,7 +726,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
             throw IPCError(.protocolViolation, "this connection does not resume")
         }
         // The roles are taken once the task or thread holding them lets go (it is reading or writing right now: a
-        // matter of microseconds, unless its thread is preempted).
+        // matter of microseconds, unless its thread is preempted, or a spinning reader's budget).
+        let giveUpAt = Platform.monotonicNanoseconds() + Self.roleWaitNanos
+        var attempts = 0
         while true {
             let step = locked.withLock { state -> Bool? in
                 if let failure = state.channel.failure { _ = failure; return nil }
@@ -742,7 +744,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 throw locked.withLock { $0.channel.failure } ?? IPCError(.alreadyClosed, "the connection ended before it could be resumed")
             }
             if step { break }
-            await Task.yield()
+            attempts += 1
+            if Platform.monotonicNanoseconds() >= giveUpAt {
+                newStream.close()
+                throw IPCError(.timeout, "the connection's reader or writer stayed busy for \(Self.roleWaitNanos / 1_000_000_000) s; the new stream was dropped")
+            }
+            if attempts < 16 {
+                await Task.yield()
+            } else {
+                try? await Task.sleep(for: .microseconds(200))
+            }
         }
         swappable.detach()
         reader.restart(expectingHello: peerReceived == nil)
@@ -769,6 +780,9 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         wakeAll()
     }
 
+    /// How long ``continueOn(_:peerReceived:)`` waits at most for the reader and the writer to let go.
+    private static let roleWaitNanos: UInt64 = 5_000_000_000
+
     /// Waits until a new stream continued the connection (the dialing side: until the peer's hello on it arrived).
     /// Throws the connection's failure; returns false when the new stream broke too.
     package func waitUntilContinued() async throws(IPCError) -> Bool {
@@ -788,7 +802,10 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     }
 
     /// Whether the connection is between streams now (or waits for the peer's answer on a new one).
-    package var isBroken: Bool { locked.withLock { $0.channel.broken || $0.channel.awaitingResumeHello } }
+    /// False once the connection failed or closed: then there is nothing to resume.
+    package var isBroken: Bool {
+        locked.withLock { ($0.channel.broken || $0.channel.awaitingResumeHello) && $0.channel.failure == nil && !$0.closed }
+    }
 
     /// Drops a new stream whose peer did not answer in time: the connection looks for another.
     package func abandonStream() {
@@ -1168,9 +1185,16 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Anything still pending when a task is about to wait is written by that task before it waits, and a
     /// deferred flush on the I/O thread writes the tail of a burst that ends without a wait.
     func afterAppend(data: Bool) {
-        if locked.withLock({ state in decideWrite(&state, data: data) && !writeToRing(&state) }) { writeInline(data: data) }
-        // A credit (or another control frame) was appended: a batch of messages was taken.
-        if !data { reportMetrics() }
+        // A credit (or another control frame) was appended: a batch of messages was taken, whose totals are
+        // taken under the same lock.
+        let metrics = data ? nil : configuration.metrics
+        var delta: ConnectionState.Totals?
+        let writeNow = locked.withLock { state in
+            if metrics != nil { delta = state.totalsToReport() }
+            return decideWrite(&state, data: data) && !writeToRing(&state)
+        }
+        if writeNow { writeInline(data: data) }
+        if let metrics, let delta { metrics.record(delta) }
     }
 
     /// Reports what was delivered each way since the last report (``ConnectionMetrics``): after a credit was

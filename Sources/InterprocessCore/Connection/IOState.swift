@@ -548,6 +548,8 @@ package struct IOState<Waiter, Watcher> {
         writer = .writing
         staged = false
         unflushedFrames = 0
+        // The frame reader starts again at a frame boundary.
+        insideFrame = false
         return true
     }
 
@@ -683,7 +685,8 @@ package struct IOState<Waiter, Watcher> {
 
     /// The stall timer armed at `armedAt` fired.
     package mutating func stallTimerFired(armedAt: UInt64) -> StallCheck {
-        guard insideFrame, !closed, channel.failure == nil else {
+        // Between streams nothing can arrive, and the frame cut short is sent again whole on the next stream.
+        guard insideFrame, !closed, channel.failure == nil, !channel.broken, !channel.awaitingResumeHello else {
             stallTimerArmed = false
             return .idle
         }

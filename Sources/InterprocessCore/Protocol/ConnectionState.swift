@@ -87,6 +87,8 @@ package struct ConnectionState {
     /// Resumable sender: every data frame sent and not yet acknowledged as taken, whole, oldest first (the frames
     /// after `peerConsumed`, whose sizes `untakenSizes` lists), to be sent again on a new stream.
     private var retransmit = RetransmitBuffer()
+    /// The peer received this side's close (``Frame/closeReceived(lastSeq:)``): its receiver needs nothing more.
+    package private(set) var closeAcknowledged = false
     /// The stream broke and no new one continues the connection yet: the outbox is rebuilt when one does.
     package private(set) var broken = false
     /// A dialing side continued the session on a new stream: its hello went first, and nothing else goes until
@@ -190,6 +192,11 @@ package struct ConnectionState {
             peerClosedAfter = lastSeq
             effects.wake = true
             if appendCreditIfDue() { effects.output = true }
+            // A resumable sender needs to know that its close arrived: until then, the end of its stream is a break.
+            if resumable && !awaitingResumeHello {
+                outbox.append { $0.appendControlFrame(.closeReceived(lastSeq: lastSeq)) }
+                effects.output = true
+            }
         case .error(let code, let message):
             if awaitingResumeHello {
                 failure = IPCError(.peerClosed, "the peer does not continue this connection (it restarted, or gave up waiting for it): \(message)", underlying: "peer code \(code)")
@@ -210,6 +217,11 @@ package struct ConnectionState {
         case .stop:
             peerReceiverGone = true
             effects.wake = true
+        case .closeReceived(let lastSeq):
+            guard resumable, senderClosed, lastSeq == nextSeq - 1 else {
+                throw IPCError(.protocolViolation, "the peer acknowledged a close after message \(lastSeq), which this side did not send")
+            }
+            closeAcknowledged = true
         case .grant(let upTo):
             guard peer?.capacity == 0, upTo == peerConsumed || upTo == peerConsumed + 1 else {
                 throw IPCError(.protocolViolation, "the peer granted message \(upTo) while \(peerConsumed) were taken; grants are sent only at capacity 0, for the next message")
@@ -605,7 +617,7 @@ package struct ConnectionState {
         if !awaitingResumeHello {
             // The peer said all it will say and took all it will take: the end of its stream is its goodbye.
             let peerSenderDone = peer.sendCodec == "none" || peerClosedAfter != nil
-            let peerReceiverDone = peer.receiveCodec == "none" || peerReceiverGone || senderClosed && unacknowledged == 0
+            let peerReceiverDone = peer.receiveCodec == "none" || peerReceiverGone || closeAcknowledged
             if peerSenderDone && peerReceiverDone { return .end }
         }
         broken = true
@@ -679,6 +691,9 @@ package struct ConnectionState {
         outbox.append { $0 += frames }
         if senderClosed, peer?.receiveCodec != "none" {
             outbox.append { $0.appendControlFrame(.close(lastSeq: nextSeq - 1)) }
+        }
+        if let peerClosedAfter {
+            outbox.append { $0.appendControlFrame(.closeReceived(lastSeq: peerClosedAfter)) }
         }
     }
 }

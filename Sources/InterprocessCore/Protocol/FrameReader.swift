@@ -181,7 +181,7 @@ package final class FrameReader {
         switch type {
         case .data: limit = Wire.dataPrefixSize + maxPayload
         case .error: limit = 2 + Wire.maxErrorMessage
-        case .credit, .close, .ping, .pong, .stop, .grant: limit = 8
+        case .credit, .close, .ping, .pong, .stop, .grant, .closeReceived: limit = 8
         }
         guard length <= limit else {
             if type == .data {
@@ -222,6 +222,7 @@ package final class FrameReader {
         case .pong: return .frame(.pong(b.loadLE(UInt64.self, at: 0)))
         case .stop: return .frame(.stop(taken: b.loadLE(UInt64.self, at: 0)))
         case .grant: return .frame(.grant(upTo: b.loadLE(UInt64.self, at: 0)))
+        case .closeReceived: return .frame(.closeReceived(lastSeq: b.loadLE(UInt64.self, at: 0)))
         case .error:
             let code = b.loadLE(UInt16.self, at: 0)
             // The peer's text is shown in errors and logs: escaped, so it cannot forge a line there.

@@ -55,6 +55,8 @@ package enum FrameType: UInt8 {
     /// The receiver is gone: it takes no more messages.
     case stop = 7
     case grant = 8
+    /// Resumable connections only: the receiver has the peer's close (it will end once it took what it has).
+    case closeReceived = 9
 }
 
 /// What each side announces before any frame.
@@ -221,6 +223,9 @@ package enum Frame: Sendable, Equatable {
     /// Rendezvous (capacity 0) only: the receiver waits for messages up to and including `upTo` (it offers
     /// `taken + 1` while a receive waits, and takes the offer back with `taken` when none waits any more).
     case grant(upTo: UInt64)
+    /// Resumable connections only: this side received the peer's close after message `lastSeq`, so the peer's
+    /// sending direction needs nothing more from the connection (the end of the stream after it is a goodbye).
+    case closeReceived(lastSeq: UInt64)
 }
 
 extension Array where Element == UInt8 {
@@ -323,6 +328,9 @@ extension Array where Element == UInt8 {
         case .grant(let upTo):
             appendFrameHeader(.grant, length: 8)
             appendLE(upTo)
+        case .closeReceived(let lastSeq):
+            appendFrameHeader(.closeReceived, length: 8)
+            appendLE(lastSeq)
         }
     }
 }
