@@ -183,6 +183,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Spin budget in microseconds before a waiting task sleeps; default: the library's default.") var spin: Int?
     @Option(help: "Payload bytes a sender keeps in flight (ChannelOptions.maxBytesInFlight); default: the library's default.") var bytesInFlight: Int?
     @Option(help: "Shared-memory ring size in bytes (a power of two); default: the library's default.") var ringSize: Int?
+    @Flag(help: "Run the socket lines with resumable connections (ChannelOptions.resume), to measure what keeping every unacknowledged frame costs.") var resume = false
     @Option(parsing: .upToNextOption, help: "Workloads to run.") var workloads: [Workload] = Workload.allCases
     @Option(parsing: .upToNextOption, help: "Transports to run (the limits and peer libraries always run first).") var transports: [BenchTransport] = BenchTransport.allCases
     @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
@@ -207,6 +208,7 @@ struct Bench: AsyncParsableCommand {
         if let spin { options.spinMicroseconds = spin }
         if let bytesInFlight { options.maxBytesInFlight = bytesInFlight }
         if let ringSize { options.sharedMemoryRingSize = ringSize }
+        if resume { options.resume = ResumePolicy() }
         let directory = try makeTemporaryDirectory()
         defer { removeDirectory(directory) }
         // The limits and the peer libraries first, so that every Interprocess line has its ratios.
@@ -319,7 +321,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, programs: [NativeProgram.Kind: NativeProgram]) async throws -> BenchResult {
-        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--bytes-in-flight", String(options.maxBytesInFlight), "--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
+        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--bytes-in-flight", String(options.maxBytesInFlight)] + (options.resume == nil ? [] : ["--resume"]) + ["--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
         var options = options
         if ringSize == nil, let size = Self.ringSize(for: workload) { options.sharedMemoryRingSize = size }
         if transport == .baseline {
@@ -593,12 +595,14 @@ struct BenchPeer: AsyncParsableCommand {
     @Option var capacity = ChannelOptions().capacity
     @Option var spin = ChannelOptions().spinMicroseconds
     @Option var bytesInFlight = ChannelOptions().maxBytesInFlight
+    @Flag var resume = false
 
     private var options: ChannelOptions {
         var options = ChannelOptions()
         options.capacity = capacity
         options.spinMicroseconds = spin
         options.maxBytesInFlight = bytesInFlight
+        if resume { options.resume = ResumePolicy() }
         return options
     }
 

@@ -229,9 +229,11 @@ struct ResumeTests {
     @Test("messages through over a thousand cuts arrive exactly once and in order, either way", arguments: TransportKind.sockets, [true, false])
     func everyMessageOnceThroughCuts(_ kind: TransportKind, helperSends: Bool) async throws {
         let options = Self.resumeOptions()
+        // 200,000 messages: a million per case (with cuts five times further apart) passes too, in about two
+        // minutes for the four cases, but the process's other tests share its threads meanwhile.
         let count = scaledCount(200_000)
         // Cuts anywhere from just after the handshake on (the hellos are about 60 bytes each way): 24 bytes a
-        // message, so a cut every 170 messages or so, over a thousand in all.
+        // message, so a cut every 170 messages or so, over two thousand in all.
         let cut: @Sendable () -> Int = { Int.random(in: 500...8_000) }
         let environment = ["IPC_HELPER_RESUME": "30"]
         let endpoint = kind.endpoint(in: temporaryDirectory())
