@@ -731,8 +731,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         var attempts = 0
         while true {
             let step = locked.withLock { state -> Bool? in
-                if let failure = state.channel.failure { _ = failure; return nil }
-                if state.closed { return nil }
+                if state.channel.failure != nil || state.closed { return nil }
                 switch state.channel.streamBroke() {
                 case .end: return nil
                 case .resume, .resuming: break
@@ -825,7 +824,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         guard let swappable = stream as? any SwappableStream else { return nil }
         let ok = locked.withLock { state -> Bool in
             guard state.takeRolesForResume() else { return false }
-            return state.channel.outbox.isEmpty && reader.pendingBytes == 0
+            guard state.channel.outbox.isEmpty && reader.pendingBytes == 0 else {
+                state.releaseRoles()
+                return false
+            }
+            return true
         }
         guard ok, let surrendered = swappable.surrender() else {
             fail(IPCError(.protocolViolation, "the peer sent frames before its resumed connection was answered"), tellPeer: true)

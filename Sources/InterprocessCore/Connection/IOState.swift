@@ -553,6 +553,12 @@ package struct IOState<Waiter, Watcher> {
         return true
     }
 
+    /// Gives back both roles taken by ``takeRolesForResume()`` when the stream is not swapped after all.
+    package mutating func releaseRoles() {
+        reader = .free
+        writer = .idle
+    }
+
     // MARK: Writing straight into a ring (shared memory)
 
     /// Whether a small frame may be written straight into the ring now: nothing waits in the outbox, nobody
