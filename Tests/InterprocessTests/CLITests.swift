@@ -38,15 +38,20 @@ struct CLITests {
         let path = temporaryDirectory() + "/r.sock"
         let receive = try ChildProcess("ipc", ["receive", "unix:" + path])
         #expect(try await within(20) { () async -> Bool in
-            while access(path, F_OK) != 0 { await Task.yield() }
+            while access(path, F_OK) != 0 { try? await Task.sleep(for: .milliseconds(5)) }
             return true
         })
         let proxy = try CuttingProxy(target: .unix(path: path)) { Int.random(in: 500...20_000) }
         defer { proxy.close() }
         let count = scaledCount(100_000)
         let send = try ChildProcess("ipc", ["send", proxy.endpoint.description])
-        send.write(Array((0..<count).map { "line \($0)\n" }.joined().utf8))
-        send.closeInput()
+        // The lines are more than a pipe holds: written from a thread of their own, since the write blocks until
+        // the child has read them (on one of the test process's few task threads, it held up every other test).
+        let input = Array((0..<count).map { "line \($0)\n" }.joined().utf8)
+        Thread {
+            send.write(input)
+            send.closeInput()
+        }.start()
         let (sendStatus, sendOutput) = await send.finish(within: 120)
         let (status, output) = await receive.finish(within: 120)
         #expect(sendStatus == 0, "send said: \(sendOutput.suffix(300))")

@@ -282,10 +282,11 @@ struct ResumeTests {
         }
     }
 
-    /// At capacity 0 the receiver grants each message while it waits; a grant lost in a cut is granted again on
-    /// the new stream, so the rendezvous goes on.
-    @Test("capacity 0 through cuts: every value once, in order", arguments: TransportKind.sockets)
-    func rendezvousThroughCuts(_ kind: TransportKind) async throws {
+    /// At capacity 0 the receiver grants each message while a receive (or a select's receive case) waits; a
+    /// grant lost in a cut is granted again on the new stream, so the rendezvous goes on, and a select keeps its
+    /// rules across the resume.
+    @Test("capacity 0 through cuts, with receive and with select: every value once, in order", arguments: TransportKind.sockets, [false, true])
+    func rendezvousThroughCuts(_ kind: TransportKind, useSelect: Bool) async throws {
         var options = Self.resumeOptions()
         options.capacity = 0
         let count = scaledCount(3_000)
@@ -300,7 +301,9 @@ struct ResumeTests {
         do {
             received = try await within(300) { () async throws -> Int in
                 var received = 0
-                while let m = try await rx.receive() {
+                while true {
+                    let next: [UInt8]? = useSelect ? try await select { rx.onReceive { $0 } } : try await rx.receive()
+                    guard let m = next else { break }
                     #expect(index(m) == UInt64(received))
                     received += 1
                 }
