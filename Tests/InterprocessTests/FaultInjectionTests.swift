@@ -217,8 +217,10 @@ struct FaultInjectionTests {
 /// Resumable connections (`ChannelOptions.resume`) through a proxy that cuts every connection at a random byte:
 /// the dialer connects again, both sides send again what the other did not receive, and the application sees
 /// every message exactly once, in order, and the clean end. And what resume cannot hide: a peer that is gone (the
-/// deadline), a listener that restarted (it does not know the connection).
-@Suite("Resume after cuts", .timeLimit(.minutes(8)))
+/// deadline), a listener that restarted (it does not know the connection). One case at a time: four proxies
+/// and helpers at full speed at once took so much of two cores that unrelated tests beside them went past their
+/// bounds.
+@Suite("Resume after cuts", .serialized, .timeLimit(.minutes(8)))
 struct ResumeTests {
     static func resumeOptions(deadline: Duration = .seconds(30)) -> ChannelOptions {
         var options = ChannelOptions()
