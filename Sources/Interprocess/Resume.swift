@@ -64,9 +64,8 @@ final class Resumer: Sendable {
     }
 
     private func run() async {
-        let deadline = ContinuousClock.now + policy.deadline
         if dial != nil {
-            await reconnect(until: deadline)
+            await reconnect(until: .now + policy.deadline)
         } else {
             await awaitClient()
         }

@@ -813,7 +813,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
 
     /// A resumable connection found no new stream in time: it fails with `error` (plus the messages in doubt).
     package func giveUpResuming(_ error: IPCError) {
-        guard locked.withLock({ $0.channel.broken || $0.channel.awaitingResumeHello }) else { return }
+        guard isBroken else { return }
         fail(error, tellPeer: false)
     }
 
