@@ -87,17 +87,20 @@ public enum IPC {
             spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
             closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize, maxBytesInFlight: options.maxBytesInFlight)
         configuration.onClose = onClose
+        // A listener answers the dialer's hello in the dialer's version (see ConnectionState.apply(hello:)).
+        configuration.answersHello = listening && !sharedMemory
         var resumer: Resumer?
         if resumable, let policy = options.resume {
             // The dialer picks the session id at random; the listener learns it from the dialer's hello.
             var session = [UInt8](repeating: 0, count: Wire.sessionIDSize)
             if !listening {
                 var random = SystemRandomNumberGenerator()
-                for i in session.indices { session[i] = random.next() }
+                repeat {
+                    for i in session.indices { session[i] = random.next() }
+                } while session == Wire.noSession
             }
             local.resume = Hello.Resume(session: session)
             configuration.local = local
-            configuration.answersHello = listening
             let tcpDeadPeer: Duration? = if case .tcp = endpoint { options.deadPeerTimeout } else { nil }
             let check = options.peerCheck
             var dial: (@Sendable () async throws(IPCError) -> SocketStream)?
@@ -152,6 +155,14 @@ public enum IPC {
             do {
                 try await withDeadline(deadline) { () async throws(IPCError) in try await core.handshake() }
             } catch {
+                if resumable, !listening, let peer = core.peerHello, peer.resume == nil {
+                    // A version-2 listener, which refuses a version-3 hello: dial again with version 2, and the
+                    // connection does not resume.
+                    core.fail(error, tellPeer: false)
+                    logger.notice("the listener speaks wire protocol version 2: this connection does not resume")
+                    let again = try await SocketConnector.connect(to: endpoint)
+                    return try await establish(again, endpoint: endpoint, listening: false, sending: sending, receiving: receiving, options: options, role: role, onClose: onClose)
+                }
                 var failure = error
                 if error.code == .timeout {
                     failure = IPCError(.timeout, "\(role): the peer did not complete the handshake within \(options.handshakeTimeout); it is not an Interprocess endpoint, or it is stuck")

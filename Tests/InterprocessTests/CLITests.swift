@@ -148,9 +148,14 @@ struct CLITests {
         sender.closeInput()
         let rx = try await within(10) { try await inbound.accept() }.receiver
         var got: [UInt8] = []
-        while let chunk = try await within(10, { try await rx.receive() }) { got += chunk }
+        do {
+            while let chunk = try await within(10, { try await rx.receive() }) { got += chunk }
+        } catch {
+            Issue.record("\(error); ipc send printed: \(await sender.finish(within: 5).output)")
+        }
         #expect(got == bytes)
-        #expect(await sender.finish().status == 0)
+        let sent = await sender.finish()
+        #expect(sent.status == 0, "\(sent.output)")
         // library -> ipc receive --codec raw -> stdout
         let outbound = try IPC.listen(on: .unix(path: temporaryDirectory() + "/out.sock"), sending: .raw)
         defer { outbound.close() }

@@ -4,6 +4,7 @@ import Glibc
 import BenchmarkSupport
 import Foundation
 import Interprocess
+import InterprocessCore
 import Testing
 
 /// A TCP proxy on loopback for fault injection: it forwards each connection it accepts to a target port and cuts
@@ -231,12 +232,14 @@ struct ResumeTests {
     @Test("messages through over a thousand cuts arrive exactly once and in order, either way", arguments: TransportKind.sockets, [true, false])
     func everyMessageOnceThroughCuts(_ kind: TransportKind, helperSends: Bool) async throws {
         let options = Self.resumeOptions()
-        // 200,000 messages: a million per case (with cuts five times further apart) passes too, in about two
-        // minutes for the four cases, but the process's other tests share its threads meanwhile.
-        let count = scaledCount(200_000)
+        // 200,000 messages in the suite, whose other tests share this process's threads meanwhile; CI runs the
+        // cases again on their own with IPC_RESUME_MESSAGES=1000000 (and cuts five times further apart).
+        let messages = ProcessInfo.processInfo.environment["IPC_RESUME_MESSAGES"].flatMap { Int($0) } ?? 200_000
+        let count = scaledCount(messages)
         // Cuts anywhere from just after the handshake on (the hellos are about 60 bytes each way): 24 bytes a
-        // message, so a cut every 170 messages or so, over two thousand in all.
-        let cut: @Sendable () -> Int = { Int.random(in: 500...8_000) }
+        // message, so a cut every 170 messages or so at 200,000, over two thousand in all.
+        let longestCut = min(40_000, max(8_000, messages / 25))
+        let cut: @Sendable () -> Int = { Int.random(in: 500...longestCut) }
         let environment = ["IPC_HELPER_RESUME": "30"]
         let endpoint = kind.endpoint(in: temporaryDirectory())
         if helperSends {
@@ -404,6 +407,133 @@ struct ResumeTests {
         let (_, output) = await second.finish()
         let refusals = output.components(separatedBy: "refused a connection").count - 1
         #expect(refusals == 1, "the restarted listener refused \(refusals) connections: \(output.prefix(500))")
+    }
+
+    /// A dialer that asks to resume, against a listener of the version before resume (which sends its hello at
+    /// once and refuses any other version): it dials again with a version-2 hello and works, without resume.
+    @Test("a version-2 listener: a dialer that asks to resume connects again without it, and its messages arrive")
+    func versionTwoListenerIsServedWithoutResume() async throws {
+        let listener = try VersionTwoListener(path: temporaryDirectory() + "/v2.sock")
+        defer { listener.close() }
+        let tx = try await within(20) { try await IPC.connect(to: listener.endpoint, sending: .raw, options: Self.resumeOptions()) }
+        for i in 0..<3 { try await within(20) { try await tx.send(numbered(UInt64(i))) } }
+        try await within(20) { try await tx.close() }
+        let outcome = try await within(20) { await listener.outcome() }
+        #expect(outcome.refusedVersions == [3], "the hellos it refused")
+        #expect(outcome.received.map(index) == [0, 1, 2])
+    }
+
+    /// A listener without resume answers a version-3 hello with "no resume": the connection works and ends when
+    /// its stream breaks, as one without resume does.
+    @Test("a listener without resume serves a dialer that asks for it, without resume", arguments: TransportKind.sockets)
+    func listenerWithoutResumeDeclines(_ kind: TransportKind) async throws {
+        let listener = try IPC.listen(on: kind.endpoint(in: temporaryDirectory()), receiving: .raw)
+        defer { listener.close() }
+        let proxy = try CuttingProxy(target: listener.endpoint) { 4_000 }
+        defer { proxy.close() }
+        let tx = try await within(20) { try await IPC.connect(to: proxy.endpoint, sending: .raw, options: Self.resumeOptions()) }
+        let rx = try await within(20) { try await listener.accept() }.receiver
+        try await within(20) { try await tx.send(numbered(0)) }
+        #expect(try await within(20) { try await rx.receive() }.map(index) == 0)
+        // The cut ends the connection on both sides instead of a resume.
+        let error = try await within(30) { () async -> IPCError? in
+            do {
+                for i in 1..<10_000_000 { try await tx.send(numbered(UInt64(i))) }
+                return nil
+            } catch {
+                return error as? IPCError
+            }
+        }
+        #expect(error?.code == .peerClosed, "\(String(describing: error))")
+        #expect(proxy.connections == 1, "the dialer connected again")
+        await #expect(throws: IPCError.self) { try await within(30) { while try await rx.receive() != nil {} } }
+    }
+}
+
+/// A listener of wire protocol version 2 on a Unix socket, as versions before resume behave: it sends its hello
+/// as soon as it accepts, refuses a hello of another version with an error frame (code 5) and closes; on a
+/// version-2 connection it reads data frames until the close. Blocking sockets on a thread of its own.
+final class VersionTwoListener: @unchecked Sendable {
+    struct Outcome: Sendable {
+        var refusedVersions: [UInt16] = []
+        var received: [[UInt8]] = []
+    }
+    let endpoint: Endpoint
+    private let fd: Int32
+    private let state = NSLock()
+    private var result = Outcome()
+    private var finished = false
+
+    init(path: String) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var (address, length) = RawSocket.unixAddress(path)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 4) == 0 }
+        }
+        self.fd = fd
+        guard fd >= 0, bound else { throw IPCError(.systemCallFailed, "cannot listen: errno \(errno)") }
+        endpoint = .unix(path: path)
+        Thread { [self] in serve() }.start()
+    }
+
+    func close() { shutdown(fd, Int32(SHUT_RDWR)); Glibc.close(fd) }
+
+    /// What it saw, once a version-2 connection closed (or its socket failed).
+    func outcome() async -> Outcome {
+        while true {
+            if let done = state.withLock({ finished ? result : nil }) { return done }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    private func serve() {
+        defer { state.withLock { finished = true } }
+        let hello = Hello(capacity: 16, maxFrame: 1 << 16, sendCodec: "none", sendType: "none", receiveCodec: "raw", receiveType: "bytes").encoded()
+        while true {
+            let client = accept(fd, nil, nil)
+            guard client >= 0 else { return }
+            defer { Glibc.close(client) }
+            var timeout = timeval(tv_sec: 15, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            write(client, hello)
+            guard let header = readExactly(client, 12) else { return }
+            let version = header.withUnsafeBytes { $0.loadLE(UInt16.self, at: 4) }
+            let body = Int(header.withUnsafeBytes { $0.loadLE(UInt32.self, at: 8) })
+            guard readExactly(client, body) != nil else { return }
+            if version != 2 {
+                state.withLock { result.refusedVersions.append(version) }
+                var frame: [UInt8] = []
+                frame.appendControlFrame(.error(code: IPCError.Code.handshakeMismatch.value, message: "the peer speaks wire protocol version \(version), this side speaks 2"))
+                write(client, frame)
+                continue
+            }
+            // Frames: u32 length, u8 type, 3 bytes; a data frame's payload starts with its u64 sequence number.
+            while let frameHeader = readExactly(client, 8) {
+                let length = Int(frameHeader.withUnsafeBytes { $0.loadLE(UInt32.self, at: 0) })
+                guard length <= 1 << 16, let payload = readExactly(client, length) else { return }
+                switch frameHeader[4] {
+                case FrameType.data.rawValue: state.withLock { result.received.append(Array(payload[8...])) }
+                case FrameType.close.rawValue: return
+                default: break
+                }
+            }
+            return
+        }
+    }
+
+    private func write(_ fd: Int32, _ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    private func readExactly(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, count - got) }
+            if n <= 0 { return nil }
+            got += n
+        }
+        return bytes
     }
 }
 

@@ -964,6 +964,47 @@ struct ResumeUnitTests {
         #expect(parsed?.0.resume == Hello.Resume(session: Array(1...16)))
     }
 
+    /// Every listener answers in the dialer's version; one without resume answers a version-3 hello with a zero
+    /// session ("no resume"), which a dialer tells apart from a version-2 listener's hello (that listener is
+    /// about to refuse its version: the dialer fails the handshake, and IPC.connect dials again with version 2).
+    @Test("a listener without resume declines in version 3; a dialer tells that from a version-2 listener")
+    func declinedResumeAndVersionTwoListener() throws {
+        var listener = ConnectionState(mode: .framed, local: terms, hasSender: true, hasReceiver: true, answersHello: true)
+        #expect(listener.outbox.isEmpty, "the listener spoke first")
+        var asking = terms
+        asking.resume = Hello.Resume(session: Array(1...16))
+        try listener.apply(hello: asking)
+        #expect(!listener.resumable)
+        let answer = try Array(listener.outbox.snapshot().segments.joined()).withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) }?.0
+        #expect(answer?.resume == Hello.Resume(session: Wire.noSession))
+
+        var dialer = ConnectionState(mode: .framed, local: asking, hasSender: true, hasReceiver: true)
+        try dialer.apply(hello: answer!)
+        #expect(!dialer.resumable, "declined")
+        #expect(dialer.streamBroke() == .end)
+
+        var second = ConnectionState(mode: .framed, local: asking, hasSender: true, hasReceiver: true)
+        #expect { try second.apply(hello: terms) } throws: { ($0 as? IPCError)?.code == .handshakeMismatch }
+    }
+
+    /// A listener that refuses a peer before its hello arrived (its uid) still sends a hello first: the dialer
+    /// reads a hello before anything else, and would otherwise report the error frame as foreign bytes.
+    @Test("an answering side's error frame before its answer goes after a hello")
+    func refusalBeforeTheHelloSendsAHelloFirst() throws {
+        var listener = ConnectionState(mode: .framed, local: terms, hasSender: true, hasReceiver: true, answersHello: true)
+        listener.appendErrorFrame(code: .permissionDenied, message: "no")
+        let bytes = Array(listener.outbox.snapshot().segments.joined())
+        let hello = try bytes.withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) }
+        #expect(hello?.0 == terms)
+        #expect(errorFrameMessage(in: bytes) == "no")
+        // Once it answered, an error frame is only that.
+        var answered = ConnectionState(mode: .framed, local: terms, hasSender: true, hasReceiver: true, answersHello: true)
+        try answered.apply(hello: terms)
+        let before = answered.outbox.count
+        answered.appendErrorFrame(code: .peerClosed, message: "bye")
+        #expect(answered.outbox.count - before == Wire.frameHeaderSize + 2 + 3)
+    }
+
     /// Frames are kept until the peer acknowledges them, no longer: a credit drops them, and a new stream sends
     /// exactly those the peer did not receive, after the cumulative credit, with the close last.
     @Test("a resumable sender keeps exactly the unacknowledged frames and sends again those not received")

@@ -33,6 +33,9 @@ let sanitized = false
 func scaledCount(_ count: Int) -> Int { sanitized ? max(count / 10, 1) : count }
 
 /// A child process with its stdin and stdout piped to the test.
+/// A write to a child that exited must fail the test that made it, not end the whole test process.
+private let ignoreSIGPIPE: Void = { signal(SIGPIPE, SIG_IGN) }()
+
 final class ChildProcess: @unchecked Sendable {
     let process = Process()
     private let output = Pipe()
@@ -48,6 +51,7 @@ final class ChildProcess: @unchecked Sendable {
 
     /// Runs the program at `path` (not one of the build's executables), with `environment` added to this process's.
     init(path: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+        _ = ignoreSIGPIPE
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         if !environment.isEmpty {
@@ -93,12 +97,14 @@ final class ChildProcess: @unchecked Sendable {
     var outputSoFar: String { collected.withLock { String(decoding: collectedBytes, as: UTF8.self) } }
 
     func writeLine(_ text: String) {
-        input.fileHandleForWriting.write(Data((text + "\n").utf8))
+        write(Array((text + "\n").utf8))
     }
 
     func closeInput() { try? input.fileHandleForWriting.close() }
 
-    func write(_ bytes: [UInt8]) { input.fileHandleForWriting.write(Data(bytes)) }
+    /// Writes to the child's stdin. A child that exited early makes this fail (EPIPE: this process ignores
+    /// SIGPIPE, see `init`), and the test then fails on what the child printed, not on a signal.
+    func write(_ bytes: [UInt8]) { try? input.fileHandleForWriting.write(contentsOf: Data(bytes)) }
 
     /// Waits for the exit (killing the child after `seconds`); returns the status and everything it printed.
     func finish(within seconds: Int = 30) async -> (status: Int32, output: String) {

@@ -646,9 +646,7 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
         let (first, handshaken) = locked.withLock { state -> (Bool, Bool) in
             guard state.channel.failure == nil else { return (false, false) }
             state.channel.fail(error)
-            if tellPeer && state.channel.mode == .framed {
-                state.channel.outbox.append { $0.appendControlFrame(.error(code: error.code.value, message: error.message)) }
-            }
+            if tellPeer { state.channel.appendErrorFrame(code: error.code, message: error.message) }
             return (true, state.channel.peer != nil)
         }
         guard first else { return }

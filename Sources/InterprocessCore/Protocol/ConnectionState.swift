@@ -78,8 +78,10 @@ package struct ConnectionState {
 
     // Resuming (both hellos carry ``Hello/Resume``).
     /// This side sends its hello only once the peer's arrived (the listening side: its answer depends on the
-    /// dialer's, which may continue a session).
+    /// dialer's, whose version it answers in and which may continue a session).
     private let answersHello: Bool
+    /// An answering side's hello is in the outbox.
+    private var answered = false
     /// The connection continues on a new stream after its stream breaks (both sides offered it).
     package private(set) var resumable = false
     /// The session this connection is (resumable connections).
@@ -137,11 +139,28 @@ package struct ConnectionState {
         peer = hello
         let offered = local.resume == nil ? nil : hello.resume
         // The answering side answers first, whatever it decides (the peer reads why it is refused after a hello),
-        // except to a hello that continues a session: the connection it continues answers on this new stream.
-        if answersHello, offered?.resuming != true {
-            if let offered { session = offered.session }
-            let answer = offered == nil ? local.terms.encoded() : resumeHello(resuming: false).encoded()
+        // in the peer's version, except to a hello that continues a session: the connection it continues answers
+        // on this new stream, or the side refuses it (``refuseResume()``). A version-3 hello that this side does
+        // not offer resume to gets a version-3 hello with a zero session: "no resume", which a dialer tells apart
+        // from a version-2 listener's hello (one that will refuse its version).
+        if answersHello, hello.resume?.resuming != true {
+            let answer: [UInt8]
+            if let offered {
+                session = offered.session
+                answer = resumeHello(resuming: false).encoded()
+            } else if hello.resume != nil {
+                var declining = local.terms
+                declining.resume = Hello.Resume(session: Wire.noSession)
+                answer = declining.encoded()
+            } else {
+                answer = local.terms.encoded()
+            }
             outbox.append { $0 += answer }
+            answered = true
+        }
+        if !answersHello, local.resume != nil, hello.resume == nil {
+            // Only a version-2 listener sends a version-2 hello to a version-3 one, and it refuses the version.
+            throw IPCError(.handshakeMismatch, "the peer speaks wire protocol version 2, which does not resume; connect again without ChannelOptions.resume (IPC.connect does so by itself)")
         }
         try local.checkCompatible(withPeer: hello)
         guard let offered else { return }
@@ -149,12 +168,26 @@ package struct ConnectionState {
             session = offered.session
             resumable = true
         } else {
+            // The listener does not offer resume: the connection ends when its stream does.
+            if offered.session == Wire.noSession && !offered.resuming { return }
             guard offered.session == local.resume!.session, !offered.resuming else {
                 throw IPCError(.protocolViolation, "the peer answered with another session than the one this side started")
             }
             session = offered.session
             resumable = true
         }
+    }
+
+    /// The peer did not speak the protocol as expected, or this side refuses it: the error frame that tells it
+    /// why, after this side's hello if it answers and has not yet (a dialer reads a hello before anything else).
+    package mutating func appendErrorFrame(code: IPCError.Code, message: String) {
+        guard mode == .framed else { return }
+        if answersHello && !answered {
+            answered = true
+            let hello = local.terms.encoded()
+            outbox.append { $0 += hello }
+        }
+        outbox.append { $0.appendControlFrame(.error(code: code.value, message: message)) }
     }
 
     /// This side's hello for a resumable connection's stream.
@@ -648,10 +681,11 @@ package struct ConnectionState {
     /// nothing (an error frame follows).
     package mutating func refuseResume() {
         guard answersHello, let resume = peer?.resume, resume.resuming else { return }
-        var answer = local
+        var answer = local.terms
         answer.resume = Hello.Resume(session: resume.session, resuming: false)
         let bytes = answer.encoded()
         outbox.append { $0 += bytes }
+        answered = true
     }
 
     /// The dialing side's new stream: the listener's hello says what it received.

@@ -11,6 +11,8 @@ package enum Wire {
     package static let resumingFlag: UInt16 = 1
     /// Bytes of a session id.
     package static let sessionIDSize = 16
+    /// The session a listener that does not offer resume answers a version-3 hello with; never a dialer's.
+    package static let noSession = [UInt8](repeating: 0, count: sessionIDSize)
     /// Fixed part of a hello: magic, version, flags, body length.
     package static let helloHeaderSize = 12
     /// Largest hello body accepted.
