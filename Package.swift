@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
@@ -66,6 +67,7 @@ let package = Package(
             dependencies: [
                 "InterprocessCore", "InterprocessIO", "InterprocessPlatform", "InterprocessSockets", "InterprocessSharedMemory", "CInterprocessShim",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -94,7 +96,11 @@ let package = Package(
         // Spawned by the tests: the other process of every cross-process test.
         .executableTarget(
             name: "ipc-test-helper",
-            dependencies: ["Interprocess", "BenchmarkSupport", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Interprocess", "BenchmarkSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         // The fuzz targets: every entry point that decodes untrusted bytes. Built with `-sanitize=fuzzer -DFUZZING`

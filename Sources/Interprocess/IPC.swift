@@ -72,7 +72,7 @@ public enum IPC {
     static func establish<Out: MessageCodec, In: MessageCodec>(
         _ socket: ConnectedSocket, endpoint: Endpoint, listening: Bool, sending: Out, receiving: In, options: ChannelOptions, role: String,
         refusal listenerRefusal: IPCError? = nil, onClose: (@Sendable () -> Void)? = nil,
-        resumable resumeOffered: Bool = false, sessions: SessionTable? = nil
+        resumable resumeOffered: Bool = false, sessions: SessionTable? = nil, registry: ConnectionRegistry? = nil
     ) async throws(IPCError) -> Connection<Out.Value, In.Value>? {
         let lines = sending is LinesCodec || receiving is LinesCodec
         let sharedMemory = if case .sharedMemory = endpoint { true } else { false }
@@ -86,7 +86,11 @@ public enum IPC {
             hasSender: sending.name != "none", hasReceiver: receiving.name != "none",
             spinNanoseconds: UInt64(max(options.spinMicroseconds, 0)) * 1000,
             closeTimeout: options.closeTimeout, maxPayload: options.maxFrameSize, maxBytesInFlight: options.maxBytesInFlight)
-        configuration.onClose = onClose
+        let registered = registry?.reserve()
+        configuration.onClose = { @Sendable in
+            onClose?()
+            if let registered { registry?.remove(registered) }
+        }
         // A listener answers the dialer's hello in the dialer's version (see ConnectionState.apply(hello:)).
         configuration.answersHello = listening && !sharedMemory
         var resumer: Resumer?
@@ -145,6 +149,7 @@ public enum IPC {
         }
         let core = ConnectionCore(stream: stream, configuration: configuration)
         resumer?.attach(core)
+        if let registered { registry?.add(core, as: registered) }
         // What this side sends is delivered even if the process exits right after its last send.
         ExitLinger.watch(core)
         if let refusal {

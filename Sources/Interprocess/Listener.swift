@@ -6,6 +6,7 @@ import DequeModule
 import InterprocessPlatform
 import InterprocessSockets
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// Accepts connections on an endpoint and hands out each one, handshake done, as a ``Connection``.
@@ -19,7 +20,22 @@ import Synchronization
 /// file descriptors (or the system of buffers), the listener waits (10 ms, doubling up to 1 s) and accepts again
 /// once connections have closed; it ends only when closed or on an error that concerns the listening socket.
 ///
-/// `Listener` is also an `AsyncSequence` of connections.
+/// `Listener` is also an `AsyncSequence` of connections, and a swift-service-lifecycle `Service`: ``run()``
+/// serves until its task is cancelled or its service group shuts down gracefully, then stops accepting, lets
+/// the connections it accepted finish (``ChannelOptions/drainTimeout``), closes those that did not, and returns
+/// once its accept loop and every handshake have ended.
+///
+/// ```swift
+/// let listener = try IPC.listen(on: .unix(path: "/run/worker.sock"), receiving: .json(Job.self))
+/// let group = ServiceGroup(configuration: .init(
+///     services: [Worker(listener: listener), listener],  // the listener stops first
+///     gracefulShutdownSignals: [.sigterm], logger: logger))
+/// try await group.run()
+/// ```
+///
+/// The listener accepts from the moment it is made (a client may connect before anyone calls ``accept()`` or
+/// ``run()``). ``close()`` only stops listening, as closing a listening socket does: the connections already
+/// accepted belong to whoever took them. Only ``run()`` ends them.
 public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence, Sendable {
     public typealias Element = Connection<Out.Value, In.Value>
     public typealias Failure = IPCError
@@ -29,21 +45,39 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
     private let socket: SocketListener
     private let ready: ReadyQueue<Element>
     private let acceptTask: Lock<Task<Void, Never>?> = Lock(nil)
+    private let handshakes: HandshakeSlots
+    /// Every connection accepted and not yet closed (handshakes in progress too), for ``run()``'s shutdown.
+    private let registry = ConnectionRegistry()
+    private let open: ConnectionCount
+    private let options: ChannelOptions
+    private let lifecycle = Lock(Lifecycle())
+
+    private struct Lifecycle {
+        /// Accepting ended: a shutdown began, or ``close()`` was called.
+        var stopped = false
+        /// The task running ``run()`` was cancelled: no draining.
+        var cancelled = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
 
     init(socket: SocketListener, sending: Out, receiving: In, options: ChannelOptions) {
         self.endpoint = socket.endpoint
         self.socket = socket
+        self.options = options
+        self.handshakes = HandshakeSlots(capacity: Self.handshakesAtOnce)
         let ready = ReadyQueue<Element>(capacity: 16)
         self.ready = ready
         let endpoint = socket.endpoint
+        let metricsFactory = options.metricsFactory ?? MetricsSystem.factory
+        let open = ConnectionCount(gauge: Gauge(label: "interprocess_connections_open", dimensions: [("endpoint", "\(endpoint)")], factory: metricsFactory))
+        self.open = open
+        let handshakes = self.handshakes
+        let registry = self.registry
         let task = Task {
             await withDiscardingTaskGroup { group in
-                let handshakes = HandshakeSlots(capacity: Self.handshakesAtOnce)
                 var evicting = false
                 let limit = options.maxConnections ?? Self.defaultMaxConnections()
-                let metricsFactory = options.metricsFactory ?? MetricsSystem.factory
                 let sessions = options.resume == nil ? nil : SessionTable()
-                let open = ConnectionCount(gauge: Gauge(label: "interprocess_connections_open", dimensions: [("endpoint", "\(endpoint)")], factory: metricsFactory))
                 /// Counts a refused connection by the code of its refusal.
                 let refused: @Sendable (IPCError.Code) -> Void = { code in
                     Counter(label: "interprocess_connections_refused_total", dimensions: [("endpoint", "\(endpoint)"), ("reason", "\(code)")], factory: metricsFactory).increment()
@@ -68,7 +102,8 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                         if error.code != .alreadyClosed {
                             options.logger.error("listener on \(endpoint) stopped: \(error)")
                         }
-                        ready.finish(error)
+                        // Connections ready and not yet taken are still handed out.
+                        ready.finishWhenEmpty(error)
                         return
                     }
                     // At the limit a client is still accepted, to be told why it is refused; refusals in progress
@@ -103,16 +138,17 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                             let connection = try await IPC.establish(
                                 accepted, endpoint: endpoint, listening: true, sending: sending, receiving: receiving,
                                 options: options, role: "accepting on \(endpoint)", refusal: refusal, onClose: onClose,
-                                resumable: sessions != nil, sessions: sessions)
+                                resumable: sessions != nil, sessions: sessions, registry: registry)
                             // Ended to make room just as it completed: its stream is closed, nothing to hand out.
-                            // (No connection: the client continued one it had, on this stream.)
-                            if handshakes.end(handshake), let connection { await ready.put(connection) }
+                            // (No connection: the client continued one it had, on this stream.) One that completes
+                            // once the listener stopped handing out connections is dropped, which closes it.
+                            if handshakes.end(handshake), let connection { _ = await ready.put(connection) }
                         } catch {
                             if handshakes.end(handshake) {
                                 options.logger.warning("refused a connection on \(endpoint) from \(accepted.stream.peerDescription): \(error)")
                                 refused((error as? IPCError)?.code ?? .protocolViolation)
                             } else {
-                                options.logger.debug("ended the handshake of \(accepted.stream.peerDescription) on \(endpoint) to make room: \(error)")
+                                options.logger.debug("ended the handshake of \(accepted.stream.peerDescription) on \(endpoint) (to make room for a newer client, or the listener stopped): \(error)")
                             }
                         }
                     }
@@ -162,10 +198,47 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
         }
     }
 
-    /// Stops listening and removes the Unix socket file. Connections already accepted stay open.
+    /// Stops listening and removes the Unix socket file. Connections already accepted stay open (their owners
+    /// close them); a ``run()`` in progress then lets them finish and returns, as on a graceful shutdown.
     public func close() {
         socket.close()
         ready.finish(IPCError(.alreadyClosed, "the listener is closed"))
+        stopAccepting(cancelled: false, shutdown: false)
+    }
+
+    /// Stops accepting: the listening socket closes, handshakes in progress end, and the connections ready
+    /// and not yet taken are still handed out, after which ``accept()`` throws `alreadyClosed`.
+    /// `shutdown`: a service shutdown (logged at info; a plain close at debug).
+    private func stopAccepting(cancelled: Bool, shutdown: Bool) {
+        let (first, waiters) = lifecycle.withLock { state in
+            if cancelled { state.cancelled = true }
+            defer { state.waiters.removeAll() }
+            let first = !state.stopped
+            state.stopped = true
+            return (first, state.waiters)
+        }
+        if first {
+            if shutdown {
+                options.logger.info("listener on \(endpoint) stops accepting: shutting down")
+            } else {
+                options.logger.debug("listener on \(endpoint) closed")
+            }
+            socket.close()
+            handshakes.endAll()
+            ready.finishWhenEmpty(IPCError(.alreadyClosed, "the listener was shut down"))
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func waitUntilStopped() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = lifecycle.withLock { state in
+                if state.stopped { return true }
+                state.waiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
     }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
@@ -177,6 +250,72 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: self) }
+}
+
+extension Listener: Service {
+    /// Serves until the calling task is cancelled, its service group shuts down gracefully, or ``close()`` is
+    /// called. Then it stops accepting (handshakes in progress end; connections ready and not yet taken are
+    /// still handed out), waits until every connection it accepted has closed, at most
+    /// ``ChannelOptions/drainTimeout`` (not at all when cancelled), closes the rest (their pending and later
+    /// calls fail with `cancelled`, and each peer is told that the listener shut down), and returns once its
+    /// accept loop and every handshake have ended. Nothing a connection's receiver took is lost; what a closed
+    /// connection's peer sent and was not taken is reported to that peer in its error's `messagesInDoubt`.
+    public func run() async {
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                await waitUntilStopped()
+            } onCancel: {
+                stopAccepting(cancelled: true, shutdown: true)
+            }
+        } onGracefulShutdown: {
+            self.stopAccepting(cancelled: false, shutdown: true)
+        }
+        // Connections close on their own as their peers and owners finish: wait for that, polling a counter
+        // (a shutdown happens once; 10 ms is short beside any drain).
+        let deadline = ContinuousClock.now + options.drainTimeout
+        while open.count > 0, ContinuousClock.now < deadline, !lifecycle.withLock({ $0.cancelled }) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        let closing = registry.failAll(IPCError(.cancelled, "the listener on \(endpoint) shut down and closed this connection (it did not finish within ChannelOptions.drainTimeout, \(options.drainTimeout))"))
+        ready.finish(IPCError(.alreadyClosed, "the listener was shut down"))
+        await acceptTask.withLock { $0 }?.value
+        options.logger.info("listener on \(endpoint) shut down", metadata: ["closed": "\(closing)"])
+    }
+}
+
+/// The connections a listener accepted and that are not closed yet, held weakly.
+final class ConnectionRegistry: Sendable {
+    private final class Entry: Sendable {
+        weak let core: ConnectionCore?
+        init(_ core: ConnectionCore) { self.core = core }
+    }
+    private let entries = Lock<(next: UInt64, cores: [UInt64: Entry])>((0, [:]))
+
+    /// A number for a connection about to be made (its close callback needs it before the connection exists).
+    func reserve() -> UInt64 {
+        entries.withLock { e in
+            e.next += 1
+            return e.next
+        }
+    }
+
+    func add(_ core: ConnectionCore, as id: UInt64) {
+        entries.withLock { $0.cores[id] = Entry(core) }
+    }
+
+    func remove(_ id: UInt64) {
+        _ = entries.withLock { $0.cores.removeValue(forKey: id) }
+    }
+
+    /// Fails every connection still open with `error`, telling each peer; returns how many.
+    func failAll(_ error: IPCError) -> Int {
+        let cores = entries.withLock { e in
+            defer { e.cores.removeAll() }
+            return e.cores.values.compactMap(\.core)
+        }
+        for core in cores { core.fail(error, tellPeer: true) }
+        return cores.count
+    }
 }
 
 /// The handshakes in progress, oldest first. A new one beyond the capacity ends the oldest (its stream is
@@ -198,6 +337,15 @@ final class HandshakeSlots: Sendable {
         }
     }
 
+    /// Ends every handshake in progress (their streams close, so they fail at once).
+    func endAll() {
+        let streams = running.withLock { r in
+            defer { r.list.removeAll() }
+            return r.list.map(\.stream)
+        }
+        for stream in streams { stream.close() }
+    }
+
     /// The handshake ended; false when it had been evicted.
     @discardableResult
     func end(_ id: UInt64) -> Bool {
@@ -215,6 +363,8 @@ final class ConnectionCount: Sendable {
     private let gauge: Gauge
 
     init(gauge: Gauge) { self.gauge = gauge }
+
+    var count: Int { open.load(ordering: .relaxed) }
 
     /// A slot for one more connection, or nil when `bound` are open. Only the accept loop takes slots, so the
     /// check and the increment need not be one step.
@@ -237,7 +387,7 @@ final class ConnectionCount: Sendable {
     }
 }
 
-private enum PutStep<T: Sendable> { case done(CheckedContinuation<Result<T, IPCError>, Never>?), full }
+private enum PutStep<T: Sendable> { case done(CheckedContinuation<Result<T, IPCError>, Never>?), full, refused }
 
 /// A small bounded queue: `put` suspends while full, `take` while empty.
 final class ReadyQueue<T: Sendable>: Sendable {
@@ -247,16 +397,19 @@ final class ReadyQueue<T: Sendable>: Sendable {
         var nextID: UInt64 = 0
         var putters = Deque<CheckedContinuation<Void, Never>>()
         var finished: IPCError?
+        /// Takes no more items; hands out those it holds, then fails with this.
+        var closing: IPCError?
     }
     private let state = Lock(State())
     private let capacity: Int
 
     init(capacity: Int) { self.capacity = capacity }
 
-    func put(_ item: T) async {
+    /// Adds an item, waiting while the queue is full; false (the item dropped) once the queue is finished.
+    func put(_ item: T) async -> Bool {
         while true {
             let step = state.withLock { s -> PutStep<T> in
-                if s.finished != nil { return .done(nil) }
+                if s.finished != nil || s.closing != nil { return .refused }
                 if let taker = s.takers.popFirst() { return .done(taker.continuation) }
                 if s.items.count < capacity {
                     s.items.append(item)
@@ -267,11 +420,13 @@ final class ReadyQueue<T: Sendable>: Sendable {
             switch step {
             case .done(let taker):
                 taker?.resume(returning: .success(item))
-                return
+                return true
+            case .refused:
+                return false
             case .full:
                 await withCheckedContinuation { c in
                     let resume = state.withLock { s -> Bool in
-                        if s.items.count < capacity || s.finished != nil { return true }
+                        if s.items.count < capacity || s.finished != nil || s.closing != nil { return true }
                         s.putters.append(c)
                         return false
                     }
@@ -291,7 +446,7 @@ final class ReadyQueue<T: Sendable>: Sendable {
             await withCheckedContinuation { (c: CheckedContinuation<Result<T, IPCError>, Never>) in
                 let (now, putter) = state.withLock { s -> (Result<T, IPCError>?, CheckedContinuation<Void, Never>?) in
                     if let item = s.items.popFirst() { return (.success(item), s.putters.popFirst()) }
-                    if let error = s.finished { return (.failure(error), nil) }
+                    if let error = s.finished ?? s.closing { return (.failure(error), nil) }
                     if Task.isCancelled { return (.failure(IPCError(.cancelled, "accept was cancelled")), nil) }
                     s.takers.append((id, c))
                     return (nil, nil)
@@ -307,6 +462,21 @@ final class ReadyQueue<T: Sendable>: Sendable {
             taker?.resume(returning: .failure(IPCError(.cancelled, "accept was cancelled")))
         }
         return try result.get()
+    }
+
+    /// Takes no more items; those it holds are still taken, then `take` fails with `error`.
+    func finishWhenEmpty(_ error: IPCError) {
+        let (takers, putters) = state.withLock { s in
+            if s.closing == nil { s.closing = error }
+            // Takers wait only while the queue is empty.
+            defer {
+                s.takers.removeAll()
+                s.putters.removeAll()
+            }
+            return (s.takers, s.putters)
+        }
+        for t in takers { t.continuation.resume(returning: .failure(error)) }
+        for p in putters { p.resume() }
     }
 
     func finish(_ error: IPCError) {

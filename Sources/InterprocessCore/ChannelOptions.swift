@@ -78,6 +78,10 @@ public struct ChannelOptions: Sendable {
     /// from the process's descriptor limit when the listener starts: a third of what is left above 128 (kept for
     /// everything else), and at least 16. With a soft `RLIMIT_NOFILE` of 1024 that is 298.
     public var maxConnections: Int?
+    /// How long a listener's graceful shutdown (``Listener``'s `run()`, when its service group shuts down) lets
+    /// the connections it accepted finish before it closes them: their peers close, or their owners close them.
+    /// Default 10 seconds; at least 0 (close at once).
+    public var drainTimeout: Duration = .seconds(10)
     /// Which peers a Unix-socket listener or client accepts, checked with the kernel's peer credentials.
     public var peerCheck: PeerCheck = .sameUser
     /// Where connection-level events are logged, each line with the endpoint, the peer (`pid 4242 uid 1000` or an
@@ -128,6 +132,9 @@ public struct ChannelOptions: Sendable {
         }
         if let stalledFrameTimeout, stalledFrameTimeout < .seconds(1) {
             throw IPCError(.invalidEndpoint, "stalledFrameTimeout must be at least 1 second (or nil), not \(stalledFrameTimeout)")
+        }
+        if drainTimeout < .zero {
+            throw IPCError(.invalidEndpoint, "drainTimeout must be at least 0, not \(drainTimeout)")
         }
         if let maxConnections, maxConnections < 1 {
             throw IPCError(.invalidEndpoint, "maxConnections must be at least 1 (or nil for the default), not \(maxConnections)")

@@ -6,6 +6,39 @@ import Glibc
 import BenchmarkSupport
 import Interprocess
 import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// Receives numbered messages on every connection its listener hands out, checking their order, until the
+/// listener stops handing out connections and every connection ended; then waits for its own turn to shut down
+/// (a service group fails a service that returns before it is told to).
+struct CountingWorker: Service {
+    let listener: Listener<NoMessages, RawBytesCodec>
+
+    func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            for try await connection in listener {
+                group.addTask {
+                    Helper.report("serving a connection")
+                    var count: UInt64 = 0
+                    do {
+                        while let m = try await connection.receiver.receive() {
+                            guard m.count >= 8, Helper.index(m) == count else {
+                                Helper.report("out of order at \(count)")
+                                exit(1)
+                            }
+                            count += 1
+                        }
+                        Helper.report("a connection ended after \(count)")
+                    } catch {
+                        Helper.report("a connection failed after \(count): \((error as? IPCError)?.code.description ?? "\(error)")")
+                    }
+                }
+            }
+        }
+        try await gracefulShutdown()
+    }
+}
 
 @main
 struct Helper {
@@ -311,6 +344,24 @@ struct Helper {
                 report("longest gap \(longestGap.components.seconds) s")
                 report("received \(count) in order")
                 exit(count == number ? 0 : 1)
+            case "service":
+                // A worker service as the README shows one: a listener and a worker that receives numbered
+                // messages on every connection, run by a ServiceGroup that shuts down gracefully on SIGTERM.
+                // `number`: the listener's drainTimeout in milliseconds. Says how each connection ended, then
+                // "shut down" once the group returned.
+                options.drainTimeout = .milliseconds(number)
+                let listener = try IPC.listen(on: endpoint, receiving: .raw, options: options)
+                report("listening on \(listener.endpoint)")
+                let group = ServiceGroup(configuration: .init(
+                    services: [CountingWorker(listener: listener), listener],
+                    gracefulShutdownSignals: [.sigterm], logger: Logger(label: "ipc-test-helper")))
+                do {
+                    try await group.run()
+                } catch {
+                    report("the service group failed: \(error)")
+                    exit(1)
+                }
+                report("shut down")
             case "serve-limited":
                 // Lowers its descriptor limit to `number` above the descriptors open now (0: leaves it), listens,
                 // says so, and echoes on every connection until its peer closes it, saying how each one ended

@@ -591,7 +591,7 @@ struct BenchPeer: AsyncParsableCommand {
     @Option var w1 = 0
     @Option var w2 = 0
     @Option var w3 = 0
-    @Option var endpoint: String?
+    @Option(transform: parseEndpoint) var endpoint: Endpoint?
     @Option var capacity = ChannelOptions().capacity
     @Option var spin = ChannelOptions().spinMicroseconds
     @Option var bytesInFlight = ChannelOptions().maxBytesInFlight
@@ -611,7 +611,7 @@ struct BenchPeer: AsyncParsableCommand {
             runBaselinePeer(RawStream(fd: 3))
             return
         }
-        let endpoint = try parseEndpoint(self.endpoint ?? "")
+        guard let endpoint else { throw ValidationError("the peer needs --endpoint") }
         if transport == .unixBinary || transport == .unixJSON {
             let codec: any MessageCodec<BenchSample> = transport == .unixBinary ? BinaryCodec(BenchSample.self) : JSONCodec(BenchSample.self)
             try await typedPeer(codec, endpoint)

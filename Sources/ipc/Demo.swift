@@ -83,10 +83,9 @@ func format(_ value: Double, _ digits: Int = 1) -> String {
 /// The second process of the demo: dials, receives the hello, answers, then echoes until the end.
 struct DemoPeer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "demo-peer", shouldDisplay: false)
-    @Argument var endpoint: String
+    @Argument(transform: parseEndpoint) var endpoint: Endpoint
 
     func run() async throws {
-        let endpoint = try parseEndpoint(self.endpoint)
         let me = "[process 2, pid \(getpid())]"
         do {
             let connection = try await IPC.connect(to: endpoint, sending: .utf8, receiving: .utf8)

@@ -28,6 +28,8 @@ enum CLICodec: String, ExpressibleByArgument, CaseIterable {
     }
 }
 
+/// Parses an endpoint argument for argument-parser (`@Argument(transform:)`), so that a bad one is reported, with
+/// what is wrong with it, before the command starts.
 func parseEndpoint(_ text: String) throws -> Endpoint {
     do {
         return try Endpoint(parsing: text)

@@ -34,7 +34,7 @@ struct Receive: AsyncParsableCommand {
         abstract: "Receive messages and print each on its own line.",
         discussion: "Listens on ENDPOINT and accepts one connection (or dials it with --connect). Exits after --count messages or when the peer closes.")
 
-    @Argument(help: "Where to listen (or dial): \(Endpoint.acceptedForms).") var endpoint: String
+    @Argument(help: "Where to listen (or dial): \(Endpoint.acceptedForms).", transform: parseEndpoint) var endpoint: Endpoint
     @Flag(help: "Dial the endpoint instead of listening on it.") var connect = false
     @Option(help: CLICodec.help) var codec: CLICodec = .text
     @Option(help: "Exit after this many messages.") var count: Int?
@@ -43,7 +43,6 @@ struct Receive: AsyncParsableCommand {
     @OptionGroup var resume: ResumeOptions
 
     func run() async throws {
-        let endpoint = try parseEndpoint(self.endpoint)
         if let count, count < 0 { throw ValidationError("--count must be 0 or more") }
         do {
             switch codec {
@@ -110,7 +109,7 @@ struct Send: AsyncParsableCommand {
         abstract: "Send each MESSAGE (or each line of standard input), then close.",
         discussion: "Dials ENDPOINT (or listens on it and accepts one connection with --listen). With --codec raw and no MESSAGE, standard input is sent as it comes, in chunks of up to 64 KiB.")
 
-    @Argument(help: "Where to dial (or listen): \(Endpoint.acceptedForms).") var endpoint: String
+    @Argument(help: "Where to dial (or listen): \(Endpoint.acceptedForms).", transform: parseEndpoint) var endpoint: Endpoint
     @Argument(help: "Messages to send; when none are given, each line of standard input is one message.") var messages: [String] = []
     @Flag(help: "Listen on the endpoint and accept one connection instead of dialling.") var listen = false
     @Option(help: CLICodec.help) var codec: CLICodec = .text
@@ -118,7 +117,6 @@ struct Send: AsyncParsableCommand {
     @OptionGroup var resume: ResumeOptions
 
     func run() async throws {
-        let endpoint = try parseEndpoint(self.endpoint)
         do {
             switch codec {
             case .text: try await send(endpoint, StringCodec(), lines(), transform: { $0 })

@@ -209,9 +209,11 @@ struct CLITests {
 
     @Test("errors print one clear line and exit non-zero")
     func errors() async throws {
+        // A bad endpoint is a usage error, found by the argument parser before anything starts.
         let bad = try ChildProcess("ipc", ["send", "bogus:endpoint", "x"])
         let (status, output) = await bad.finish()
-        #expect(status != 0)
+        #expect(status == 64, "ipc said: \(output)")
+        #expect(output.contains("invalid for '<endpoint>'"), "ipc said: \(output)")
         #expect(output.contains("unix:/path/to.sock"), "ipc said: \(output)")
         let refused = try ChildProcess("ipc", ["send", "unix:" + temporaryDirectory() + "/nobody.sock", "x"])
         let (status2, output2) = await refused.finish()

@@ -21,6 +21,31 @@ final class CuttingProxy: @unchecked Sendable {
     private var acceptedCount = 0
     /// Connections accepted so far.
     var connections: Int { accepted.withLock { acceptedCount } }
+    /// With `delays`: before passing on what it read, a link waits now and then: 0.2-3 ms one read in 40 (a
+    /// delay), 50-300 ms one read in 400 (a stall). Counted here.
+    private let delays: Bool
+    let faults = Faults()
+
+    final class Faults: @unchecked Sendable {
+        private let lock = NSLock()
+        private var counts = (delays: 0, stalls: 0)
+        var delays: Int { lock.withLock { counts.delays } }
+        var stalls: Int { lock.withLock { counts.stalls } }
+
+        /// Waits, at random, before a read is passed on.
+        func maybeWait() {
+            switch Int.random(in: 0..<400) {
+            case 0:
+                lock.withLock { counts.stalls += 1 }
+                usleep(UInt32.random(in: 50_000...300_000))
+            case 1...10:
+                lock.withLock { counts.delays += 1 }
+                usleep(UInt32.random(in: 200...3_000))
+            default:
+                break
+            }
+        }
+    }
 
     /// A TCP proxy on loopback to `targetPort`.
     convenience init(targetPort: UInt16, cutAfter: @escaping @Sendable () -> Int) throws {
@@ -28,8 +53,9 @@ final class CuttingProxy: @unchecked Sendable {
     }
 
     /// A proxy to `target` (TCP on loopback, or a Unix socket), listening the same way.
-    init(target: Endpoint, cutAfter: @escaping @Sendable () -> Int) throws {
+    init(target: Endpoint, delays: Bool = false, cutAfter: @escaping @Sendable () -> Int) throws {
         self.cutAfter = cutAfter
+        self.delays = delays
         let fd: Int32
         var bound = false
         switch target {
@@ -97,7 +123,7 @@ final class CuttingProxy: @unchecked Sendable {
                 var on: Int32 = 1
                 for fd in [client, server] { setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size)) }
             }
-            let link = Link(client: client, server: server, cutAt: cutAfter())
+            let link = Link(client: client, server: server, cutAt: cutAfter(), faults: delays ? faults : nil)
             Thread { link.pump(from: client, to: server) }.start()
             Thread { link.pump(from: server, to: client) }.start()
         }
@@ -108,15 +134,17 @@ final class CuttingProxy: @unchecked Sendable {
         let client: Int32
         let server: Int32
         let cutAt: Int
+        let faults: Faults?
         private let lock = NSLock()
         private var passed = 0
         private var cut = false
         private var pumpsLeft = 2
 
-        init(client: Int32, server: Int32, cutAt: Int) {
+        init(client: Int32, server: Int32, cutAt: Int, faults: Faults?) {
             self.client = client
             self.server = server
             self.cutAt = cutAt
+            self.faults = faults
         }
 
         /// Copies `from` to `to` until either ends or the link is cut; the last pump out closes both sockets.
@@ -128,6 +156,7 @@ final class CuttingProxy: @unchecked Sendable {
                     shutdown(to, Int32(SHUT_WR))
                     break
                 }
+                faults?.maybeWait()
                 // How much of this read may pass before the cut.
                 let allowed = lock.withLock { () -> Int in
                     guard !cut else { return 0 }
@@ -245,7 +274,7 @@ struct ResumeTests {
         if helperSends {
             let listener = try IPC.listen(on: endpoint, receiving: .raw, options: options)
             defer { listener.close() }
-            let proxy = try CuttingProxy(target: listener.endpoint, cutAfter: cut)
+            let proxy = try CuttingProxy(target: listener.endpoint, delays: true, cutAfter: cut)
             defer { proxy.close() }
             let helper = try ChildProcess.helper("send-batched", proxy.endpoint, count, environment: environment)
             let rx = try await within(60) { try await listener.accept() }.receiver
@@ -264,10 +293,11 @@ struct ResumeTests {
             #expect(received == count)
             #expect(status == 0, "\(output)")
             #expect(proxy.connections > scaledCount(1_000), "only \(proxy.connections - 1) cuts")
+            expectDelaysAndStalls(proxy)
         } else {
             let listener = try IPC.listen(on: endpoint, sending: .raw, options: options)
             defer { listener.close() }
-            let proxy = try CuttingProxy(target: listener.endpoint, cutAfter: cut)
+            let proxy = try CuttingProxy(target: listener.endpoint, delays: true, cutAfter: cut)
             defer { proxy.close() }
             let helper = try ChildProcess.helper("count", proxy.endpoint, count, environment: environment)
             let tx = try await within(60) { try await listener.accept() }.sender
@@ -284,7 +314,14 @@ struct ResumeTests {
             #expect(status == 0, "\(output)")
             #expect(output.contains("received \(count)"), "\(output)")
             #expect(proxy.connections > scaledCount(1_000), "only \(proxy.connections - 1) cuts")
+            expectDelaysAndStalls(proxy)
         }
+    }
+
+    /// The proxy delayed and stalled the stream along the way (a few stalls are expected at full size only).
+    private func expectDelaysAndStalls(_ proxy: CuttingProxy, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(proxy.faults.delays > 0, sourceLocation: sourceLocation)
+        if !sanitized { #expect(proxy.faults.stalls > 0, sourceLocation: sourceLocation) }
     }
 
     /// At capacity 0 the receiver grants each message while a receive (or a select's receive case) waits; a
