@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // `swift package generate-documentation`: the DocC catalogue, built in CI with warnings as errors.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
@@ -88,6 +90,8 @@ let package = Package(
             dependencies: [
                 "Interprocess", "BenchmarkSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // Only for `ipc bench --metrics-cost`, which measures the library with a metrics backend.
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 // Only for `ipc bench-local`, which measures in-process channels beside AsyncChannel.
                 .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
             ],

@@ -22,7 +22,7 @@ import Synchronization
 ///
 /// `Listener` is also an `AsyncSequence` of connections, and a swift-service-lifecycle `Service`: ``run()``
 /// serves until its task is cancelled or its service group shuts down gracefully, then stops accepting, lets
-/// the connections it accepted finish (``ChannelOptions/drainTimeout``), closes those that did not, and returns
+/// the connections it accepted finish (`ChannelOptions.drainTimeout`), closes those that did not, and returns
 /// once its accept loop and every handshake have ended.
 ///
 /// ```swift
@@ -37,7 +37,9 @@ import Synchronization
 /// ``run()``). ``close()`` only stops listening, as closing a listening socket does: the connections already
 /// accepted belong to whoever took them. Only ``run()`` ends them.
 public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence, Sendable {
+    /// An accepted connection, its handshake done.
     public typealias Element = Connection<Out.Value, In.Value>
+    /// What accepting throws.
     public typealias Failure = IPCError
 
     /// The endpoint actually listened on (with the real port when port 0 was asked for).
@@ -103,7 +105,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
                             options.logger.error("listener on \(endpoint) stopped: \(error)")
                         }
                         // Connections ready and not yet taken are still handed out.
-                        ready.finishWhenEmpty(error)
+                        ready.finish(error)
                         return
                     }
                     // At the limit a client is still accepted, to be told why it is refused; refusals in progress
@@ -225,7 +227,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
             }
             socket.close()
             handshakes.endAll()
-            ready.finishWhenEmpty(IPCError(.alreadyClosed, "the listener was shut down"))
+            ready.finish(IPCError(.alreadyClosed, "the listener was shut down"))
         }
         for waiter in waiters { waiter.resume() }
     }
@@ -241,14 +243,19 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
         }
     }
 
+    /// Iterates a listener: each step is an ``accept()``, and the sequence ends when the listener is closed or
+    /// shut down (after the connections it had ready).
     public struct AsyncIterator: AsyncIteratorProtocol {
         let listener: Listener
+        /// The next connection, or `nil` once the listener stopped.
         public mutating func next() async throws(IPCError) -> Element? { try await listener.acceptOrEnd() }
+        /// The next connection, or `nil` once the listener stopped.
         public mutating func next(isolation actor: isolated (any Actor)?) async throws(IPCError) -> Element? {
             try await listener.acceptOrEnd()
         }
     }
 
+    /// An iterator that accepts until the listener stops.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: self) }
 }
 
@@ -256,7 +263,7 @@ extension Listener: Service {
     /// Serves until the calling task is cancelled, its service group shuts down gracefully, or ``close()`` is
     /// called. Then it stops accepting (handshakes in progress end; connections ready and not yet taken are
     /// still handed out), waits until every connection it accepted has closed, at most
-    /// ``ChannelOptions/drainTimeout`` (not at all when cancelled), closes the rest (their pending and later
+    /// `ChannelOptions.drainTimeout` (not at all when cancelled), closes the rest (their pending and later
     /// calls fail with `cancelled`, and each peer is told that the listener shut down), and returns once its
     /// accept loop and every handshake have ended. Nothing a connection's receiver took is lost; what a closed
     /// connection's peer sent and was not taken is reported to that peer in its error's `messagesInDoubt`.
@@ -277,7 +284,7 @@ extension Listener: Service {
             try? await Task.sleep(for: .milliseconds(10))
         }
         let closing = registry.failAll(IPCError(.cancelled, "the listener on \(endpoint) shut down and closed this connection (it did not finish within ChannelOptions.drainTimeout, \(options.drainTimeout))"))
-        ready.finish(IPCError(.alreadyClosed, "the listener was shut down"))
+        ready.finish(IPCError(.alreadyClosed, "the listener was shut down"), dropping: true)
         await acceptTask.withLock { $0 }?.value
         options.logger.info("listener on \(endpoint) shut down", metadata: ["closed": "\(closing)"])
     }
@@ -397,8 +404,6 @@ final class ReadyQueue<T: Sendable>: Sendable {
         var nextID: UInt64 = 0
         var putters = Deque<CheckedContinuation<Void, Never>>()
         var finished: IPCError?
-        /// Takes no more items; hands out those it holds, then fails with this.
-        var closing: IPCError?
     }
     private let state = Lock(State())
     private let capacity: Int
@@ -409,7 +414,7 @@ final class ReadyQueue<T: Sendable>: Sendable {
     func put(_ item: T) async -> Bool {
         while true {
             let step = state.withLock { s -> PutStep<T> in
-                if s.finished != nil || s.closing != nil { return .refused }
+                if s.finished != nil { return .refused }
                 if let taker = s.takers.popFirst() { return .done(taker.continuation) }
                 if s.items.count < capacity {
                     s.items.append(item)
@@ -426,7 +431,7 @@ final class ReadyQueue<T: Sendable>: Sendable {
             case .full:
                 await withCheckedContinuation { c in
                     let resume = state.withLock { s -> Bool in
-                        if s.items.count < capacity || s.finished != nil || s.closing != nil { return true }
+                        if s.items.count < capacity || s.finished != nil { return true }
                         s.putters.append(c)
                         return false
                     }
@@ -446,7 +451,7 @@ final class ReadyQueue<T: Sendable>: Sendable {
             await withCheckedContinuation { (c: CheckedContinuation<Result<T, IPCError>, Never>) in
                 let (now, putter) = state.withLock { s -> (Result<T, IPCError>?, CheckedContinuation<Void, Never>?) in
                     if let item = s.items.popFirst() { return (.success(item), s.putters.popFirst()) }
-                    if let error = s.finished ?? s.closing { return (.failure(error), nil) }
+                    if let error = s.finished { return (.failure(error), nil) }
                     if Task.isCancelled { return (.failure(IPCError(.cancelled, "accept was cancelled")), nil) }
                     s.takers.append((id, c))
                     return (nil, nil)
@@ -464,31 +469,21 @@ final class ReadyQueue<T: Sendable>: Sendable {
         return try result.get()
     }
 
-    /// Takes no more items; those it holds are still taken, then `take` fails with `error`.
-    func finishWhenEmpty(_ error: IPCError) {
-        let (takers, putters) = state.withLock { s in
-            if s.closing == nil { s.closing = error }
-            // Takers wait only while the queue is empty.
-            defer {
-                s.takers.removeAll()
-                s.putters.removeAll()
-            }
-            return (s.takers, s.putters)
-        }
-        for t in takers { t.continuation.resume(returning: .failure(error)) }
-        for p in putters { p.resume() }
-    }
-
-    func finish(_ error: IPCError) {
-        let (takers, putters) = state.withLock { s in
+    /// Takes no more items: `put` refuses them from now on, and `take` fails with `error` once those it holds
+    /// were taken (or at once, `dropping` them).
+    func finish(_ error: IPCError, dropping: Bool = false) {
+        let (takers, putters, dropped) = state.withLock { s in
             if s.finished == nil { s.finished = error }
+            // Takers wait only while the queue is empty, so each of them fails.
             defer {
                 s.takers.removeAll()
                 s.putters.removeAll()
+                if dropping { s.items.removeAll() }
             }
-            return (s.takers, s.putters)
+            return (s.takers, s.putters, dropping ? Array(s.items) : [])
         }
         for t in takers { t.continuation.resume(returning: .failure(error)) }
         for p in putters { p.resume() }
+        _ = dropped  // released here, outside the lock
     }
 }

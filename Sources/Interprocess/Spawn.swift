@@ -9,7 +9,9 @@ import InterprocessSockets
 public struct SpawnedProcess: Sendable {
     /// How a child process ended.
     public enum Termination: Sendable, Equatable {
+        /// It exited with this status.
         case exited(Int32)
+        /// A signal with this number ended it.
         case signalled(Int32)
     }
 

@@ -78,7 +78,7 @@ public struct ChannelOptions: Sendable {
     /// from the process's descriptor limit when the listener starts: a third of what is left above 128 (kept for
     /// everything else), and at least 16. With a soft `RLIMIT_NOFILE` of 1024 that is 298.
     public var maxConnections: Int?
-    /// How long a listener's graceful shutdown (``Listener``'s `run()`, when its service group shuts down) lets
+    /// How long a listener's graceful shutdown (`Listener.run()`, when its service group shuts down) lets
     /// the connections it accepted finish before it closes them: their peers close, or their owners close them.
     /// Default 10 seconds; at least 0 (close at once).
     public var drainTimeout: Duration = .seconds(10)
@@ -96,6 +96,7 @@ public struct ChannelOptions: Sendable {
     /// the process's `MetricsSystem` (no output until the application bootstraps a backend).
     public var metricsFactory: (any MetricsFactory)?
 
+    /// The defaults described with each option.
     public init() {}
 
     /// The heartbeats' interval and timeout, nil when they are off.
@@ -156,6 +157,7 @@ public struct ResumePolicy: Sendable, Hashable {
     /// The longest pause between attempts. Default 1 second.
     public var maxBackoff: Duration
 
+    /// A policy with the given deadline and backoff (see each property).
     public init(deadline: Duration = .seconds(30), firstBackoff: Duration = .milliseconds(10), maxBackoff: Duration = .seconds(1)) {
         self.deadline = deadline
         self.firstBackoff = firstBackoff

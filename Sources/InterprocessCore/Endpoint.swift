@@ -14,7 +14,11 @@
 /// TCP listeners bind the address given and nothing wider: to accept from other hosts, say
 /// `tcp://0.0.0.0:PORT` explicitly.
 public enum Endpoint: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
+    /// A Unix domain socket at `path` in the file system (created mode 0600 by the listener, removed when it
+    /// closes).
     case unix(path: String)
+    /// TCP to `host` (an IPv4 or IPv6 address; a listener binds exactly it) and `port` (0: the kernel picks one
+    /// when listening; the listener reports it in its `endpoint`).
     case tcp(host: String, port: UInt16)
     /// Shared memory between processes of one host. The name is where the two sides meet: a Unix socket in
     /// Linux's abstract namespace, private to the user (it leaves no file behind), over which the listener
@@ -72,10 +76,13 @@ public enum Endpoint: Sendable, Hashable, CustomStringConvertible, ExpressibleBy
         self = .tcp(host: host, port: port)
     }
 
+    /// An endpoint written as a literal, as ``init(parsing:)`` reads it; a literal that is not one stops the
+    /// program (use ``init(parsing:)`` for text from outside).
     public init(stringLiteral value: String) {
         do { try self.init(parsing: value) } catch { preconditionFailure("\(error)") }
     }
 
+    /// The endpoint in the form ``init(parsing:)`` reads.
     public var description: String {
         switch self {
         case .unix(let path): "unix:\(path)"

@@ -51,6 +51,7 @@ public struct IPCError: Error, Sendable, Hashable, CustomStringConvertible {
         /// The receiving side is gone (its `Receiver` was dropped): nothing more can be sent on this channel.
         public static let receiverGone = Code(17)
 
+        /// The code's name, as in `peerClosed`.
         public var description: String {
             switch self {
             case .connectionRefused: "connectionRefused"
@@ -88,6 +89,8 @@ public struct IPCError: Error, Sendable, Hashable, CustomStringConvertible {
     /// did. Nil when none were in doubt, or for errors that are not about a broken connection.
     public var messagesInDoubt: Int?
 
+    /// An error with `code` and a `message` that says what happened and what to do; `errno` and `underlying`
+    /// (a lower layer's error) when there is one.
     public init(_ code: Code, _ message: String, errno: Int32? = nil, underlying: String? = nil) {
         self.code = code
         self.message = message
@@ -95,6 +98,7 @@ public struct IPCError: Error, Sendable, Hashable, CustomStringConvertible {
         self.underlying = underlying
     }
 
+    /// The code and the message, then the errno, the underlying error and the messages in doubt when known.
     public var description: String {
         var text = "\(code): \(message)"
         if let errno { text += " (errno \(errno))" }

@@ -184,6 +184,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Payload bytes a sender keeps in flight (ChannelOptions.maxBytesInFlight); default: the library's default.") var bytesInFlight: Int?
     @Option(help: "Shared-memory ring size in bytes (a power of two); default: the library's default.") var ringSize: Int?
     @Flag(help: "Run the socket lines with resumable connections (ChannelOptions.resume), to measure what keeping every unacknowledged frame costs.") var resume = false
+    @Flag(help: "After the other lines, run W2 over unix-raw, tcp-raw and shm-raw (those selected) with and without a metrics backend in both processes (one that adds up every report), interleaved, and show both.") var metricsCost = false
     @Option(parsing: .upToNextOption, help: "Workloads to run.") var workloads: [Workload] = Workload.allCases
     @Option(parsing: .upToNextOption, help: "Transports to run (the limits and peer libraries always run first).") var transports: [BenchTransport] = BenchTransport.allCases
     @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
@@ -301,6 +302,9 @@ struct Bench: AsyncParsableCommand {
                 report.lines.append(record)
             }
         }
+        if metricsCost {
+            try await measureMetricsCost(counts: counts, options: options, childCPU: childCPU, directory: directory, report: &report)
+        }
         if let json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -320,8 +324,34 @@ struct Bench: AsyncParsableCommand {
         }
     }
 
+    /// W2 with and without a metrics backend (``CountingMetrics``, in both processes), the two runs of each pair
+    /// one after the other, so that the machine's drift touches both alike.
+    private func measureMetricsCost(counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, report: inout BenchReport) async throws {
+        say("\nW2 \(counts.w2Count) x 64 B one way with and without a metrics backend (every report added up in-process), M msg/s; \(runs) interleaved pairs, medians")
+        for transport in [BenchTransport.unixRaw, .tcpRaw, .shmRaw] where transports.contains(transport) {
+            var without: [Double] = [], with: [Double] = []
+            var reports = 0
+            for _ in 0..<runs {
+                without.append(try await runOne(.w2, transport, counts: counts, options: options, childCPU: childCPU, directory: directory, programs: [:]).values[0])
+                let metrics = CountingMetrics()
+                var measured = options
+                measured.metricsFactory = metrics
+                with.append(try await runOne(.w2, transport, counts: counts, options: measured, childCPU: childCPU, directory: directory, programs: [:]).values[0])
+                reports = metrics.reportCount
+            }
+            let off = without.sorted()[without.count / 2], on = with.sorted()[with.count / 2]
+            var line = transport.label.padding(toLength: 36, withPad: " ", startingAt: 0)
+            line += "without \(format(off, 2))   with \(format(on, 2))   \(format(on / off, 2))x   (\(reports) reports in this process for \(counts.w2Count) messages)"
+            say(line)
+            for (suffix, values) in [("", without), ("+metrics", with)] {
+                let record = BenchLine(workload: "w2-metrics-cost", transport: transport.rawValue + suffix, label: transport.label + (suffix.isEmpty ? "" : ", metrics backend"), unit: Workload.w2.unit, median: [values.sorted()[values.count / 2]], runs: values.map { [$0] }, best: values.max() ?? 0)
+                report.lines.append(record)
+            }
+        }
+    }
+
     private func runOne(_ workload: Workload, _ transport: BenchTransport, counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, programs: [NativeProgram.Kind: NativeProgram]) async throws -> BenchResult {
-        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--bytes-in-flight", String(options.maxBytesInFlight)] + (options.resume == nil ? [] : ["--resume"]) + ["--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
+        let args = ["bench-peer", workload.rawValue, transport.rawValue, "--capacity", String(options.capacity), "--spin", String(options.spinMicroseconds), "--bytes-in-flight", String(options.maxBytesInFlight)] + (options.resume == nil ? [] : ["--resume"]) + (options.metricsFactory == nil ? [] : ["--metrics"]) + ["--w1", String(counts.w1Warmup + counts.w1Iterations), "--w2", String(counts.w2Count), "--w3", String(counts.w3Count)]
         var options = options
         if ringSize == nil, let size = Self.ringSize(for: workload) { options.sharedMemoryRingSize = size }
         if transport == .baseline {
@@ -596,6 +626,7 @@ struct BenchPeer: AsyncParsableCommand {
     @Option var spin = ChannelOptions().spinMicroseconds
     @Option var bytesInFlight = ChannelOptions().maxBytesInFlight
     @Flag var resume = false
+    @Flag var metrics = false
 
     private var options: ChannelOptions {
         var options = ChannelOptions()
@@ -603,6 +634,7 @@ struct BenchPeer: AsyncParsableCommand {
         options.spinMicroseconds = spin
         options.maxBytesInFlight = bytesInFlight
         if resume { options.resume = ResumePolicy() }
+        if metrics { options.metricsFactory = CountingMetrics() }
         return options
     }
 

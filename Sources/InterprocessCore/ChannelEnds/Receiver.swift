@@ -5,7 +5,9 @@
 /// A receiver may be shared between tasks: each value goes to exactly one of them. Dropping the receiver tells
 /// the sending side, whose sends then fail with `receiverGone`.
 public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
+    /// A received value.
     public typealias Element = Value
+    /// What receiving throws.
     public typealias Failure = IPCError
 
     // One of `local` and `core` is set. Plain stored properties rather than an enum with payloads: reading a
@@ -163,14 +165,18 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         core?.stream.peerDescription ?? "this process"
     }
 
+    /// Iterates a receiver: each step is a ``Receiver/receive()``.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let receiver: Receiver<Value>
+        /// The next value, or `nil` at the end of the channel.
         public mutating func next() async throws(IPCError) -> Value? { try await receiver.receive() }
+        /// The next value, or `nil` at the end of the channel.
         public mutating func next(isolation actor: isolated (any Actor)?) async throws(IPCError) -> Value? {
             try await receiver.receive()
         }
     }
 
+    /// An iterator that receives until the end of the channel.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(receiver: self) }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 /// Turns values into message bytes and back. Both ends of a channel must use the same codec and element type;
 /// the handshake checks ``name`` and ``typeName`` and refuses a mismatch with an error naming both choices.
 public protocol MessageCodec<Value>: Sendable {
+    /// The type of the messages: what a sender sends and a receiver returns.
     associatedtype Value: Sendable
     /// The codec's name on the wire, for example `json` or `binary`.
     var name: String { get }
@@ -16,6 +17,7 @@ public protocol MessageCodec<Value>: Sendable {
 }
 
 extension MessageCodec {
+    /// The Swift type's fully qualified name, for example `MyModule.Job`.
     public var typeName: String { String(reflecting: Value.self) }
 }
 
@@ -30,6 +32,8 @@ extension MessageCodec {
 public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
     public let typeName: String
     private let treeEncoder = JSONEncoder()
+    /// A JSON codec for `type`, announced in the handshake as `typeName` (default: the Swift type's fully
+    /// qualified name; set it to talk to programs in other languages).
     public init(_ type: Value.Type = Value.self, typeName: String? = nil) {
         self.typeName = typeName ?? String(reflecting: Value.self)
     }
@@ -58,6 +62,7 @@ public struct JSONCodec<Value: Codable & Sendable>: MessageCodec {
 
 /// Raw bytes: the message is the array, nothing added. The transport's copy is the only copy.
 public struct RawBytesCodec: MessageCodec {
+    /// The raw-bytes codec (also `.raw`).
     public init() {}
     public var name: String { "raw" }
     public var typeName: String { "bytes" }
@@ -69,6 +74,7 @@ public struct RawBytesCodec: MessageCodec {
 
 /// Each message is one UTF-8 string (any content, newlines included). What the `ipc` tool speaks by default.
 public struct StringCodec: MessageCodec {
+    /// The UTF-8 string codec (also `.utf8`).
     public init() {}
     public var name: String { "utf8" }
     public var typeName: String { "string" }
@@ -91,6 +97,8 @@ public struct StringCodec: MessageCodec {
 public struct BinaryCodec<Value: Codable & Sendable>: MessageCodec {
     public let typeName: String
     private let scratch = BinaryCodingScratch()
+    /// A binary codec for `type`, announced in the handshake as `typeName` (default: the Swift type's fully
+    /// qualified name).
     public init(_ type: Value.Type = Value.self, typeName: String? = nil) {
         self.typeName = typeName ?? String(reflecting: Value.self)
     }
@@ -115,6 +123,7 @@ public struct BinaryCodec<Value: Codable & Sendable>: MessageCodec {
 
 /// A codec for a direction that carries nothing (a one-way connection's other direction).
 public struct NoMessages: MessageCodec {
+    /// The codec of a direction that carries nothing.
     public init() {}
     public var name: String { "none" }
     public var typeName: String { "none" }
@@ -153,6 +162,7 @@ package func preview(_ bytes: [UInt8]) -> String {
 /// newline; a last line without a newline is delivered at the end of the stream. There is no handshake, so the
 /// two ends cannot check each other's types, and flow control is the kernel's socket buffers.
 public struct LinesCodec: MessageCodec {
+    /// The lines codec (also `.lines`).
     public init() {}
     public var name: String { "lines" }
     public var typeName: String { "string" }

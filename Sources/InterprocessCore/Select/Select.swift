@@ -116,13 +116,21 @@ struct SelectOperation<Result> {
     var claimed: (any Sendable) throws -> Result
 }
 
+/// Collects a ``select(_:)``'s cases: one case per line, and `if`, `if`-`else`, `switch` and `for` to add cases
+/// conditionally or from a collection.
 @resultBuilder
 public enum SelectBuilder<Result> {
+    /// One case.
     public static func buildExpression(_ expression: SelectCase<Result>) -> [SelectCase<Result>] { [expression] }
+    /// The cases of a block, in order.
     public static func buildBlock(_ components: [SelectCase<Result>]...) -> [SelectCase<Result>] { components.flatMap { $0 } }
+    /// The cases of an `if` without `else`: none when its condition is false.
     public static func buildOptional(_ component: [SelectCase<Result>]?) -> [SelectCase<Result>] { component ?? [] }
+    /// The cases of the first branch of an `if`-`else` or `switch`.
     public static func buildEither(first component: [SelectCase<Result>]) -> [SelectCase<Result>] { component }
+    /// The cases of the second branch of an `if`-`else` or `switch`.
     public static func buildEither(second component: [SelectCase<Result>]) -> [SelectCase<Result>] { component }
+    /// The cases of a `for` loop: one set per element.
     public static func buildArray(_ components: [[SelectCase<Result>]]) -> [SelectCase<Result>] { components.flatMap { $0 } }
 }
 
