@@ -175,7 +175,7 @@ struct BenchResult {
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the standard workloads W1-W4 over each transport, beside raw-syscall and C shared-memory baselines.",
-        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs. The limits (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory) show their best run beside their median, and every line's ratio is taken against the best run of its limit, so that a slow phase of the limit never flatters a line. The peer libraries a user would otherwise pick run in the same invocation from Benchmarks/peers (boost::interprocess message_queue beside shared memory, ZeroMQ PAIR over ipc:// beside Unix sockets and over tcp:// beside TCP; W1 and W2; built with g++ when libboost-dev and libzmq3-dev are installed, skipped with a note otherwise), and each line shows its ratio to that library's median. The typed lines (unix-binary, unix-json) send a struct of 64 data bytes: seven scalar fields and a 24-character string. --json FILE writes every line (median, every run, best run, ratios, peak memory) with the machine, date, placement and counts. The shm-zero-copy and unix-zero-copy lines use Sender.send(byteCount:) and Receiver.receive { } (over a socket these reuse one buffer per direction for large messages); in W4 they write only an 8-byte tag at each end of the payload, while the raw lines send whole arrays; every W4 echo is checked by its size and those two tags. The unix-batch and shm-batch lines (W2 only) send with Sender.send(contentsOf:) and receive with Receiver.receive(upTo:), 64 messages per call. Build with -c release.")
+        discussion: "W1: 64-byte ping-pong (1,000 warm-up, 20,000 timed round trips). W2: 1,000,000 64-byte messages one way. W3: 1,000 1 MiB messages one way. W4: ping-pong at 64 B, 1 KiB, 16 KiB, 256 KiB, 1 MiB and 4 MiB (1,000 timed round trips each, 100 from 1 MiB). Unless --ring-size is given, shared-memory lines use a 4 MiB ring in W3 (as the C ring) and an 8 MiB ring in W4 (a 4 MiB message fits whole), the library's default otherwise. Two real processes; each line is the median of --runs runs. The limits (the raw socketpair for sockets, the C ring of ../shared/baseline for shared memory) show their best run beside their median, and every line's ratio is taken against the best run of its limit, so that a slow phase of the limit never flatters a line. The peer libraries a user would otherwise pick run in the same invocation from Benchmarks/peers (boost::interprocess message_queue beside shared memory, ZeroMQ PAIR over ipc:// beside Unix sockets and over tcp:// beside TCP; W1 and W2; built with g++ when libboost-dev and libzmq3-dev are installed, skipped with a note otherwise), and each line shows its ratio to that library's median. The typed lines (unix-binary, unix-json) send a struct of 64 data bytes: seven scalar fields and a 24-character string. --json FILE writes every line (median, every run, best run, ratios, peak memory) with the machine, date, placement and counts. The shm-zero-copy and unix-zero-copy lines use Sender.send(byteCount:) and Receiver.receive { } (over a socket these reuse one buffer per direction for large messages); in W4 they write only an 8-byte tag at each end of the payload, while the raw lines send whole arrays; every W4 echo is checked by its size and those two tags. The unix-batch and shm-batch lines (W2 only) send with Sender.send(contentsOf:) and receive with Receiver.receive(upTo:), 64 messages per call. While it runs, a line on standard error says which workload, transport and run it is on and about how long is left, when standard error is a terminal (nothing otherwise). Build with -c release.")
 
     @Option(help: "CPU placement: split (this process on CPU 0, the peer on CPU 1), same (both on CPU 0) or free.") var placement: Placement = .split
     @Option(help: "Runs per line; the median is reported.") var runs = 3
@@ -235,6 +235,9 @@ struct Bench: AsyncParsableCommand {
         say("machine: \(machine)")
         say("Ratios are taken against the best run of the limit (the raw socketpair for sockets, the C ring for shared memory) and against the median of the peer library a user would otherwise pick.")
         var report = BenchReport(machine: machine, date: ISO8601DateFormatter().string(from: Date()), placement: placement, runs: runs, counts: counts, capacity: options.capacity, lines: [])
+        let costLines = metricsCost ? [BenchTransport.unixRaw, .tcpRaw, .shmRaw].filter(transports.contains).count * 2 * runs : 0
+        let progress = BenchProgress(totalRuns: workloads.reduce(0) { sum, w in sum + transports.filter { $0.applies(to: w) }.count * runs } + costLines)
+        defer { progress.clear() }
         for workload in workloads {
             var header: String
             switch workload {
@@ -258,8 +261,11 @@ struct Bench: AsyncParsableCommand {
             for transport in transports where transport.applies(to: workload) {
                 var results: [BenchResult] = []
                 for _ in 0..<runs {
+                    progress.starting("\(workload.rawValue.uppercased()) \(transport.rawValue)")
                     results.append(try await runOne(workload, transport, counts: counts, options: options, childCPU: childCPU, directory: directory, programs: programs))
+                    progress.finished()
                 }
+                progress.clear()
                 results.sort { $0.values[0] < $1.values[0] }
                 var median = results[results.count / 2]
                 if workload == .w4 {
@@ -303,7 +309,7 @@ struct Bench: AsyncParsableCommand {
             }
         }
         if metricsCost {
-            try await measureMetricsCost(counts: counts, options: options, childCPU: childCPU, directory: directory, report: &report)
+            try await measureMetricsCost(counts: counts, options: options, childCPU: childCPU, directory: directory, report: &report, progress: progress)
         }
         if let json {
             let encoder = JSONEncoder()
@@ -326,19 +332,24 @@ struct Bench: AsyncParsableCommand {
 
     /// W2 with and without a metrics backend (``CountingMetrics``, in both processes), the two runs of each pair
     /// one after the other, so that the machine's drift touches both alike.
-    private func measureMetricsCost(counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, report: inout BenchReport) async throws {
+    private func measureMetricsCost(counts: BenchCounts, options: ChannelOptions, childCPU: Int?, directory: String, report: inout BenchReport, progress: BenchProgress) async throws {
         say("\nW2 \(counts.w2Count) x 64 B one way with and without a metrics backend (every report added up in-process), M msg/s; \(runs) interleaved pairs, medians")
         for transport in [BenchTransport.unixRaw, .tcpRaw, .shmRaw] where transports.contains(transport) {
             var without: [Double] = [], with: [Double] = []
             var reports = 0
             for _ in 0..<runs {
+                progress.starting("W2 \(transport.rawValue) without metrics")
                 without.append(try await runOne(.w2, transport, counts: counts, options: options, childCPU: childCPU, directory: directory, programs: [:]).values[0])
+                progress.finished()
                 let metrics = CountingMetrics()
                 var measured = options
                 measured.metricsFactory = metrics
+                progress.starting("W2 \(transport.rawValue) with metrics")
                 with.append(try await runOne(.w2, transport, counts: counts, options: measured, childCPU: childCPU, directory: directory, programs: [:]).values[0])
+                progress.finished()
                 reports = metrics.reportCount
             }
+            progress.clear()
             let off = without.sorted()[without.count / 2], on = with.sorted()[with.count / 2]
             var line = transport.label.padding(toLength: 36, withPad: " ", startingAt: 0)
             line += "without \(format(off, 2))   with \(format(on, 2))   \(format(on / off, 2))x   (\(reports) reports in this process for \(counts.w2Count) messages)"

@@ -79,3 +79,34 @@ func removeDirectory(_ path: String) {
 }
 
 func monotonicNanos() -> UInt64 { ProcessControl.monotonicNanoseconds() }
+
+/// What `ipc bench` is doing, on one line of standard error that it rewrites (which workload and transport, run
+/// k of n, time left at the pace so far), when standard error is a terminal; nothing otherwise, so that logs and
+/// pipes get only the results.
+final class BenchProgress {
+    private let enabled = isatty(2) == 1
+    private let total: Int
+    private var done = 0
+    private let start = monotonicNanos()
+
+    init(totalRuns: Int) { total = max(totalRuns, 1) }
+
+    /// A run of `what` starts.
+    func starting(_ what: String) {
+        guard enabled else { return }
+        var line = "\r\u{1B}[K\(what): run \(done + 1) of \(total)"
+        if done > 0 {
+            let perRun = Double(monotonicNanos() - start) / Double(done)
+            line += ", about \(Int((perRun * Double(total - done) / 1e9).rounded(.up))) s left"
+        }
+        FileHandleLite.standardError.write(line)
+    }
+
+    /// A run ended.
+    func finished() { done += 1 }
+
+    /// Clears the line before a result is printed, and at the end.
+    func clear() {
+        if enabled { FileHandleLite.standardError.write("\r\u{1B}[K") }
+    }
+}

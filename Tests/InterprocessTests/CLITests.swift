@@ -222,6 +222,23 @@ struct CLITests {
         #expect(output2.split(separator: "\n").count == 1)
     }
 
+    /// Progress goes to a terminal only: under `script` (a pseudo-terminal) the bench says which run it is on;
+    /// with its output in a pipe it says nothing of the kind.
+    @Test("bench shows progress on a terminal, and none in a pipe", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+    func benchProgress() async throws {
+        let command = "\(buildDirectory)/ipc bench --quick --runs 2 --placement free --workloads w1 --transports unix-raw"
+        let onTerminal = try ChildProcess(path: "/usr/bin/script", ["-qec", command, "/dev/null"])
+        let (status, output) = await onTerminal.finish(within: 60)
+        #expect(status == 0, "bench said: \(output)")
+        #expect(output.contains("W1 unix-raw: run 1 of 2"), "bench said: \(output)")
+        #expect(output.contains("run 2 of 2, about"), "bench said: \(output)")
+        let inPipe = try ChildProcess("ipc", ["bench", "--quick", "--runs", "2", "--placement", "free", "--workloads", "w1", "--transports", "unix-raw"])
+        let (status2, output2) = await inPipe.finish(within: 60)
+        #expect(status2 == 0, "bench said: \(output2)")
+        #expect(output2.contains("Interprocess unix, raw bytes"), "bench said: \(output2)")
+        #expect(!output2.contains("run 1 of"), "bench said: \(output2)")
+    }
+
     @Test("demo: the article's two processes, over a Unix socket, TCP and shared memory")
     func demo() async throws {
         let cli = try ChildProcess("ipc", ["demo", "--round-trips", "200"])
