@@ -200,11 +200,10 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
         }
     }
 
-    /// Stops listening and removes the Unix socket file. Connections already accepted stay open (their owners
-    /// close them); a ``run()`` in progress then lets them finish and returns, as on a graceful shutdown.
+    /// Stops listening and removes the Unix socket file; handshakes in progress end. Connections already
+    /// accepted stay open (their owners close them); a ``run()`` in progress then lets them finish and returns,
+    /// as on a graceful shutdown.
     public func close() {
-        socket.close()
-        ready.finish(IPCError(.alreadyClosed, "the listener is closed"))
         stopAccepting(cancelled: false, shutdown: false)
     }
 
@@ -227,7 +226,7 @@ public final class Listener<Out: MessageCodec, In: MessageCodec>: AsyncSequence,
             }
             socket.close()
             handshakes.endAll()
-            ready.finish(IPCError(.alreadyClosed, "the listener was shut down"))
+            ready.finish(IPCError(.alreadyClosed, shutdown ? "the listener was shut down" : "the listener is closed"))
         }
         for waiter in waiters { waiter.resume() }
     }
