@@ -48,8 +48,10 @@ let benchmarks: @Sendable () -> Void = {
 func messages<Codec: MessageCodec>(_ name: String, _ kind: Kind, _ codec: Codec, _ value: Codec.Value, roundTrips: Bool) {
     let pair = Holder<Pair<Codec>>()
     var configuration = Benchmark.defaultConfiguration
-    // A round trip wakes a task that waits, which allocates or not depending on who got there first.
-    if roundTrips { configuration.thresholds = [.mallocCountTotal: .init(absolute: [.p90: 600])] }
+    // A round trip wakes a task that waits, which allocates or not depending on who got there first (a wait that
+    // parks allocates, one that finds its message while spinning does not): 7 to 9 per message over a socket
+    // from run to run on the same build. The budget there only catches a gross regression.
+    if roundTrips { configuration.thresholds = [.mallocCountTotal: .init(absolute: [.p90: 2000])] }
     Benchmark(name, configuration: configuration) { benchmark in
         guard let pair = pair.value else { return }
         if roundTrips {
