@@ -203,7 +203,9 @@ struct SharedMemoryTests {
         let endpoint = Endpoint.sharedMemory(name: uniqueName())
         let listener = try IPC.listen(on: endpoint, receiving: .raw)
         defer { listener.close() }
-        let hostile = try HostileSharedMemoryPeer(endpoint)
+        // Made on a thread of its own: it waits in a blocking read for the hand-over, which the listener's
+        // task makes, and the test process has as few task threads as cores.
+        let hostile = try await offTaskThreads { try HostileSharedMemoryPeer(endpoint) }
         // A well-formed start: a hello and one message, so the listener accepts the connection.
         var bytes = Hello(capacity: 16, maxFrame: 1 << 20, sendCodec: "raw", sendType: "bytes", receiveCodec: "none", receiveType: "none").encoded()
         bytes.appendControlFrame(.data(seq: 1, payload: [1, 2, 3]))
@@ -271,7 +273,7 @@ func cpuTicks(_ pid: Int32) -> Int? {
 }
 
 /// Plays a dialer that takes the shared memory and then writes whatever it likes into it.
-final class HostileSharedMemoryPeer {
+final class HostileSharedMemoryPeer: @unchecked Sendable {
     let client: RawClient
     let base: UnsafeMutableRawPointer
     let size: Int

@@ -40,6 +40,7 @@ final class ChildProcess: @unchecked Sendable {
     let process = Process()
     private let output = Pipe()
     private let input = Pipe()
+    private let stdinQueue = DispatchQueue(label: "child stdin")
     private let exited = AsyncSemaphore()
     private let outputDone = AsyncSemaphore()
     private let collected = NSLock()
@@ -100,11 +101,20 @@ final class ChildProcess: @unchecked Sendable {
         write(Array((text + "\n").utf8))
     }
 
-    func closeInput() { try? input.fileHandleForWriting.close() }
+    /// Closes the child's stdin after everything written before.
+    func closeInput() {
+        let handle = input.fileHandleForWriting
+        stdinQueue.async { try? handle.close() }
+    }
 
-    /// Writes to the child's stdin. A child that exited early makes this fail (EPIPE: this process ignores
-    /// SIGPIPE, see `init`), and the test then fails on what the child printed, not on a signal.
-    func write(_ bytes: [UInt8]) { try? input.fileHandleForWriting.write(contentsOf: Data(bytes)) }
+    /// Writes to the child's stdin, in order, from a queue of its own: a write blocks until the child reads, and
+    /// on one of the test process's few task threads it would hold up unrelated tests meanwhile. A child that
+    /// exited early makes the write fail (EPIPE: this process ignores SIGPIPE, see `init`), and the test then
+    /// fails on what the child printed, not on a signal.
+    func write(_ bytes: [UInt8]) {
+        let handle = input.fileHandleForWriting
+        stdinQueue.async { try? handle.write(contentsOf: Data(bytes)) }
+    }
 
     /// Waits for the exit (killing the child after `seconds`); returns the status and everything it printed.
     func finish(within seconds: Int = 30) async -> (status: Int32, output: String) {
@@ -342,4 +352,12 @@ func errorFrameMessage(in bytes: [UInt8]) -> String? {
         offset += 8 + length
     }
     return nil
+}
+
+/// Runs `body`, which blocks (a blocking system call), on a thread of its own rather than one of the few task
+/// threads that every test of this process shares.
+func offTaskThreads<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
 }
