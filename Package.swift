@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         // `swift package generate-documentation`: the DocC catalogue, built in CI with warnings as errors.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
@@ -94,6 +95,8 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 // Only for `ipc bench-local`, which measures in-process channels beside AsyncChannel.
                 .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
+                // Latency percentiles and the W1 distributions of `ipc bench --report`.
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: swiftSettings
         ),

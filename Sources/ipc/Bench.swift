@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import BenchmarkSupport
 import Foundation
+import Histogram
 import Interprocess
 
 /// The typed message of the typed W2 lines: 64 bytes of data (seven scalar fields and a 24-character string), as a
@@ -138,6 +139,9 @@ struct BenchLine: Codable {
     var peer: String?
     var ratioToPeer: Double?
     var peakRSSKiB: [Int]?
+    /// W1: the median run's latency distribution, (percentile, us) pairs at HdrHistogram's usual steps; the
+    /// peer libraries and the C ring report only p50 and p99.
+    var distribution: [[Double]]?
 }
 
 extension Workload {
@@ -163,6 +167,12 @@ struct BenchResult {
     var values: [Double]  // W1: p50, p99, max (us); W2: M msg/s; W3: GB/s; W4: p50 (us) per size
     var parentRSSKiB: Int
     var childRSSKiB: Int
+    var distribution: [[Double]]? = nil
+
+    /// A W1 result from its round-trip times.
+    static func latency(_ latencies: Latencies) -> BenchResult {
+        BenchResult(values: latencies.summary, parentRSSKiB: 0, childRSSKiB: 0, distribution: latencies.distribution)
+    }
 
     /// A W2 (M msg/s) or W3 (GB/s of 1 MiB messages) result; `done` is the peer's "done RSS-KiB" reply.
     static func throughput(_ workload: Workload, count: Int, since start: UInt64, done: String) -> BenchResult {
@@ -190,6 +200,7 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Lower counts for a quick look (do not quote these numbers).") var quick = false
     @Option(help: "Folder with the C reference programs (shm_ring.c); default: ../shared/baseline if it exists.") var cBaseline: String?
     @Option(help: "Also write every line as JSON to this file.") var json: String?
+    @Option(help: "Also write a self-contained HTML page to this file: W4 latency against size (log-log), the W1 latency distributions, W2 and W3 bars beside the limits and peer libraries, every line, and a verdict computed from the numbers.") var report: String?
 
     enum Placement: String, ExpressibleByArgument, Codable {
         case split, same, free
@@ -283,6 +294,7 @@ struct Bench: AsyncParsableCommand {
                 }
                 // A ratio above 1 is better than the reference for rates, worse for latencies (time over time).
                 var record = BenchLine(workload: workload.rawValue, transport: transport.rawValue, label: transport.label, unit: workload.unit, median: median.values, runs: results.map(\.values), best: best)
+                if workload == .w1 { record.distribution = median.distribution ?? [[50, median.values[0]], [99, median.values[1]]] }
                 if transport.isLimit {
                     line += "   best run \(format(best, 2))"
                 } else if workload == .w4 {
@@ -316,6 +328,10 @@ struct Bench: AsyncParsableCommand {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try encoder.encode(report).write(to: URL(fileURLWithPath: json))
             say("\nwrote \(json)")
+        }
+        if let file = self.report {
+            try Data(HTMLReport(reports: [report]).render().utf8).write(to: URL(fileURLWithPath: file))
+            say("\nwrote \(file)")
         }
     }
 
@@ -480,8 +496,7 @@ struct Bench: AsyncParsableCommand {
         switch workload {
         case .w1:
             var payload = [UInt8](repeating: 1, count: 64)
-            var samples: [UInt64] = []
-            samples.reserveCapacity(counts.w1Iterations)
+            var latencies = Latencies()
             for i in 0..<(counts.w1Warmup + counts.w1Iterations) {
                 payload[0] = UInt8(truncatingIfNeeded: i)
                 let t0 = monotonicNanos()
@@ -489,11 +504,11 @@ struct Bench: AsyncParsableCommand {
                 guard let echo = try await receive(), echo.count == 64, echo.first == payload[0] else {
                     throw ChildError(message: "W1: bad echo at \(i)")
                 }
-                if i >= counts.w1Warmup { samples.append(monotonicNanos() - t0) }
+                if i >= counts.w1Warmup { latencies.record(monotonicNanos() - t0) }
             }
             try await connection.sender.send(Array("end".utf8))
             _ = try await connection.receiver.receive()
-            return BenchResult(values: latencySummary(samples), parentRSSKiB: 0, childRSSKiB: 0)
+            return .latency(latencies)
         case .w4:
             var payload: [UInt8] = []
             let medians = try await measureW4(quick: counts.quick) { size, i in
@@ -550,17 +565,16 @@ struct Bench: AsyncParsableCommand {
         switch workload {
         case .w1:
             var payload = [UInt8](repeating: 1, count: 64)
-            var samples: [UInt64] = []
-            samples.reserveCapacity(counts.w1Iterations)
+            var latencies = Latencies()
             for i in 0..<(counts.w1Warmup + counts.w1Iterations) {
                 payload[0] = UInt8(truncatingIfNeeded: i)
                 let t0 = monotonicNanos()
                 payload.withUnsafeBytes { stream.send($0) }
                 let echo = stream.receive()
                 precondition(echo.count == 64 && echo[0] == payload[0], "baseline W1: bad echo")
-                if i >= counts.w1Warmup { samples.append(monotonicNanos() - t0) }
+                if i >= counts.w1Warmup { latencies.record(monotonicNanos() - t0) }
             }
-            return BenchResult(values: latencySummary(samples), parentRSSKiB: 0, childRSSKiB: 0)
+            return .latency(latencies)
         case .w4:
             var payload: [UInt8] = []
             let medians = try await measureW4(quick: counts.quick) { size, i in
@@ -592,20 +606,36 @@ func measureW4(quick: Bool, _ roundTrip: (Int, Int) async throws -> Void) async 
     var medians: [Double] = []
     for size in w4Sizes {
         let timed = w4Iterations(size, quick: quick)
-        var samples: [UInt64] = []
+        var latencies = Latencies()
         for i in 0..<(timed + timed / 10) {
             let t0 = monotonicNanos()
             try await roundTrip(size, i)
-            if i >= timed / 10 { samples.append(monotonicNanos() - t0) }
+            if i >= timed / 10 { latencies.record(monotonicNanos() - t0) }
         }
-        medians.append(latencySummary(samples)[0])
+        medians.append(latencies.summary[0])
     }
     return medians
 }
 
-func latencySummary(_ samples: [UInt64]) -> [Double] {
-    let sorted = samples.sorted()
-    return [sorted[sorted.count / 2], sorted[sorted.count * 99 / 100], sorted[sorted.count - 1]].map { Double($0) / 1000 }
+/// Round-trip times, kept in an HdrHistogram: 1 ns to 60 s at three significant digits (a percentile is exact to
+/// 0.1%), in a fixed footprint whatever the number of samples.
+struct Latencies {
+    private var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+
+    mutating func record(_ nanoseconds: UInt64) {
+        _ = histogram.record(min(max(nanoseconds, 1), histogram.highestTrackableValue))
+    }
+
+    /// p50, p99 and the largest, in microseconds.
+    var summary: [Double] {
+        [histogram.valueAtPercentile(50), histogram.valueAtPercentile(99), histogram.max].map { Double($0) / 1000 }
+    }
+
+    /// (percentile, microseconds) pairs at HdrHistogram's usual steps (five per halving of the distance to 100%),
+    /// up to the largest.
+    var distribution: [[Double]] {
+        histogram.percentiles(ticksPerHalfDistance: 5).map { [$0.percentileLevelIteratedTo, Double($0.value) / 1000] }
+    }
 }
 
 func machineDescription() -> String {

@@ -84,19 +84,16 @@ struct BenchLocal: AsyncParsableCommand {
             try await back.finish()
         }
         let payload = [UInt8](repeating: 1, count: 64)
-        var samples: [UInt64] = []
-        samples.reserveCapacity(iterations)
+        var latencies = Latencies()
         for i in 0..<(warmup + iterations) {
             let start = monotonicNanos()
             try await there.send(payload)
             guard try await back.receive() != nil else { throw ChildError(message: "echo ended early") }
-            if i >= warmup { samples.append(monotonicNanos() - start) }
+            if i >= warmup { latencies.record(monotonicNanos() - start) }
         }
         try await there.finish()
         try await echo.value
-        samples.sort()
-        let us = { (ns: UInt64) in Double(ns) / 1000 }
-        return [us(samples[samples.count / 2]), us(samples[samples.count * 99 / 100]), us(samples[samples.count - 1])]
+        return latencies.summary
     }
 
     func throughput(_ kind: Kind, count: Int) async throws -> Double {

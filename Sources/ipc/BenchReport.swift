@@ -6,13 +6,18 @@ import Foundation
 struct BenchReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-report",
-        abstract: "Print the markdown table of docs/performance.md from files written by `ipc bench --json`.")
+        abstract: "Print the markdown table of docs/performance.md (or, with --html, write the HTML page) from files written by `ipc bench --json`.")
 
     @Argument(help: "JSON files from `ipc bench --json`, one per placement.") var files: [String]
+    @Option(help: "Write the HTML page of `ipc bench --report` for these files (one section per placement) to this file instead.") var html: String?
 
     func run() throws {
         let reports = try files.map { try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: URL(fileURLWithPath: $0))) }
         guard let first = reports.first else { throw ValidationError("give at least one file") }
+        if let html {
+            try Data(HTMLReport(reports: reports).render().utf8).write(to: URL(fileURLWithPath: html))
+            return
+        }
         print("Machine: \(first.machine). " + reports.map { "Placement \($0.placement.rawValue): \($0.date), \($0.runs) runs per line\($0.counts.quick ? ", QUICK counts" : "")." }.joined(separator: " "))
         let workloads = Workload.allCases.filter { w in reports.contains { $0.lines.contains { $0.workload == w.rawValue } } }
         for workload in workloads {
@@ -43,7 +48,5 @@ struct BenchReportCommand: ParsableCommand {
         }
     }
 
-    private static func number(_ value: Double) -> String {
-        value >= 100 ? String(format: "%.0f", value) : value >= 10 ? String(format: "%.1f", value) : String(format: "%.2f", value)
-    }
+    private static func number(_ value: Double) -> String { HTMLReport.number(value) }
 }

@@ -48,23 +48,20 @@ struct Demo: AsyncParsableCommand {
             }
             say("  \(me) received: \(reply)")
             let payload = String(repeating: "x", count: 64)
-            var samples: [UInt64] = []
-            samples.reserveCapacity(roundTrips)
+            var latencies = Latencies()
             for i in 0..<(roundTrips + 100) {
                 let start = monotonicNanos()
                 try await connection.sender.send(payload)
                 guard let echo = try await connection.receiver.receive(), echo == payload else {
                     throw IPCError(.peerClosed, "the echo of round trip \(i) did not arrive intact")
                 }
-                if i >= 100 { samples.append(monotonicNanos() - start) }
+                if i >= 100 { latencies.record(monotonicNanos() - start) }
             }
             try await connection.sender.close()
             guard try await connection.receiver.receive() == nil else {
                 throw IPCError(.protocolViolation, "process 2 sent more than expected")
             }
-            samples.sort()
-            let median = Double(samples[samples.count / 2]) / 1000
-            let p99 = Double(samples[samples.count * 99 / 100]) / 1000
+            let (median, p99) = (latencies.summary[0], latencies.summary[1])
             say("  round trip, 64-byte message: median \(format(median)) us, p99 \(format(p99)) us (\(roundTrips) timed)")
         } catch {
             child.kill()

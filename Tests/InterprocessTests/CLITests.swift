@@ -239,6 +239,65 @@ struct CLITests {
         #expect(!output2.contains("run 1 of"), "bench said: \(output2)")
     }
 
+    /// The page of `ipc bench --report`, opened in headless Chromium: the DOM holds every chart with a series per
+    /// line, and in the screenshot each line's colour is drawn (strokes of the W1 and W4 charts, bars of W2 and W3).
+    /// `.ci/run` installs Chromium and sets IPC_REQUIRE_CHROMIUM, so there a missing browser fails the test.
+    @Test("bench --report writes a self-contained page whose charts render in headless Chromium",
+          .enabled(if: chromium != nil || ProcessInfo.processInfo.environment["IPC_REQUIRE_CHROMIUM"] != nil))
+    func benchReport() async throws {
+        let browser = try #require(chromium, "IPC_REQUIRE_CHROMIUM is set and no chromium is on the PATH")
+        let directory = temporaryDirectory()
+        let page = directory + "/report.html"
+        let transports = ["baseline", "unix-raw", "shm-raw"]
+        let cli = try ChildProcess("ipc", ["bench", "--quick", "--runs", "1", "--placement", "free", "--transports"] + transports + ["--report", page])
+        let (status, output) = await cli.finish(within: 90)
+        #expect(status == 0, "bench said: \(output)")
+        let html = try String(contentsOfFile: page, encoding: .utf8)
+        // Self-contained: nothing is fetched (the one URL is the SVG namespace).
+        #expect(!html.contains("<script") && !html.contains("<link") && !html.contains("<img"))
+        #expect(html.replacingOccurrences(of: "xmlns=\"http://www.w3.org/2000/svg\"", with: "").range(of: "http") == nil)
+        #expect(html.contains("Which transport for which job") && html.contains("Where shared memory pays off"))
+
+        let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--user-data-dir=\(directory)/profile"]
+        let dump = try ChildProcess(path: browser, flags + ["--dump-dom", "file://\(page)"])
+        let (dumpStatus, dom) = await dump.finish(within: 60)
+        #expect(dumpStatus == 0, "chromium said: \(dom)")
+        for chart in ["w1-free", "w2-free", "w3-free", "w4-free"] {
+            let start = try #require(dom.range(of: "id=\"\(chart)\""), "no chart \(chart) in the DOM: \(dom.prefix(2000))")
+            let svg = String(dom[start.upperBound...]).components(separatedBy: "</svg>")[0]
+            for transport in transports {
+                #expect(svg.contains("data-series=\"\(transport)\""), "chart \(chart) has no series \(transport)")
+            }
+        }
+
+        let shot = directory + "/report.png"
+        let screenshot = try ChildProcess(path: browser, flags + ["--window-size=1000,2600", "--screenshot=\(shot)", "file://\(page)"])
+        let (shotStatus, shotOutput) = await screenshot.finish(within: 60)
+        #expect(shotStatus == 0, "chromium said: \(shotOutput)")
+        // Each line's colour as drawn (within 3 per channel: Chromium's colour conversion moves a channel by one):
+        // as it is in the line charts' strokes, and blended with white at the bars' opacity 0.85.
+        let colours = ["baseline": "~8c564b", "unix-raw": "~1f77b4", "shm-raw": "~2ca02c"]
+        func blended(_ hex: String) -> String {
+            "~" + stride(from: 1, to: 7, by: 2).map { i -> String in
+                let channel = Double(Int(hex.dropFirst(i).prefix(2), radix: 16) ?? 0)
+                return String(format: "%02x", Int((channel * 0.85 + 255 * 0.15).rounded()))
+            }.joined()
+        }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Tools/png_colors.py").path
+        let count = try ChildProcess(path: "/usr/bin/env", ["python3", script, shot] + colours.values.flatMap { [$0, blended($0)] })
+        let (countStatus, counted) = await count.finish(within: 60)
+        #expect(countStatus == 0, "png_colors.py said: \(counted)")
+        let pixels = Dictionary(counted.split(separator: "\n").compactMap { line -> (String, Int)? in
+            let fields = line.split(separator: " ")
+            return fields.count == 2 ? (String(fields[0]), Int(fields[1]) ?? 0) : nil
+        }, uniquingKeysWith: { a, _ in a })
+        #expect((pixels["nonwhite"] ?? 0) > 50_000, "the screenshot is nearly blank: \(counted)")
+        for (transport, colour) in colours {
+            #expect((pixels[colour] ?? 0) >= 200, "\(transport)'s lines were not drawn: \(counted)")
+            #expect((pixels[blended(colour)] ?? 0) >= 40, "\(transport)'s bars were not drawn: \(counted)")
+        }
+    }
+
     @Test("demo: the article's two processes, over a Unix socket, TCP and shared memory")
     func demo() async throws {
         let cli = try ChildProcess("ipc", ["demo", "--round-trips", "200"])
@@ -316,3 +375,6 @@ struct CLITests {
         }
     }
 }
+
+/// Debian's Chromium, if installed.
+let chromium: String? = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
