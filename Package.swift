@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -42,6 +43,8 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                // A message may carry its sender's ServiceContext (ChannelOptions.tracing).
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -83,7 +86,7 @@ let package = Package(
         // with an inherited descriptor, peak memory, and the raw baselines (plain syscalls, a C ring).
         .target(
             name: "BenchmarkSupport",
-            dependencies: ["CInterprocessShim"],
+            dependencies: ["CInterprocessShim", .product(name: "Instrumentation", package: "swift-distributed-tracing")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -105,6 +108,7 @@ let package = Package(
             name: "ipc-test-helper",
             dependencies: [
                 "Interprocess", "BenchmarkSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
@@ -125,6 +129,7 @@ let package = Package(
                 "InterprocessSharedMemory", "InterprocessNIO", "BenchmarkSupport", "CInterprocessShim", "ipc-test-helper", "ipc", "ipc-fuzz",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -80,7 +80,8 @@ public enum IPC {
         var local = Hello(
             capacity: UInt32(options.capacity), maxFrame: UInt32(options.maxFrameSize),
             sendCodec: sending.name, sendType: sending.name == "none" ? "none" : sending.typeName,
-            receiveCodec: receiving.name, receiveType: receiving.name == "none" ? "none" : receiving.typeName)
+            receiveCodec: receiving.name, receiveType: receiving.name == "none" ? "none" : receiving.typeName,
+            tracing: options.tracing && !lines)
         var configuration = ConnectionCore.Configuration(
             mode: lines ? .lines : .framed, local: local,
             hasSender: sending.name != "none", hasReceiver: receiving.name != "none",
@@ -192,7 +193,10 @@ public enum IPC {
         if listening, let session = core.resumeSession { sessions?.register(session, core) }
         core.startHeartbeats()
         logger.debug("connection established", metadata: ["side": listening ? "accepted" : "dialed", "resumable": "\(core.resumeSession != nil)"])
-        return Connection(sender: Sender(core: core, codec: sending), receiver: Receiver(core: core, codec: receiving))
+        // Messages carry a context block when both hellos asked for it (the peer's is the same on every stream of
+        // a resumed connection: its terms may not change).
+        let tracing = local.tracing && core.peerHello?.tracing == true
+        return Connection(sender: Sender(core: core, codec: sending, tracing: tracing), receiver: Receiver(core: core, codec: receiving, tracing: tracing))
     }
 
     /// A resumable connection's dialer connects again: the peer is checked as the first time.

@@ -95,6 +95,13 @@ public struct ChannelOptions: Sendable {
     /// refused by reason. Messages and bytes are counted per batch (each credit), never per message. Default nil:
     /// the process's `MetricsSystem` (no output until the application bootstraps a backend).
     public var metricsFactory: (any MetricsFactory)?
+    /// Whether each message carries the sending task's `ServiceContext` (swift-distributed-tracing) to the
+    /// receiving process, so that a trace crosses the process boundary: the process's instrument injects it into a
+    /// small block at the start of the message (with a W3C propagator, `traceparent` and `tracestate`), and
+    /// ``Receiver/receiveWithContext()`` hands it out with the value. In effect only when both sides set it
+    /// (their handshakes say so); otherwise nothing is added to any message. A peer of a release without tracing
+    /// refuses a handshake that asks for it. Not for lines mode or in-process channels. Default false.
+    public var tracing = false
 
     /// The defaults described with each option.
     public init() {}

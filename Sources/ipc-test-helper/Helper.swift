@@ -4,6 +4,7 @@
 import Glibc
 #endif
 import BenchmarkSupport
+import Instrumentation
 import Interprocess
 import Logging
 import ServiceLifecycle
@@ -344,6 +345,31 @@ struct Helper {
                 report("longest gap \(longestGap.components.seconds) s")
                 report("received \(count) in order")
                 exit(count == number ? 0 : 1)
+            case "trace-echo":
+                // Answers each string with "string|traceparent|tracestate" of the context it arrived with ("-" for
+                // none), sent in that context; `number` 1 turns ChannelOptions.tracing on.
+                TraceInstrument.bootstrapOnce()
+                options.tracing = number == 1
+                let connection = try await IPC.connect(to: endpoint, sending: .utf8, receiving: .utf8, options: options)
+                var count = 0
+                while let (text, context) = try await connection.receiver.receiveWithContext() {
+                    let reply = "\(text)|\(context.traceParent ?? "-")|\(context.traceState ?? "-")"
+                    let failure = await ServiceContext.withValue(context) { () async -> IPCError? in
+                        do throws(IPCError) {
+                            try await connection.sender.send(reply)
+                            return nil
+                        } catch {
+                            return error
+                        }
+                    }
+                    if let failure {
+                        report("error \(failure.code): \(failure.message)")
+                        exit(1)
+                    }
+                    count += 1
+                }
+                try await connection.sender.closeAndWait()
+                report("echoed \(count)")
             case "service":
                 // A worker service as the README shows one: a listener and a worker that receives numbered
                 // messages on every connection, run by a ServiceGroup that shuts down gracefully on SIGTERM.

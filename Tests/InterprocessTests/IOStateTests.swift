@@ -938,7 +938,7 @@ struct ResumeUnitTests {
         truncated.storeLE(UInt32(truncated.count - Wire.helloHeaderSize), at: 8)
         #expect(throws: IPCError.self) { try truncated.withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) } }
         var flagged = bytes
-        flagged[6] = 3
+        flagged[6] = 5  // bit 2: undefined (bit 0 resuming, bit 1 tracing)
         #expect(throws: IPCError.self) { try flagged.withUnsafeBytes { raw throws(IPCError) in try Hello.parse(raw) } }
     }
 

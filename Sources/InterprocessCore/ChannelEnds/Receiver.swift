@@ -1,3 +1,5 @@
+import Instrumentation
+
 /// The receiving end of a channel: Go's `v, ok := <-ch`, within a process or across processes.
 ///
 /// `receive()` returns the next value, or `nil` once the sender closed and every value sent before the close
@@ -22,12 +24,23 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     @usableFromInline let decode: @Sendable ([UInt8]) throws(IPCError) -> Value
     @usableFromInline let isRaw: Bool
 
-    package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
+    /// Whether every message starts with a context block (``ContextBlock``), which `decode` skips.
+    private let tracing: Bool
+    /// The codec's own decoding, for messages whose context block ``receiveWithContext()`` took off.
+    private let decodeBody: @Sendable ([UInt8]) throws(IPCError) -> Value
+
+    package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec, tracing: Bool = false) {
         self.local = nil
         self.localUnretained = nil
         self.core = core
-        self.decode = { bytes throws(IPCError) in try codec.decode(bytes) }
-        self.isRaw = codec is RawBytesCodec
+        self.tracing = tracing
+        self.decodeBody = { bytes throws(IPCError) in try codec.decode(bytes) }
+        if tracing {
+            self.decode = { bytes throws(IPCError) in try codec.decode(ContextBlock.split(bytes).body) }
+        } else {
+            self.decode = { bytes throws(IPCError) in try codec.decode(bytes) }
+        }
+        self.isRaw = codec is RawBytesCodec && !tracing
     }
 
     package init(local channel: LocalChannel<Value>) {
@@ -35,6 +48,8 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
         self.localUnretained = Unmanaged.passUnretained(channel)
         self.core = nil
         self.decode = { _ throws(IPCError) in throw IPCError(.decodingFailed, "an in-process channel decodes nothing") }
+        self.decodeBody = decode
+        self.tracing = false
         self.isRaw = false
     }
 
@@ -106,6 +121,37 @@ public final class Receiver<Value: Sendable>: AsyncSequence, Sendable {
     func receiveWaiting(_ parking: Parking) async throws(IPCError) -> Value? {
         guard let bytes = try await core!.receive(after: parking) else { return nil }
         return try value(of: bytes)
+    }
+
+    /// The next value with the `ServiceContext` it was sent in, or `nil` at the end of the channel, like
+    /// ``receive()``.
+    ///
+    /// With ``ChannelOptions/tracing`` on both sides, the context is what the process's instrument
+    /// (swift-distributed-tracing) extracts from the fields the sending process's instrument injected: start the
+    /// work's span with it, and the trace continues across the process boundary:
+    ///
+    /// ```swift
+    /// while let (job, context) = try await receiver.receiveWithContext() {
+    ///     try await withSpan("job", context: context, ofKind: .consumer) { _ in try await run(job) }
+    /// }
+    /// ```
+    ///
+    /// Otherwise (tracing off on either side, or an in-process channel) the context is empty (`.topLevel`).
+    ///
+    /// - Throws: what ``receive()`` throws; `decodingFailed` also for a message whose context block is malformed
+    ///   (the message is skipped).
+    public func receiveWithContext() async throws(IPCError) -> (value: Value, context: ServiceContext)? {
+        guard let core, tracing else { return try await receive().map { ($0, ServiceContext.topLevel) } }
+        var parking: Parking?
+        let message: [UInt8]?
+        if let ready = try bytesIfReady(parking: &parking) {
+            message = ready
+        } else {
+            message = try await core.receive(after: parking!)
+        }
+        guard let message else { return nil }
+        let (fields, body) = try ContextBlock.split(message)
+        return (try decodeBody(body), ContextBlock.context(from: fields))
     }
 
     /// The next value, waiting at most `timeout`: `nil` at the end of the channel, like ``receive()``.

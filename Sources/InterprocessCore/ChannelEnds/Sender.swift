@@ -21,12 +21,21 @@ public final class Sender<Value: Sendable>: Sendable {
     private let encode: @Sendable (Value, inout [UInt8]) throws(IPCError) -> Void
     @usableFromInline let isRaw: Bool
 
-    package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec) {
+    /// With `tracing`, every message starts with the sending task's context block (``ContextBlock``), and so
+    /// goes through `encode` whatever the codec.
+    package init<Codec: MessageCodec<Value>>(core: ConnectionCore, codec: Codec, tracing: Bool = false) {
         self.local = nil
         self.localUnretained = nil
         self.core = core
-        self.encode = { value, buffer throws(IPCError) in try codec.encode(value, into: &buffer) }
-        self.isRaw = codec is RawBytesCodec
+        if tracing {
+            self.encode = { value, buffer throws(IPCError) in
+                ContextBlock.appendCurrent(to: &buffer)
+                try codec.encode(value, into: &buffer)
+            }
+        } else {
+            self.encode = { value, buffer throws(IPCError) in try codec.encode(value, into: &buffer) }
+        }
+        self.isRaw = codec is RawBytesCodec && !tracing
     }
 
     package init(local channel: LocalChannel<Value>) {

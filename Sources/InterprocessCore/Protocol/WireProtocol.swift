@@ -9,6 +9,11 @@ package enum Wire {
     package static let resumeVersion: UInt16 = 3
     /// Hello flag (version 3): the hello continues the session it names rather than starting it.
     package static let resumingFlag: UInt16 = 1
+    /// Hello flag (versions 2 and 3): this side takes messages that start with a context block
+    /// (``ContextBlock``), and sends them so when the peer's hello sets it too.
+    package static let tracingFlag: UInt16 = 2
+    /// Largest context block a message may start with (the two length bytes not counted).
+    package static let maxContextBlock = 2048
     /// Bytes of a session id.
     package static let sessionIDSize = 16
     /// The session a listener that does not offer resume answers a version-3 hello with; never a dialer's.
@@ -73,6 +78,9 @@ package struct Hello: Equatable, Sendable {
     package var receiveType: String
     /// The resume extension (version 3): this side can resume the connection after its stream breaks.
     package var resume: Resume?
+    /// This side carries a context block at the start of every message when the peer's hello says so too
+    /// (``Wire/tracingFlag``).
+    package var tracing = false
 
     /// A resumable connection's session and how much of the peer's messages this side received.
     package struct Resume: Equatable, Sendable {
@@ -90,7 +98,8 @@ package struct Hello: Equatable, Sendable {
         }
     }
 
-    package init(capacity: UInt32, maxFrame: UInt32, sendCodec: String, sendType: String, receiveCodec: String, receiveType: String, resume: Resume? = nil) {
+    package init(capacity: UInt32, maxFrame: UInt32, sendCodec: String, sendType: String, receiveCodec: String, receiveType: String, resume: Resume? = nil, tracing: Bool = false) {
+        self.tracing = tracing
         self.capacity = capacity
         self.maxFrame = maxFrame
         self.sendCodec = sendCodec
@@ -122,7 +131,7 @@ package struct Hello: Equatable, Sendable {
         }
         var out = Wire.helloMagic
         out.appendLE(resume == nil ? Wire.version : Wire.resumeVersion)
-        out.appendLE(resume?.resuming == true ? Wire.resumingFlag : UInt16(0))
+        out.appendLE((resume?.resuming == true ? Wire.resumingFlag : 0) | (tracing ? Wire.tracingFlag : 0))
         out.appendLE(UInt32(body.count))
         return out + body
     }
@@ -139,9 +148,9 @@ package struct Hello: Equatable, Sendable {
             throw IPCError(.handshakeMismatch, "the peer speaks wire protocol version \(version), this side versions \(Wire.version) and \(Wire.resumeVersion); upgrade the older side")
         }
         let flags = bytes.loadLE(UInt16.self, at: 6)
-        let defined = version == Wire.resumeVersion ? Wire.resumingFlag : 0
+        let defined = (version == Wire.resumeVersion ? Wire.resumingFlag : 0) | Wire.tracingFlag
         guard flags & ~defined == 0 else {
-            throw IPCError(.protocolViolation, "the peer's handshake has flags \(flags) set; version \(version) defines \(defined == 0 ? "none (they must be 0)" : "only \(defined)")")
+            throw IPCError(.protocolViolation, "the peer's handshake has flags \(flags) set; version \(version) defines only \(defined)")
         }
         let bodyLength = Int(bytes.loadLE(UInt32.self, at: 8))
         guard bodyLength <= Wire.maxHelloBody else {
@@ -165,7 +174,7 @@ package struct Hello: Equatable, Sendable {
         guard reader.remaining == 0 else {
             throw IPCError(.protocolViolation, "the peer's handshake has \(reader.remaining) bytes after its last field; version \(version) defines none")
         }
-        return (Hello(capacity: capacity, maxFrame: maxFrame, sendCodec: sendCodec, sendType: sendType, receiveCodec: receiveCodec, receiveType: receiveType, resume: resume), Wire.helloHeaderSize + bodyLength)
+        return (Hello(capacity: capacity, maxFrame: maxFrame, sendCodec: sendCodec, sendType: sendType, receiveCodec: receiveCodec, receiveType: receiveType, resume: resume, tracing: flags & Wire.tracingFlag != 0), Wire.helloHeaderSize + bodyLength)
     }
 
     /// Checks that `peer` sends what this side receives and receives what this side sends.
