@@ -276,11 +276,16 @@ extension Listener: Service {
         } onGracefulShutdown: {
             self.stopAccepting(cancelled: false, shutdown: true)
         }
-        // Connections close on their own as their peers and owners finish: wait for that, polling a counter
-        // (a shutdown happens once; 10 ms is short beside any drain).
-        let deadline = ContinuousClock.now + options.drainTimeout
-        while open.count > 0, ContinuousClock.now < deadline, !lifecycle.withLock({ $0.cancelled }) {
-            try? await Task.sleep(for: .milliseconds(10))
+        // Connections close on their own as their peers and owners finish: wait for the last one (or the drain
+        // time, or a cancellation, which ends both waits).
+        if !lifecycle.withLock({ $0.cancelled }) {
+            let deadline = ContinuousClock.now + options.drainTimeout
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.open.emptied() }
+                group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }
+                await group.next()
+                group.cancelAll()
+            }
         }
         let closing = registry.failAll(IPCError(.cancelled, "the listener on \(endpoint) shut down and closed this connection (it did not finish within ChannelOptions.drainTimeout, \(options.drainTimeout))"))
         ready.finish(IPCError(.alreadyClosed, "the listener was shut down"), dropping: true)
@@ -367,10 +372,46 @@ final class HandshakeSlots: Sendable {
 final class ConnectionCount: Sendable {
     private let open = Atomic<Int>(0)
     private let gauge: Gauge
+    /// Tasks in ``emptied()``, resumed when the count reaches 0.
+    private let waiters = Lock<(next: UInt64, waiting: [UInt64: CheckedContinuation<Void, Never>])>((0, [:]))
 
     init(gauge: Gauge) { self.gauge = gauge }
 
     var count: Int { open.load(ordering: .relaxed) }
+
+    /// Returns once no connection is open (at once if none is), or when the calling task is cancelled.
+    func emptied() async {
+        let id = waiters.withLock { state in
+            state.next += 1
+            return state.next
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                // Checked under the lock that `released()` takes after its decrement: a count that reaches 0
+                // after this look finds the continuation registered.
+                let now = waiters.withLock { state -> Bool in
+                    if open.load(ordering: .relaxed) == 0 || Task.isCancelled { return true }
+                    state.waiting[id] = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            waiters.withLock { $0.waiting.removeValue(forKey: id) }?.resume()
+        }
+    }
+
+    /// One connection closed.
+    private func released() {
+        let now = open.subtract(1, ordering: .relaxed).newValue
+        gauge.record(now)
+        guard now == 0 else { return }
+        let waiting = waiters.withLock { state in
+            defer { state.waiting.removeAll() }
+            return Array(state.waiting.values)
+        }
+        for continuation in waiting { continuation.resume() }
+    }
 
     /// A slot for one more connection, or nil when `bound` are open. Only the accept loop takes slots, so the
     /// check and the increment need not be one step.
@@ -387,7 +428,7 @@ final class ConnectionCount: Sendable {
         private let released = Atomic(false)
         init(_ count: ConnectionCount) { self.count = count }
         func release() {
-            if !released.exchange(true, ordering: .relaxed) { count.gauge.record(count.open.subtract(1, ordering: .relaxed).newValue) }
+            if !released.exchange(true, ordering: .relaxed) { count.released() }
         }
         deinit { release() }
     }

@@ -70,6 +70,8 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     let locked: Lock<State>
     /// Whether waiting tasks spin on the CPU hint before they yield (not when the peer shares this CPU).
     private let spinAdvisor = SpinAdvisor()
+    /// The task of ``watchForStall(armedAt:after:)``, if one is armed.
+    private let stallWatch = Lock<Task<Void, Never>?>(nil)
     /// ``send(byteCount:inPlace:)`` without a ring: below this a message is copied into the outbox's tail.
     static let smallCopy = 32 << 10
 
@@ -1099,8 +1101,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
     /// Fails the connection if the peer sends nothing more for `timeout` while the input ends inside a frame (a
     /// peer that stops mid-frame would otherwise leave every receive waiting forever).
     private func watchForStall(armedAt: UInt64, after timeout: Duration) {
-        Task { [weak self] in
+        // Holds the connection weakly and is cancelled when the connection goes away, so that it does not outlive it.
+        stallWatch.withLock { $0.take() }?.cancel()
+        let task = Task { [weak self] in
             try? await Task.sleep(for: timeout)
+            guard !Task.isCancelled else { return }
             guard let self else { return }
             switch self.locked.withLock({ $0.stallTimerFired(armedAt: armedAt) }) {
             case .stalled:
@@ -1111,6 +1116,11 @@ package final class ConnectionCore: ByteStreamHandler, @unchecked Sendable {
                 break
             }
         }
+        stallWatch.withLock { $0 = task }
+    }
+
+    deinit {
+        stallWatch.withLock { $0 }?.cancel()
     }
 
     /// What one ``pump(releasingReader:limit:bytesRead:)`` decoded and applied.
