@@ -91,7 +91,7 @@ struct HTMLReport {
         guard !lines.isEmpty else { return "" }
         let title = workload == .w2 ? "W2: 64-byte messages one way (M msg/s)" : "W3: 1 MiB messages one way (GB/s)"
         let width = 960.0, labelWidth = 300.0, barHeight = 20.0, gap = 8.0
-        let plotWidth = width - labelWidth - 90
+        let plotWidth = width - labelWidth - 190
         let top = max(lines.map { $0.median[0] }.max() ?? 1, 1e-9)
         let height = Double(lines.count) * (barHeight + gap) + gap
         var svg = "<svg class=\"chart bars\" id=\"\(workload.rawValue)-\(report.placement.rawValue)\" xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" viewBox=\"0 0 \(Int(width)) \(Int(height))\">\n"
@@ -240,6 +240,7 @@ struct Verdict {
                 text += ", \(times(socket.median[0], best.median[0])) less than the best socket line (\(socket.label), \(n(socket.median[0])) µs)"
             }
             if let p99 = best.median.dropFirst().first { text += "; its p99 is \(n(p99)) µs" }
+            if let ratio = best.ratioToLimit, let limit = best.limit { text += "; \(String(format: "%.2f", ratio))x the best run of \(Self.peerName(limit))" }
             lines.append(text + ".")
         }
         // Small messages, rate, one per call.
@@ -247,6 +248,7 @@ struct Verdict {
         if let best = w2.first {
             var text = "Most small messages per second, one per call (W2): \(best.label), \(n(best.median[0])) M msg/s"
             if let ratio = best.ratioToPeer, let peer = best.peer { text += ", \(String(format: "%.2f", ratio))x \(Self.peerName(peer))" }
+            if let ratio = best.ratioToLimit, let limit = best.limit { text += ", \(String(format: "%.2f", ratio))x the best run of \(Self.peerName(limit))" }
             if let batch = ours("w2").filter({ $0.transport.hasSuffix("batch") }).max(by: { $0.median[0] < $1.median[0] }) {
                 text += "; sending in batches (\(batch.label)) reaches \(n(batch.median[0])) M msg/s"
             }
