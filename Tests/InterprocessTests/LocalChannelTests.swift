@@ -47,13 +47,25 @@ struct LocalChannelTests {
             for _ in 0..<count { try await tx.send(payload) }
             try await tx.close()
         }
-        let received = try await within(50) {
-            var n = 0
-            while let value = try await rx.receive() {
-                #expect(value == payload)
-                n += 1
+        let progress = Atomic<Int>(0)
+        let received: Int
+        do {
+            received = try await within(50) {
+                var n = 0
+                while let value = try await rx.receive() {
+                    #expect(value == payload)
+                    n += 1
+                    progress.store(n, ordering: .relaxed)
+                }
+                return n
             }
-            return n
+        } catch {
+            // Slow or stuck: the count a second apart tells which.
+            let before = progress.load(ordering: .relaxed)
+            try await Task.sleep(for: .seconds(1))
+            Issue.record("\(error): received \(before) of \(count), then \(progress.load(ordering: .relaxed)) a second later")
+            producer.cancel()
+            return
         }
         try await producer.value
         #expect(received == count)
